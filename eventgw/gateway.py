@@ -1,0 +1,90 @@
+# -*- test-case-name: tests.test_gateway -*-
+"""The router: every exchange from either protocol goes to one of the three flows.
+
+Shell module.  :class:`Gateway` is the :class:`~eventgw.exchange.RequestTarget`
+both downstream protocols hand their exchanges to.  It asks :mod:`eventgw.routing`
+which flow serves the request and passes the exchange on; it owns the three targets
+and closes them at shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList
+
+from eventgw.config import GatewayConfig
+from eventgw.exchange import (
+    RequestHandler,
+    RequestHead,
+    RequestTarget,
+    ResponseWriter,
+    StaticReply,
+    send_error,
+)
+from eventgw.routing import MethodPolicy, Route, route_for
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["Gateway"]
+
+
+class _ClosableTarget(RequestTarget, Protocol):
+    def close(self) -> Deferred[None]: ...
+
+
+class Gateway:
+    """Routes exchanges to the ``/api`` proxy, the ``/events`` endpoint or the gRPC relay.
+
+    :ivar api: the reverse proxy, or ``None`` when ``master_api.http`` is not configured.
+    :ivar events: the events endpoint (it answers 503 itself when no broker is configured).
+    :ivar grpc: the gRPC relay (it answers UNIMPLEMENTED/UNAVAILABLE itself).
+    """
+
+    def __init__(self, config: GatewayConfig, reactor: IReactorTime) -> None:
+        from eventgw.events_web import EventsEndpoint
+        from eventgw.grpc_relay import GrpcRelay
+        from eventgw.webproxy import ApiProxy
+
+        self.config = config
+        self.api: _ClosableTarget | None = None
+        if config.master_api_http is not None:
+            self.api = ApiProxy(config.master_api_http, config.limits, reactor=reactor)
+        self.events: _ClosableTarget = EventsEndpoint(
+            config.event_broker, config.limits, reactor=reactor
+        )
+        self.grpc: _ClosableTarget = GrpcRelay(
+            config.master_api_grpc,
+            MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
+            reactor=reactor,
+        )
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        http2 = head.protocol == "HTTP/2"
+        content_type = None
+        if http2:
+            for name, value in head.headers:
+                if name == b"content-type":
+                    content_type = value
+                    break
+        route = route_for(head.target, content_type, http2)
+        if route is Route.GRPC:
+            return self.grpc.start_exchange(head, writer)
+        if route is Route.API:
+            if self.api is not None:
+                return self.api.start_exchange(head, writer)
+            head.log_fields["route"] = "api"
+            send_error(writer, 503, "no Master API HTTP upstream is configured")
+            return StaticReply()
+        if route is Route.EVENTS:
+            return self.events.start_exchange(head, writer)
+        head.log_fields["route"] = "none"
+        path = head.path.decode("latin-1")
+        send_error(writer, 404, f"no route for {path}")
+        return StaticReply()
+
+    def close(self) -> Deferred[object]:
+        """Close every upstream pool and channel."""
+        targets = [t for t in (self.api, self.events, self.grpc) if t is not None]
+        return DeferredList([t.close() for t in targets], consumeErrors=True)  # type: ignore[return-value]

@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_listener -*-
+"""The per-connection protocol of both listening ports: decide, then step aside.
+
+Shell module.  A new connection starts as a :class:`ProtocolSniffer`.  On the TLS
+port the ALPN result (known by the first ``dataReceived``) picks HTTP/2 or HTTP/1.1;
+on the cleartext port the first bytes do (:mod:`eventgw.sniff`).  The sniffer then
+builds the chosen protocol, connects it to the same transport, replays the bytes it
+has seen verbatim (preface included), and rebinds its own ``dataReceived`` and
+``connectionLost`` to the chosen protocol's, so after the first read it costs nothing.
+This is ``twisted.web.http._GenericHTTPChannelProtocol``'s shape, plus h2c detection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventgw import sniff
+from eventgw.config import Limits
+from eventgw.exchange import RequestTarget
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+__all__ = ["GatewayFactory", "ProtocolSniffer"]
+
+
+class ProtocolSniffer(Protocol):
+    """Buffers the first bytes until the protocol is known, then hands over.
+
+    :ivar chosen: the HTTP/1.1 or HTTP/2 protocol once decided, else ``None``.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: GatewayFactory) -> None:
+        self.gateway_factory = factory
+        self.chosen: Protocol | None = None
+        self._buffer = b""
+        self._timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.gateway_factory.connections.add(self)
+        # A client that connects and says nothing is dropped after the header timeout.
+        self._timer = self.gateway_factory.reactor.callLater(
+            self.gateway_factory.limits.header_timeout, self._silent
+        )
+
+    def _silent(self) -> None:
+        self._timer = None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        factory = self.gateway_factory
+        if factory.tls:
+            negotiated = getattr(self.transport, "negotiatedProtocol", None)
+            choice = sniff.by_alpn(negotiated)
+        else:
+            self._buffer += data
+            data = self._buffer
+            choice = sniff.by_first_bytes(data)
+            if choice is sniff.Protocol.NEED_MORE:
+                return
+        self._buffer = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        chosen = factory.build_protocol(choice is sniff.Protocol.H2)
+        self.chosen = chosen
+        # From now on the transport's calls go straight to the chosen protocol.
+        self.dataReceived = chosen.dataReceived  # type: ignore[method-assign]
+        self.connectionLost = self._chosen_connection_lost  # type: ignore[method-assign]
+        chosen.makeConnection(self.transport)
+        chosen.dataReceived(data)
+
+    def _chosen_connection_lost(self, reason: Failure) -> None:
+        self.gateway_factory.connections.discard(self)
+        assert self.chosen is not None
+        self.chosen.connectionLost(reason)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.gateway_factory.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def drain(self) -> None:
+        """Ask the connection to finish what it is doing and close (shutdown)."""
+        drain = getattr(self.chosen, "drain", None)
+        if drain is not None:
+            drain()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+
+class GatewayFactory(Factory):
+    """Builds a :class:`ProtocolSniffer` per connection of one listening port.
+
+    :ivar tls: whether this port is the TLS one (ALPN decides) or cleartext (bytes do).
+    :ivar connections: the open connections, for draining at shutdown.
+    """
+
+    def __init__(
+        self,
+        target: RequestTarget,
+        limits: Limits,
+        *,
+        tls: bool,
+        reactor: IReactorTime,
+        access_log: bool = True,
+    ) -> None:
+        self.target = target
+        self.limits = limits
+        self.tls = tls
+        self.scheme = b"https" if tls else b"http"
+        self.reactor = reactor
+        self.access_log = access_log
+        self.connections: set[ProtocolSniffer] = set()
+
+    def buildProtocol(self, addr: IAddress) -> ProtocolSniffer:
+        return ProtocolSniffer(self)
+
+    def build_protocol(self, http2: bool) -> Protocol:
+        """The protocol for a connection whose protocol is now known."""
+        kwargs: dict[str, Any] = {
+            "scheme": self.scheme,
+            "reactor": self.reactor,
+            "access_log": self.access_log,
+        }
+        if http2:
+            from eventgw.h2server import H2ServerProtocol
+
+            return H2ServerProtocol(self.target, self.limits, **kwargs)
+        from eventgw.http1server import Http1ServerProtocol
+
+        return Http1ServerProtocol(self.target, self.limits, **kwargs)

@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_service -*-
+"""The running gateway as a Twisted service: listening ports plus the router.
+
+Shell module.  :func:`gateway_service` turns a :class:`~eventgw.config.GatewayConfig`
+into a ``MultiService``.  Ports bind in ``startService``; a port in use surfaces there
+as a :class:`~eventgw.errors.ConfigError` naming the key.  ``stopService`` stops
+accepting, asks open connections to drain (HTTP/2 GOAWAY, HTTP/1.1 close when idle),
+and closes the upstream pools and channels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from eventgw.config import GatewayConfig
+from eventgw.errors import ConfigError
+from eventgw.listener import GatewayFactory
+
+__all__ = ["GatewayService", "gateway_service"]
+
+# How long stopService waits for in-flight exchanges before closing connections.
+DRAIN_GRACE_SECONDS = 10.0
+
+
+class GatewayService(service.Service):
+    """Owns the router, the listening ports and the open connections.
+
+    :ivar ports: the listening ports once started, TLS first.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.config = config
+        self.reactor = reactor
+        self.ports: list[IListeningPort] = []
+        self.factories: list[GatewayFactory] = []
+        self.gateway: Any = None
+        self.dev_certificate: Any = None
+
+    def _context_factory(self) -> Any:
+        from eventgw.tls import ensure_dev_certificate, server_context_factory
+
+        tls = self.config.tls
+        if tls.cert is not None and tls.key is not None:
+            return server_context_factory(tls.cert, tls.key)
+        dev = ensure_dev_certificate(tls.dev_cert_dir)
+        self.dev_certificate = dev
+        self.log.warn(
+            "NO tls.cert/tls.key CONFIGURED: serving a self-signed DEVELOPMENT certificate "
+            "({state} {cert_path}, SHA-256 fingerprint {fingerprint}). Do not use it in "
+            "production.",
+            state="created" if dev.created else "reusing",
+            cert_path=dev.cert_path,
+            fingerprint=dev.fingerprint,
+        )
+        return server_context_factory(dev.cert_path, dev.key_path)
+
+    def _listen(self, factory: GatewayFactory, port: int, key: str, tls_options: Any) -> None:
+        interface = self.config.listen.interface
+        endpoint: Any
+        if tls_options is not None:
+            endpoint = SSL4ServerEndpoint(self.reactor, port, tls_options, interface=interface)
+        elif ":" in interface:
+            endpoint = TCP6ServerEndpoint(self.reactor, port, interface=interface)
+        else:
+            endpoint = TCP4ServerEndpoint(self.reactor, port, interface=interface)
+        d = endpoint.listen(factory)
+        result: list[Any] = []
+        d.addBoth(result.append)
+        value = result[0]
+        if isinstance(value, IListeningPort):
+            self.ports.append(value)
+            self.factories.append(factory)
+            return
+        error = value.value
+        if isinstance(error, CannotListenError):
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            raise ConfigError(key, f"cannot listen on {interface}:{port}: {reason}")
+        value.raiseException()
+
+    def startService(self) -> None:
+        from eventgw.gateway import Gateway
+
+        tls_options = self._context_factory()
+        self.gateway = Gateway(self.config, self.reactor)
+        access = self.config.access_log
+        limits = self.config.limits
+        try:
+            self._listen(
+                GatewayFactory(self.gateway, limits, tls=True, reactor=self.reactor,
+                               access_log=access),
+                self.config.listen.tls,
+                "listen.tls",
+                tls_options,
+            )
+            if self.config.listen.cleartext is not None:
+                self._listen(
+                    GatewayFactory(self.gateway, limits, tls=False, reactor=self.reactor,
+                                   access_log=access),
+                    self.config.listen.cleartext,
+                    "listen.cleartext",
+                    None,
+                )
+        except BaseException:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise
+        service.Service.startService(self)
+        self._log_startup()
+
+    def _log_startup(self) -> None:
+        config = self.config
+        kinds = ["TLS (ALPN h2, http/1.1)", "cleartext (HTTP/1.1, h2c prior knowledge)"]
+        for port, kind in zip(self.ports, kinds, strict=False):
+            address = port.getHost()
+            self.log.info(
+                "eventgw listening on {host}:{port} {kind}",
+                host=address.host,  # type: ignore[attr-defined]
+                port=address.port,  # type: ignore[attr-defined]
+                kind=kind,
+            )
+        api = config.master_api_http
+        grpc = config.master_api_grpc
+        broker = config.event_broker
+        self.log.info(
+            "routes: /api -> {api}; gRPC -> {grpc} (allow {allow}, deny {deny}); "
+            "/events -> {broker}",
+            api=api.url if api else "(none: 503)",
+            grpc=("grpcs://" if grpc and grpc.tls else "") + grpc.address if grpc else "(none)",
+            allow=list(config.grpc_allow),
+            deny=list(config.grpc_deny),
+            broker=broker.target if broker else "(none: 503)",
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        ports, self.ports = self.ports, []
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        for factory in self.factories:
+            for connection in list(factory.connections):
+                connection.drain()
+        waited = 0.0
+        while any(f.connections for f in self.factories) and waited < DRAIN_GRACE_SECONDS:
+            yield _sleep(self.reactor, 0.05)
+            waited += 0.05
+        for factory in self.factories:
+            for connection in list(factory.connections):
+                if connection.transport is not None:
+                    connection.transport.abortConnection()
+        self.factories = []
+        if self.gateway is not None:
+            yield self.gateway.close()
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def gateway_service(config: GatewayConfig, reactor: Any = None) -> service.MultiService:
+    """The whole gateway as one ``MultiService`` (what ``twistd eventgw`` runs)."""
+    top = service.MultiService()
+    GatewayService(config, reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd eventgw``: command-line options and ``makeService`` (Twisted's tap convention).
+
+Shell module.  The YAML file named by ``--config`` is the primary interface; the
+flags override single keys.  A bad configuration ends the start with one line on
+stderr naming the key or file, and exit status 1, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any, NoReturn
+
+from twisted.application import service
+from twisted.python import usage
+
+from eventgw import __version__
+from eventgw.config import (
+    BrokerUpstream,
+    GatewayConfig,
+    GrpcUpstream,
+    load_config_file,
+    parse_grpc_target,
+    parse_http_upstream,
+)
+from eventgw.errors import ConfigError
+
+__all__ = ["Options", "makeService"]
+
+
+def _fail(error: ConfigError) -> NoReturn:
+    sys.stderr.write(f"eventgw: bad configuration: {error}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"not a port number: {value!r}")
+    return port
+
+
+class Options(usage.Options):
+    """Options of ``twistd eventgw``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run eventgw: one TLS port (ALPN h2 and http/1.1) in front of a Master API "
+        "(HTTP /api and gRPC) and an Event Broker (/events, CloudEvents over gRPC). "
+        "Configuration comes from the YAML file given with --config; the other flags "
+        "override single keys of it."
+    )
+    optParameters: list[Any] = [
+        ["config", "c", None, "YAML configuration file (see README: configuration)."],
+        ["port", "p", None, "TLS port, ALPN h2 + http/1.1 (listen.tls; default 9001).", _port],
+        ["cleartext-port", None, None,
+         "Cleartext port, HTTP/1.1 + h2c prior knowledge (listen.cleartext).", _port],
+        ["interface", None, None, "Address to bind (listen.interface; default 0.0.0.0)."],
+        ["master-api-http", None, None, "Master API HTTP base URL (master_api.http)."],
+        ["master-api-grpc", None, None,
+         "Master API gRPC address host:port or grpcs://host:port (master_api.grpc)."],
+        ["event-broker-grpc", None, None,
+         "Event Broker gRPC address host:port or grpcs://host:port (event_broker.grpc)."],
+        ["workers", "w", None, "Number of worker processes sharing the ports (workers).", int],
+    ]
+    optFlags: list[Any] = [
+        ["no-access-log", None, "Do not log one line per request (log.access: false)."],
+    ]
+
+    def opt_version(self) -> NoReturn:
+        """Print the eventgw version and exit."""
+        print(f"eventgw {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        try:
+            self["gateway_config"] = self.build_config()
+        except ConfigError as e:
+            _fail(e)
+
+    def build_config(self) -> GatewayConfig:
+        """The configuration file with the command-line overrides applied."""
+        path = self["config"]
+        if path is not None:
+            config = load_config_file(path)
+        elif self["master-api-http"] or self["master-api-grpc"]:
+            config = GatewayConfig(source="<command line>")
+        else:
+            raise ConfigError("--config", "no configuration file given (and no --master-api-*)")
+        listen = config.listen
+        if self["port"] is not None:
+            listen = replace(listen, tls=self["port"])
+        if self["cleartext-port"] is not None:
+            listen = replace(listen, cleartext=self["cleartext-port"])
+        if self["interface"] is not None:
+            listen = replace(listen, interface=self["interface"])
+        changes: dict[str, Any] = {"listen": listen}
+        if self["master-api-http"]:
+            changes["master_api_http"] = parse_http_upstream(
+                self["master-api-http"], "--master-api-http"
+            )
+        if self["master-api-grpc"]:
+            host, port, tls = parse_grpc_target(self["master-api-grpc"], "--master-api-grpc")
+            changes["master_api_grpc"] = GrpcUpstream(
+                host=host, port=port, tls=tls, address=f"{host}:{port}"
+            )
+        if self["event-broker-grpc"]:
+            host, port, tls = parse_grpc_target(self["event-broker-grpc"], "--event-broker-grpc")
+            changes["event_broker"] = BrokerUpstream(target=f"{host}:{port}", tls=tls)
+        if self["workers"] is not None:
+            if self["workers"] < 1:
+                raise ConfigError("--workers", "must be at least 1")
+            changes["workers"] = self["workers"]
+        if self["no-access-log"]:
+            changes["access_log"] = False
+        config = replace(config, **changes)
+        if config.master_api_http is None and config.master_api_grpc is None:
+            raise ConfigError("master_api.http", "required: the Master API's URL")
+        return config
+
+
+def makeService(options: Options) -> service.IService:
+    """The gateway service for ``twistd eventgw``."""
+    from eventgw.service import gateway_service
+
+    config: GatewayConfig = options["gateway_config"]
+    top = gateway_service(config)
+    return _OneLineErrors(top)
+
+
+class _OneLineErrors(service.MultiService):
+    """Wraps the gateway so that a port in use or unreadable cert is one line, exit 1."""
+
+    def __init__(self, inner: service.IService) -> None:
+        super().__init__()
+        inner.setServiceParent(self)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ConfigError as e:
+            self.running = False
+            _fail(e)
