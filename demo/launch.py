@@ -1,0 +1,139 @@
+"""Start the whole demo: the demo Master API (HTTP and gRPC), the demo Event Broker, and
+eventgw in front of them with a generated development certificate.
+
+``python -m demo.launch`` (what ``./demo/run`` calls).  Everything binds 127.0.0.1
+except the gateway's own ports; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG = """\
+# Written by demo/launch.py: the gateway in front of the bundled demo services.
+listen:
+  tls: {tls}
+  cleartext: {cleartext}
+  interface: 127.0.0.1
+tls:
+  dev_cert_dir: {root}/run/dev-cert   # no cert/key: a development certificate is generated
+master_api:
+  http: http://127.0.0.1:{http}
+  grpc: 127.0.0.1:{grpc}
+event_broker:
+  grpc: 127.0.0.1:{broker}
+grpc:
+  allow: ["/"]
+  deny: ["/eventbroker."]
+"""
+
+EXAMPLES = """
+eventgw demo is up: TLS on https://localhost:{tls}, cleartext on http://localhost:{cleartext}
+
+Try (in another terminal, from {root}):
+
+  curl -k --http1.1 https://localhost:{tls}/api/hello
+  curl -k --http2   https://localhost:{tls}/api/items
+  curl -k --http2   https://localhost:{tls}/api/items -H 'content-type: application/json' -d '{{"name": "new"}}'
+  curl -k -i        https://localhost:{tls}/nowhere
+
+  # events (binary mode, structured mode, batch)
+  curl -k -i https://localhost:{tls}/events -H 'ce-specversion: 1.0' -H 'ce-id: e-1' \\
+       -H 'ce-source: /demo' -H 'ce-type: demo.created' -H 'content-type: application/json' -d '{{"x": 1}}'
+  curl -k -i https://localhost:{tls}/events -H 'content-type: application/cloudevents+json' \\
+       -d '{{"specversion": "1.0", "id": "e-2", "source": "/demo", "type": "demo.created", "data": {{"x": 2}}}}'
+  curl -k -i https://localhost:{tls}/events -H 'content-type: application/cloudevents-batch+json' \\
+       -d '[{{"specversion": "1.0", "id": "e-3", "source": "/demo", "type": "t"}}, {{"specversion": "1.0", "id": "e-4", "source": "/demo", "type": "t"}}]'
+
+  # gRPC through the gateway, over TLS and over h2c
+  .venv/bin/python -m demo.client --target localhost:{tls} --tls
+  .venv/bin/python -m demo.client --target localhost:{cleartext}
+
+Ctrl-C stops the gateway and the demo services.
+"""
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"demo: {name} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"demo: {name} did not start listening on port {port}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run eventgw with the bundled demo services.")
+    parser.add_argument("--port", type=int, default=9001, help="the gateway's TLS port")
+    parser.add_argument("--cleartext-port", type=int, default=9080)
+    parser.add_argument("--http-port", type=int, default=8080, help="demo Master API HTTP")
+    parser.add_argument("--grpc-port", type=int, default=50051, help="demo Master API gRPC")
+    parser.add_argument("--broker-port", type=int, default=50052, help="demo Event Broker")
+    args = parser.parse_args(argv)
+
+    run_dir = ROOT / "run"
+    run_dir.mkdir(exist_ok=True)
+    config_path = run_dir / "demo-gateway.yaml"
+    config_path.write_text(CONFIG.format(
+        tls=args.port, cleartext=args.cleartext_port, root=ROOT, http=args.http_port,
+        grpc=args.grpc_port, broker=args.broker_port,
+    ))
+    python = sys.executable
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, command: list[str], port: int) -> None:
+        print(f"demo: starting {name} on 127.0.0.1:{port}", flush=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=env)
+        children.append(process)
+        wait_for_port(port, process, name)
+
+    def stop(*_: object) -> None:
+        for process in reversed(children):
+            if process.poll() is None:
+                process.terminate()
+        for process in children:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        start("demo Master API (HTTP)",
+              [python, "-m", "demo.masterapi.http_server", "--port", str(args.http_port)],
+              args.http_port)
+        start("demo Master API (gRPC)",
+              [python, "-m", "demo.masterapi.grpc_server", "--port", str(args.grpc_port)],
+              args.grpc_port)
+        start("demo Event Broker (gRPC)",
+              [python, "-m", "demo.eventbroker", "--port", str(args.broker_port)],
+              args.broker_port)
+        twistd = str(Path(python).with_name("twistd"))
+        start("eventgw",
+              [twistd, "-n", "--pidfile=", "eventgw", "--port", str(args.port),
+               "--config", str(config_path)],
+              args.port)
+        print(EXAMPLES.format(tls=args.port, cleartext=args.cleartext_port, root=ROOT), flush=True)
+        children[-1].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    main()
