@@ -48,6 +48,12 @@ class GatewayService(service.Service):
         self.factories: list[GatewayFactory] = []
         self.gateway: Any = None
         self.dev_certificate: Any = None
+        self._tls_options: Any = None
+
+    def prepare(self) -> None:
+        """Load (or generate) the certificate; raises ConfigError naming the key."""
+        if self._tls_options is None:
+            self._tls_options = self._context_factory()
 
     def _context_factory(self) -> Any:
         from eventgw.tls import ensure_dev_certificate, server_context_factory
@@ -93,31 +99,32 @@ class GatewayService(service.Service):
     def startService(self) -> None:
         from eventgw.gateway import Gateway
 
-        tls_options = self._context_factory()
-        self.gateway = Gateway(self.config, self.reactor)
+        self.prepare()
         access = self.config.access_log
         limits = self.config.limits
+        # Bind first: a port in use must stop the start before any upstream
+        # channel or pool exists.  The router is attached to the factories after.
+        tls_factory = GatewayFactory(
+            None, limits, tls=True, reactor=self.reactor, access_log=access  # type: ignore[arg-type]
+        )
+        clear_factory = GatewayFactory(
+            None, limits, tls=False, reactor=self.reactor, access_log=access  # type: ignore[arg-type]
+        )
         try:
-            self._listen(
-                GatewayFactory(self.gateway, limits, tls=True, reactor=self.reactor,
-                               access_log=access),
-                self.config.listen.tls,
-                "listen.tls",
-                tls_options,
-            )
+            self._listen(tls_factory, self.config.listen.tls, "listen.tls", self._tls_options)
             if self.config.listen.cleartext is not None:
                 self._listen(
-                    GatewayFactory(self.gateway, limits, tls=False, reactor=self.reactor,
-                                   access_log=access),
-                    self.config.listen.cleartext,
-                    "listen.cleartext",
-                    None,
+                    clear_factory, self.config.listen.cleartext, "listen.cleartext", None
                 )
         except BaseException:
             for port in self.ports:
                 port.stopListening()
             self.ports = []
+            self.factories = []
             raise
+        self.gateway = Gateway(self.config, self.reactor)
+        for factory in self.factories:
+            factory.target = self.gateway
         service.Service.startService(self)
         self._log_startup()
 

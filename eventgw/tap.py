@@ -30,8 +30,11 @@ __all__ = ["Options", "makeService"]
 
 
 def _fail(error: ConfigError) -> NoReturn:
-    sys.stderr.write(f"eventgw: bad configuration: {error}\n")
-    sys.stderr.flush()
+    # Once twistd has started logging, sys.stderr is redirected into the log; the
+    # one line must still reach the terminal that started us.
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"eventgw: bad configuration: {error}\n")
+    stream.flush()
     raise SystemExit(1)
 
 
@@ -130,6 +133,13 @@ def makeService(options: Options) -> service.IService:
 
     config: GatewayConfig = options["gateway_config"]
     top = gateway_service(config)
+    try:
+        # Load the certificate now, before twistd starts logging, so an unreadable
+        # one is reported on the terminal (ports are bound later, in startService).
+        for child in top:
+            child.prepare()  # type: ignore[attr-defined]
+    except ConfigError as e:
+        _fail(e)
     return _OneLineErrors(top)
 
 

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 
 from eventgw.errors import ConfigError
@@ -109,9 +109,11 @@ def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOpti
     except ValueError:
         raise ConfigError("tls.cert", f"{cert_path} holds no PEM certificate") from None
     try:
-        private_key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
-    except Exception:
-        raise ConfigError("tls.key", f"{key_path} holds no PEM private key") from None
+        private_key = crypto.PKey.from_cryptography_key(
+            serialization.load_pem_private_key(key_pem, password=None)  # type: ignore[arg-type]
+        )
+    except (ValueError, TypeError):
+        raise ConfigError("tls.key", f"{key_path} holds no unencrypted PEM private key") from None
     leaf = ssl.Certificate.loadPEM(chain[0].public_bytes(serialization.Encoding.PEM))
     extra = [
         ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)).original
@@ -119,7 +121,7 @@ def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOpti
     ]
     try:
         options = ssl.CertificateOptions(
-            privateKey=private_key.original,
+            privateKey=private_key,
             certificate=leaf.original,
             extraCertChain=extra,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
