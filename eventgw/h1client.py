@@ -1,0 +1,562 @@
+# -*- test-case-name: tests.test_h1client -*-
+"""The HTTP/1.1 client codec: request heads and body framing out, response events in.
+
+Core module: imports only the standard library and :mod:`eventgw.errors`.  It must not
+import ``twisted``, ``grpc``, ``txaio`` or ``socket``, and never reads the clock.
+
+One :class:`ClientConnection` lives as long as one upstream connection and serves its
+requests one after the other (no pipelining).  Bytes go out as return values
+(:meth:`~ClientConnection.send_request`, :meth:`~ClientConnection.send_body`,
+:meth:`~ClientConnection.send_end`); bytes come in through
+:meth:`~ClientConnection.receive_data` (``b""`` meaning the peer closed), and the caller
+pulls events with :meth:`~ClientConnection.next_event` until it returns
+:data:`NEED_DATA` -- the h11 shape, so back-pressure is the caller's to apply.
+
+Theory of operation:
+
+* Host: the request carries the *upstream's* authority in ``Host`` (nginx's
+  ``proxy_set_header Host $proxy_host`` default); the client's own ``Host`` travels in
+  ``X-Forwarded-Host`` (:mod:`eventgw.headers`).  An upstream with virtual hosts is
+  addressed by the name configured for it, never by a name a client chose.
+* Request framing: a known length is sent as ``content-length`` (omitted for an empty
+  body on methods whose requests usually have none); an unknown length (a chunked
+  HTTP/1.1 upload, an HTTP/2 stream without ``content-length``) as chunked.
+* Response parsing is as strict as a server's request parsing: a bad status line, a
+  header block over the limit, obs-fold, a header name that is not a token, NUL/CR/LF or
+  other control bytes in a value, ``content-length`` together with
+  ``transfer-encoding``, a malformed or repeated ``content-length``, or a transfer
+  coding other than ``chunked`` all raise :class:`ResponseError` (the gateway answers
+  502, and never forwards the garbage).  Only CRLF ends a line.
+* Body framing follows RFC 9112 section 6.3: no body after a ``HEAD`` request or for
+  1xx/204/304; else chunked (trailers kept), else ``content-length``, else the body
+  runs until the connection closes.  Interim 1xx responses (``100 Continue``, ``103``)
+  are skipped; ``101`` is an error (the gateway never asks to upgrade).
+* Keep-alive: the connection is :attr:`~ClientConnection.reusable` only when the
+  request was sent completely, the response was read completely, the response was
+  HTTP/1.1 without ``Connection: close``, its body was not close-delimited, and no
+  stray byte followed it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from eventgw.errors import GatewayError, GrpcStatus
+
+__all__ = [
+    "MAX_CHUNK_LINE",
+    "MAX_RESPONSE_HEAD",
+    "NEED_DATA",
+    "ClientConnection",
+    "Data",
+    "Ended",
+    "Event",
+    "LocalProtocolError",
+    "ResponseError",
+    "ResponseHead",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+# A response head (status line + headers), and separately the trailer block, may not
+# exceed this: it bounds what one upstream can make the gateway buffer before a single
+# byte is forwarded (nginx's proxy_buffer_size plays the same role, at 4-8 KiB).
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+
+# A chunk-size line (size plus chunk extensions) longer than this is an attack, not a
+# chunk header (h11 and Node bound it too).
+MAX_CHUNK_LINE: Final = 4096
+
+# 16 hex digits is 2**64: a larger chunk is no real chunk, and the bound keeps int()
+# cheap.
+_MAX_CHUNK_DIGITS: Final = 16
+
+# 18 decimal digits is just under 10**18 bytes; longer content-length values are
+# rejected rather than turned into huge integers.
+_MAX_LENGTH_DIGITS: Final = 18
+
+# Methods whose requests usually have no body: an empty body is sent without a
+# content-length header (as curl and nginx do), everything else says "0".
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
+
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t -~\x80-\xff]*))?")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Anything but HTAB, SP, VCHAR and obs-text, and any CR or LF that is not part of a
+# CRLF pair, is forbidden in a head (RFC 9110 section 5.5, RFC 9112 section 2.2).
+_BAD_BYTES: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_CHUNK_SIZE: Final = re.compile(rb"[0-9a-fA-F]{1,%d}" % _MAX_CHUNK_DIGITS)
+_DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % _MAX_LENGTH_DIGITS)
+
+
+class ResponseError(GatewayError):
+    """The upstream's response is malformed or incomplete: the client gets 502.
+
+    :ivar no_response: ``True`` when the connection closed before a single response
+        byte arrived (a stale keep-alive connection looks like this).
+    """
+
+    http_status = 502
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+    def __init__(self, message: str, *, no_response: bool = False) -> None:
+        super().__init__(message)
+        self.no_response = no_response
+
+
+class LocalProtocolError(Exception):
+    """The caller used the codec wrongly (a body longer than declared, a request while
+    another is in flight, a header value with CR/LF...)."""
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+"""Returned by :meth:`ClientConnection.next_event` when more bytes are needed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseHead:
+    """The final response's status line and headers were received.
+
+    :ivar headers: as received (names lower-case), hop-by-hop ones included.
+    :ivar has_body: ``False`` when :class:`Ended` follows at once (``HEAD``, 204, 304,
+        ``content-length: 0``).
+    """
+
+    status: int
+    reason: bytes
+    headers: Headers
+    http_version: bytes
+    has_body: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Data:
+    """A piece of the response body, de-chunked."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ended:
+    """The response is complete; ``trailers`` holds a chunked body's trailer fields."""
+
+    trailers: Headers
+
+
+Event = ResponseHead | Data | Ended | Literal[_NeedData.NEED_DATA]
+
+
+class _Read(enum.Enum):
+    IDLE = "idle"  # no request in flight
+    HEAD = "head"  # waiting for the status line and headers
+    LENGTH = "length"  # content-length body
+    CHUNK_SIZE = "chunk-size"
+    CHUNK_DATA = "chunk-data"
+    CHUNK_CRLF = "chunk-crlf"
+    TRAILERS = "trailers"
+    CLOSE = "close"  # body until the connection closes
+    END = "end"  # body complete, Ended not yet returned
+    DONE = "done"
+    ERROR = "error"
+
+
+class _Send(enum.Enum):
+    IDLE = "idle"
+    BODY = "body"
+    DONE = "done"
+
+
+_NO_TRAILERS: Final[Headers] = []
+
+
+class ClientConnection:
+    """One upstream connection's HTTP/1.1 state: at most one request in flight.
+
+    Invariant: ``_buf`` holds received bytes not yet turned into events; after an error
+    the connection is unusable (every call raises again) and must be closed.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_chunked_out",
+        "_eof",
+        "_head_method",
+        "_keep_alive",
+        "_max_head",
+        "_read",
+        "_received_any",
+        "_remaining",
+        "_scan",
+        "_send",
+        "_send_remaining",
+    )
+
+    def __init__(self, *, max_head_bytes: int = MAX_RESPONSE_HEAD) -> None:
+        self._max_head = max_head_bytes
+        self._buf = b""
+        self._scan = 0
+        self._eof = False
+        self._read = _Read.IDLE
+        self._send = _Send.IDLE
+        self._head_method = False
+        self._keep_alive = True
+        self._remaining = 0
+        self._send_remaining = 0
+        self._chunked_out = False
+        self._received_any = False
+
+    # --- the request ------------------------------------------------------------
+
+    def send_request(
+        self,
+        method: bytes,
+        target: bytes,
+        host: bytes,
+        headers: Headers,
+        *,
+        content_length: int | None,
+    ) -> bytes:
+        """Start a request; return its serialized head.
+
+        :param host: the ``Host`` value (the upstream's authority).
+        :param headers: end-to-end headers only (see :mod:`eventgw.headers`): no
+            ``host``, ``content-length`` or ``transfer-encoding``.
+        :param content_length: the body's length, or ``None`` to send it chunked.
+        """
+        if self._read is not _Read.IDLE or self._send is not _Send.IDLE:
+            raise LocalProtocolError("a request is already in flight on this connection")
+        if not _TOKEN.fullmatch(method) or not target or b" " in target:
+            raise LocalProtocolError("invalid method or request target")
+        lines = [b"%s %s HTTP/1.1" % (method, target), b"host: " + host]
+        lines += [b": ".join(item) for item in headers]
+        if content_length is None:
+            lines.append(b"transfer-encoding: chunked")
+            self._chunked_out = True
+        else:
+            self._chunked_out = False
+            self._send_remaining = content_length
+            if content_length or method not in _NO_BODY_METHODS:
+                lines.append(b"content-length: %d" % content_length)
+        lines.append(b"\r\n")
+        head = b"\r\n".join(lines)
+        # One C-speed scan instead of a check per value: every LF must be one of ours.
+        # A CR, LF or NUL smuggled inside a name, value or target would otherwise split
+        # the request (RFC 9112 section 11.2).
+        newlines = len(lines)
+        if (
+            head.count(b"\n") != newlines
+            or head.count(b"\r") != newlines
+            or b"\0" in head
+        ):
+            raise LocalProtocolError("CR, LF or NUL in the request head")
+        self._send = _Send.BODY if (content_length is None or content_length) else _Send.DONE
+        self._head_method = method == b"HEAD"
+        self._read = _Read.HEAD
+        self._keep_alive = True
+        self._received_any = False
+        return head
+
+    def send_body(self, data: bytes) -> bytes:
+        """Frame a piece of the request body."""
+        if self._send is not _Send.BODY:
+            raise LocalProtocolError("no request body expected now")
+        if not data:
+            return b""
+        if self._chunked_out:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        if len(data) > self._send_remaining:
+            raise LocalProtocolError("request body longer than its content-length")
+        self._send_remaining -= len(data)
+        return data
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        """Finish the request body (trailers are sent only when chunked)."""
+        if self._send is _Send.DONE:
+            return b""
+        if self._send is not _Send.BODY:
+            raise LocalProtocolError("no request body expected now")
+        self._send = _Send.DONE
+        if not self._chunked_out:
+            if self._send_remaining:
+                self._keep_alive = False
+                raise LocalProtocolError("request body shorter than its content-length")
+            return b""
+        if not trailers:
+            return b"0\r\n\r\n"
+        block = b"".join([b"%s: %s\r\n" % item for item in trailers])
+        if block.count(b"\n") != len(trailers) or block.count(b"\r") != len(trailers):
+            raise LocalProtocolError("CR or LF in a request trailer")
+        return b"0\r\n" + block + b"\r\n"
+
+    @property
+    def request_complete(self) -> bool:
+        """Whether the whole request (head and body) has been serialized."""
+        return self._send is _Send.DONE
+
+    # --- the response -----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the upstream; ``b""`` means it closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        self._received_any = True
+        self._buf = self._buf + data if self._buf else data
+
+    @property
+    def received_any(self) -> bool:
+        """Whether any byte arrived since the current request was started."""
+        return self._received_any
+
+    @property
+    def response_complete(self) -> bool:
+        """Whether the current response has been read to its end."""
+        return self._read is _Read.DONE
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may be sent on this connection."""
+        return (
+            self._read is _Read.DONE
+            and self._send is _Send.DONE
+            and self._keep_alive
+            and not self._buf
+            and not self._eof
+        )
+
+    def start_next_cycle(self) -> None:
+        """Forget the finished exchange so the next request can be sent."""
+        if not self.reusable:
+            raise LocalProtocolError("this connection cannot be reused")
+        self._read = _Read.IDLE
+        self._send = _Send.IDLE
+
+    def next_event(self) -> Event:
+        """The next response event, or :data:`NEED_DATA`."""
+        state = self._read
+        if state is _Read.LENGTH or state is _Read.CHUNK_DATA:
+            return self._read_counted(state)
+        if state is _Read.HEAD:
+            return self._read_head()
+        if state is _Read.END:
+            self._read = _Read.DONE
+            return Ended(trailers=_NO_TRAILERS)
+        if state is _Read.CHUNK_SIZE:
+            return self._read_chunk_size()
+        if state is _Read.CHUNK_CRLF:
+            return self._read_chunk_crlf()
+        if state is _Read.TRAILERS:
+            return self._read_trailers()
+        if state is _Read.CLOSE:
+            if self._buf:
+                data = self._buf
+                self._buf = b""
+                return Data(data=data)
+            if self._eof:
+                self._read = _Read.DONE
+                return Ended(trailers=_NO_TRAILERS)
+            return NEED_DATA
+        if state is _Read.ERROR:
+            raise ResponseError("the connection already failed")
+        # IDLE or DONE: nothing is expected.  Stray bytes make the connection unusable
+        # (reusable checks the buffer); nothing is returned for them.
+        return NEED_DATA
+
+    # --- response parsing, one method per state ---------------------------------------
+
+    def _fail(self, message: str, *, no_response: bool = False) -> ResponseError:
+        self._read = _Read.ERROR
+        self._keep_alive = False
+        return ResponseError(message, no_response=no_response)
+
+    def _read_head(self) -> Event:
+        while True:
+            buf = self._buf
+            end = buf.find(b"\r\n\r\n", self._scan)
+            if end < 0:
+                # Fail fast on garbage instead of waiting for a blank line that may
+                # never come.
+                if not buf.startswith(b"HTTP/"[: len(buf)]):
+                    raise self._fail("invalid status line from upstream")
+                if len(buf) > self._max_head:
+                    raise self._fail("response head too large")
+                if self._eof:
+                    if not buf:
+                        raise self._fail(
+                            "upstream closed the connection without a response",
+                            no_response=not self._received_any,
+                        )
+                    raise self._fail("upstream closed the connection within the response head")
+                self._scan = max(0, len(buf) - 3)
+                return NEED_DATA
+            if end > self._max_head:
+                raise self._fail("response head too large")
+            block = buf[:end]
+            self._buf = buf[end + 4 :]
+            self._scan = 0
+            head = self._parse_head(block)
+            if head is not None:
+                return head
+
+    def _parse_head(self, block: bytes) -> ResponseHead | None:
+        if _BAD_BYTES.search(block) is not None:
+            raise self._fail("control character in the response head")
+        lines = block.split(b"\r\n")
+        match = _STATUS_LINE.fullmatch(lines[0])
+        if match is None:
+            raise self._fail("invalid status line from upstream")
+        minor, code, reason = match.groups()
+        status = int(code)
+        if status >= 600:
+            raise self._fail("invalid status code from upstream")
+        headers: Headers = []
+        append = headers.append
+        length: bytes | None = None
+        coding: bytes | None = None
+        close = minor == b"0"
+        token = _TOKEN.fullmatch
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or token(name) is None:
+                # A leading SP/HTAB (obs-fold) or a space before the colon lands here.
+                raise self._fail("malformed header line from upstream")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name == b"content-length":
+                if length is not None:
+                    raise self._fail("duplicate content-length from upstream")
+                if _DIGITS.fullmatch(value) is None:
+                    raise self._fail("invalid content-length from upstream")
+                length = value
+            elif name == b"transfer-encoding":
+                if coding is not None:
+                    raise self._fail("duplicate transfer-encoding from upstream")
+                coding = value
+            elif name == b"connection":
+                tokens = {t.strip(b" \t") for t in value.lower().split(b",")}
+                if b"close" in tokens:
+                    close = True
+                elif minor == b"0" and b"keep-alive" in tokens:
+                    close = False
+            append((name, value))
+        if 100 <= status < 200:
+            if status == 101:
+                raise self._fail("unexpected 101 Switching Protocols from upstream")
+            return None  # interim response: skip it, read the next head
+        if length is not None and coding is not None:
+            raise self._fail("content-length with transfer-encoding from upstream")
+        version = b"HTTP/1." + minor
+        if self._head_method or status == 204 or status == 304:
+            self._read = _Read.END
+            has_body = False
+        elif coding is not None:
+            if minor == b"0":
+                raise self._fail("transfer-encoding in an HTTP/1.0 response")
+            if coding.lower() != b"chunked":
+                raise self._fail("unsupported transfer-encoding from upstream")
+            self._read = _Read.CHUNK_SIZE
+            has_body = True
+        elif length is not None:
+            self._remaining = int(length)
+            has_body = self._remaining > 0
+            self._read = _Read.LENGTH if has_body else _Read.END
+        else:
+            self._read = _Read.CLOSE
+            close = True
+            has_body = True
+        if close:
+            self._keep_alive = False
+        return ResponseHead(
+            status=status,
+            reason=reason or b"",
+            headers=headers,
+            http_version=version,
+            has_body=has_body,
+        )
+
+    def _read_counted(self, state: _Read) -> Event:
+        buf = self._buf
+        if not buf:
+            if self._eof:
+                raise self._fail("upstream closed the connection within the response body")
+            return NEED_DATA
+        remaining = self._remaining
+        if len(buf) <= remaining:
+            data = buf
+            self._buf = b""
+            remaining -= len(buf)
+        else:
+            data = buf[:remaining]
+            self._buf = buf[remaining:]
+            remaining = 0
+        self._remaining = remaining
+        if not remaining:
+            self._read = _Read.END if state is _Read.LENGTH else _Read.CHUNK_CRLF
+        return Data(data=data)
+
+    def _read_chunk_size(self) -> Event:
+        buf = self._buf
+        end = buf.find(b"\r\n", 0, MAX_CHUNK_LINE)
+        if end < 0:
+            if len(buf) >= MAX_CHUNK_LINE:
+                raise self._fail("chunk-size line too long")
+            if self._eof:
+                raise self._fail("upstream closed the connection within the response body")
+            return NEED_DATA
+        line = buf[:end]
+        self._buf = buf[end + 2 :]
+        size = line.split(b";", 1)[0].rstrip(b" \t")
+        if _CHUNK_SIZE.fullmatch(size) is None or _BAD_BYTES.search(line) is not None:
+            raise self._fail("invalid chunk-size line from upstream")
+        self._remaining = int(size, 16)
+        if self._remaining:
+            self._read = _Read.CHUNK_DATA
+            return self._read_counted(_Read.CHUNK_DATA)
+        self._read = _Read.TRAILERS
+        return self._read_trailers()
+
+    def _read_chunk_crlf(self) -> Event:
+        buf = self._buf
+        if len(buf) < 2:
+            if buf not in (b"", b"\r"):
+                raise self._fail("chunk not followed by CRLF")
+            if self._eof:
+                raise self._fail("upstream closed the connection within the response body")
+            return NEED_DATA
+        if buf[:2] != b"\r\n":
+            raise self._fail("chunk not followed by CRLF")
+        self._buf = buf[2:]
+        self._read = _Read.CHUNK_SIZE
+        return self._read_chunk_size()
+
+    def _read_trailers(self) -> Event:
+        buf = self._buf
+        if buf.startswith(b"\r\n"):
+            self._buf = buf[2:]
+            self._read = _Read.DONE
+            return Ended(trailers=_NO_TRAILERS)
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self._max_head:
+                raise self._fail("response trailers too large")
+            if self._eof:
+                raise self._fail("upstream closed the connection within the trailers")
+            return NEED_DATA
+        block = buf[:end]
+        self._buf = buf[end + 4 :]
+        if _BAD_BYTES.search(block) is not None:
+            raise self._fail("control character in the response trailers")
+        trailers: Headers = []
+        for line in block.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep or _TOKEN.fullmatch(name) is None:
+                raise self._fail("malformed trailer line from upstream")
+            trailers.append((name.lower(), value.strip(b" \t")))
+        self._read = _Read.DONE
+        return Ended(trailers=trailers)
