@@ -54,6 +54,7 @@ def gateway_config(
     api: str | None = None,
     grpc: str | None = None,
     broker: str | None = None,
+    response_timeout: float = 10.0,
     extra: str = "",
 ) -> GatewayConfig:
     """A config for tests: ports 0 on 127.0.0.1, the given upstreams."""
@@ -62,6 +63,7 @@ def gateway_config(
     if grpc:
         lines.append(f"  grpc: {grpc}")
     lines.append("  connect_timeout: 2")
+    lines.append(f"  response_timeout: {response_timeout}")
     if broker:
         lines.append(f"event_broker: {{grpc: '{broker}', deadline: 2}}")
     return load_config("\n".join(lines) + "\n" + extra)
