@@ -37,7 +37,9 @@ class GatewayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, reactor: Any = None, adopt_fds: list[int] | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -49,6 +51,8 @@ class GatewayService(service.Service):
         self.gateway: Any = None
         self.dev_certificate: Any = None
         self._tls_options: Any = None
+        # With --workers, listening sockets are inherited from the supervisor.
+        self.adopt_fds = adopt_fds
 
     def prepare(self) -> None:
         """Load (or generate) the certificate; raises ConfigError naming the key."""
@@ -75,6 +79,9 @@ class GatewayService(service.Service):
 
     def _listen(self, factory: GatewayFactory, port: int, key: str, tls_options: Any) -> None:
         interface = self.config.listen.interface
+        if self.adopt_fds is not None:
+            self._adopt(factory, self.adopt_fds[len(self.ports)], tls_options)
+            return
         endpoint: Any
         if tls_options is not None:
             endpoint = SSL4ServerEndpoint(self.reactor, port, tls_options, interface=interface)
@@ -95,6 +102,18 @@ class GatewayService(service.Service):
             reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
             raise ConfigError(key, f"cannot listen on {interface}:{port}: {reason}")
         value.raiseException()
+
+    def _adopt(self, factory: GatewayFactory, fd: int, tls_options: Any) -> None:
+        import socket
+
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        family = socket.AF_INET6 if ":" in self.config.listen.interface else socket.AF_INET
+        wrapped: Any = factory
+        if tls_options is not None:
+            wrapped = TLSMemoryBIOFactory(tls_options, False, factory)
+        self.ports.append(self.reactor.adoptStreamPort(fd, family, wrapped))
+        self.factories.append(factory)
 
     def startService(self) -> None:
         from eventgw.gateway import Gateway
@@ -179,8 +198,10 @@ def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
     return d
 
 
-def gateway_service(config: GatewayConfig, reactor: Any = None) -> service.MultiService:
+def gateway_service(
+    config: GatewayConfig, reactor: Any = None, adopt_fds: list[int] | None = None
+) -> service.MultiService:
     """The whole gateway as one ``MultiService`` (what ``twistd eventgw`` runs)."""
     top = service.MultiService()
-    GatewayService(config, reactor).setServiceParent(top)
+    GatewayService(config, reactor, adopt_fds).setServiceParent(top)
     return top

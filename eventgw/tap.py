@@ -70,6 +70,9 @@ class Options(usage.Options):
         ["event-broker-grpc", None, None,
          "Event Broker gRPC address host:port or grpcs://host:port (event_broker.grpc)."],
         ["workers", "w", None, "Number of worker processes sharing the ports (workers).", int],
+        ["adopt-fds", None, None,
+         "Internal: serve on inherited listening sockets (TLS[,cleartext] fd numbers); "
+         "used by the --workers supervisor."],
     ]
     optFlags: list[Any] = [
         ["no-access-log", None, "Do not log one line per request (log.access: false)."],
@@ -80,7 +83,19 @@ class Options(usage.Options):
         print(f"eventgw {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
+        fds = self["adopt-fds"]
+        if fds is not None:
+            try:
+                self["adopt_fds"] = [int(fd) for fd in fds.split(",")]
+            except ValueError:
+                raise usage.UsageError(f"--adopt-fds: not fd numbers: {fds!r}") from None
+        else:
+            self["adopt_fds"] = None
         try:
             self["gateway_config"] = self.build_config()
         except ConfigError as e:
@@ -132,7 +147,18 @@ def makeService(options: Options) -> service.IService:
     from eventgw.service import gateway_service
 
     config: GatewayConfig = options["gateway_config"]
-    top = gateway_service(config)
+    if config.workers > 1 and options["adopt_fds"] is None:
+        from eventgw.workers import WorkerSupervisor
+
+        supervisor = WorkerSupervisor(config, options.raw_args)
+        try:
+            supervisor.bind()
+        except ConfigError as e:
+            _fail(e)
+        top = service.MultiService()
+        supervisor.setServiceParent(top)
+        return top
+    top = gateway_service(config, adopt_fds=options["adopt_fds"])
     try:
         # Load the certificate now, before twistd starts logging, so an unreadable
         # one is reported on the terminal (ports are bound later, in startService).
