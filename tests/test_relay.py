@@ -1,0 +1,329 @@
+"""Unit tests for the gRPC relay's sans-IO bookkeeping (eventgw.relay): no sockets."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from eventgw.errors import GrpcStatus
+from eventgw.exchange import CANCEL, Headers, RequestHead
+from eventgw.relay import (
+    HIGH_WATERMARK,
+    LOW_WATERMARK,
+    REFUSED_STREAM,
+    AbortResponse,
+    Acknowledge,
+    CancelTimer,
+    EndResponse,
+    MessageFraming,
+    PauseRequestBody,
+    RelayStream,
+    ResetUpstream,
+    ResumeRequestBody,
+    SendUpstream,
+    StartTimer,
+    WriteBody,
+    WriteHead,
+    grpc_status_for_http,
+    grpc_status_for_reset,
+    parse_grpc_timeout,
+    percent_encode_message,
+    refusal,
+    response_headers,
+    upstream_request_headers,
+)
+from eventgw.routing import MethodPolicy
+from tests.support import make_head
+
+GRPC_HEADERS: Headers = [
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+    (b"user-agent", b"grpc-python/1.0"),
+    (b"grpc-timeout", b"300m"),
+    (b"grpc-encoding", b"gzip"),
+    (b"x-token-bin", b"AAEC"),
+    (b"connection", b"keep-alive"),
+    (b"keep-alive", b"timeout=5"),
+    (b"transfer-encoding", b"chunked"),
+    (b"upgrade", b"h2c"),
+    (b"host", b"gateway.test"),
+    (b"x-forwarded-for", b"10.0.0.1"),
+]
+
+
+def grpc_head(headers: Headers | None = None, *, body: bool = True) -> RequestHead:
+    return make_head(
+        b"POST",
+        b"/demo.masterapi.v1.Items/GetItem",
+        GRPC_HEADERS if headers is None else headers,
+        protocol="HTTP/2",
+        peer="192.0.2.7",
+        content_length=None,
+        body_expected=body,
+    )
+
+
+def message(payload: bytes) -> bytes:
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+OK_HEAD: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
+
+
+class HeaderRuleTests(SynchronousTestCase):
+    def test_request_headers(self) -> None:
+        """Pseudo-headers come first with the upstream's authority; connection-specific
+        headers go, gRPC's own and -bin metadata stay, x-forwarded-for is appended."""
+        headers = upstream_request_headers(grpc_head(), b"master:50051", b"http")
+        self.assertEqual(
+            headers,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/demo.masterapi.v1.Items/GetItem"),
+                (b":authority", b"master:50051"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+                (b"user-agent", b"grpc-python/1.0"),
+                (b"grpc-timeout", b"300m"),
+                (b"grpc-encoding", b"gzip"),
+                (b"x-token-bin", b"AAEC"),
+                (b"x-forwarded-for", b"10.0.0.1, 192.0.2.7"),
+            ],
+        )
+
+    def test_te_other_than_trailers_dropped(self) -> None:
+        """``te`` with any value but ``trailers`` is not forwarded (RFC 9113 8.2.2)."""
+        head = grpc_head([(b"te", b"gzip"), (b"content-type", b"application/grpc")])
+        names = [name for name, _ in upstream_request_headers(head, b"m:1", b"http")]
+        self.assertNotIn(b"te", names)
+        self.assertIn((b"x-forwarded-for", b"192.0.2.7"),
+                      upstream_request_headers(head, b"m:1", b"http"))
+
+    def test_response_headers(self) -> None:
+        """The status is split off; pseudo and connection headers are dropped."""
+        status, kept = response_headers(
+            [(b":status", b"200"), (b"content-type", b"application/grpc"),
+             (b"connection", b"close"), (b"x-a-bin", b"AA==")]
+        )
+        self.assertEqual(status, 200)
+        self.assertEqual(kept, [(b"content-type", b"application/grpc"), (b"x-a-bin", b"AA==")])
+
+
+class TableTests(SynchronousTestCase):
+    def test_grpc_timeout(self) -> None:
+        """Every unit of grpc-timeout parses; malformed values give None."""
+        self.assertEqual(parse_grpc_timeout(b"300m"), 0.3)
+        self.assertEqual(parse_grpc_timeout(b"2S"), 2.0)
+        self.assertEqual(parse_grpc_timeout(b"1M"), 60.0)
+        self.assertEqual(parse_grpc_timeout(b"1H"), 3600.0)
+        self.assertAlmostEqual(parse_grpc_timeout(b"5000u") or 0, 0.005)
+        self.assertAlmostEqual(parse_grpc_timeout(b"99999999n") or 0, 0.099999999)
+        for bad in (b"", b"m", b"123456789S", b"10x", b"-1S", b"1.5S"):
+            self.assertIsNone(parse_grpc_timeout(bad), bad)
+
+    def test_percent_encoding(self) -> None:
+        """grpc-message: printable ASCII stays, '%' and non-ASCII are %XX of UTF-8."""
+        self.assertEqual(percent_encode_message("a b/c"), b"a b/c")
+        self.assertEqual(percent_encode_message("100%"), b"100%25")
+        self.assertEqual(percent_encode_message("né\n"), b"n%C3%A9%0A")
+
+    def test_reset_codes(self) -> None:
+        """RST_STREAM codes map as gRPC's PROTOCOL-HTTP2.md says."""
+        self.assertEqual(grpc_status_for_reset(REFUSED_STREAM), GrpcStatus.UNAVAILABLE)
+        self.assertEqual(grpc_status_for_reset(CANCEL), GrpcStatus.CANCELLED)
+        self.assertEqual(grpc_status_for_reset(0x2), GrpcStatus.INTERNAL)
+        self.assertEqual(grpc_status_for_reset(0xB), GrpcStatus.RESOURCE_EXHAUSTED)
+        self.assertEqual(grpc_status_for_reset(0xC), GrpcStatus.PERMISSION_DENIED)
+        self.assertEqual(grpc_status_for_reset(0x99), GrpcStatus.INTERNAL)
+
+    def test_http_statuses(self) -> None:
+        """Non-200 HTTP statuses map as http-grpc-status-mapping.md says."""
+        expected = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14,
+                    504: 14, 500: 2, 418: 2}
+        for status, code in expected.items():
+            self.assertEqual(grpc_status_for_http(status), code, status)
+
+    def test_refusal(self) -> None:
+        """Deny wins over allow; the message names the method."""
+        policy = MethodPolicy.from_lists(["/"], ["/eventbroker."])
+        self.assertIsNone(refusal(b"/demo.masterapi.v1.Items/GetItem", policy))
+        reason = refusal(b"/eventbroker.v1.EventBroker/Publish", policy)
+        assert reason is not None
+        self.assertIn("/eventbroker.v1.EventBroker/Publish", reason)
+
+
+class MessageFramingTests(SynchronousTestCase):
+    def test_boundaries_byte_by_byte(self) -> None:
+        """Fed one byte at a time, the framing is at a boundary only between messages."""
+        framing = MessageFraming()
+        stream = message(b"abc") + message(b"") + message(b"x" * 300)
+        ends = {5 + 3, 5 + 3 + 5, len(stream)}
+        for index in range(len(stream)):
+            framing.feed(stream[index : index + 1])
+            self.assertEqual(framing.at_boundary, index + 1 in ends, index)
+
+    def test_many_messages_in_one_chunk(self) -> None:
+        """Several messages and a split one in a single chunk."""
+        framing = MessageFraming()
+        framing.feed(message(b"a") + message(b"bb") + message(b"ccc")[:4])
+        self.assertFalse(framing.at_boundary)
+        framing.feed(message(b"ccc")[4:])
+        self.assertTrue(framing.at_boundary)
+
+
+class RelayStreamTests(SynchronousTestCase):
+    def relay(self, headers: Headers | None = None, body: bool = True) -> RelayStream:
+        return RelayStream(grpc_head(headers, body=body), b"master:50051", b"http")
+
+    def test_unary_call(self) -> None:
+        """A unary call: timer, body up, END_STREAM up, head, DATA, trailers down."""
+        r = self.relay()
+        self.assertEqual(r.start(), [StartTimer(0.3)])
+        self.assertEqual(r.request_data(message(b"req")), [SendUpstream(message(b"req"))])
+        self.assertEqual(r.request_ended_by_client(), [SendUpstream(b"", end=True)])
+        self.assertEqual(
+            r.upstream_headers(OK_HEAD, False),
+            [WriteHead(200, [(b"content-type", b"application/grpc")])],
+        )
+        self.assertEqual(
+            r.upstream_data(message(b"rep"), 8, False),
+            [WriteBody(message(b"rep")), Acknowledge(8)],
+        )
+        self.assertEqual(
+            r.upstream_trailers(OK_TRAILERS), [CancelTimer(), EndResponse(OK_TRAILERS)]
+        )
+        self.assertTrue(r.finished)
+        self.assertEqual(r.grpc_status, 0)
+        self.assertEqual(r.client_gone(), [])
+        self.assertEqual(r.bytes_up, 8)
+        self.assertEqual(r.bytes_down, 8)
+
+    def test_no_body_request_ends_at_start(self) -> None:
+        """A request complete with its HEADERS is half-closed upstream at once."""
+        r = self.relay([(b"content-type", b"application/grpc")], body=False)
+        self.assertEqual(r.start(), [SendUpstream(b"", end=True)])
+
+    def test_trailers_only_stays_trailers_only(self) -> None:
+        """An upstream trailers-only response becomes one HEADERS with END_STREAM."""
+        r = self.relay()
+        r.start()
+        headers = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                   (b"grpc-status", b"5"), (b"grpc-message", b"not%20found")]
+        self.assertEqual(
+            r.upstream_headers(headers, True),
+            [CancelTimer(), WriteHead(200, headers[1:], end=True)],
+        )
+        self.assertEqual(r.grpc_status, 5)
+        self.assertTrue(r.finished)
+        self.assertEqual(r.request_data(b"late"), [])
+
+    def test_non_200_status(self) -> None:
+        """A 503 from upstream becomes trailers-only UNAVAILABLE and the stream is reset."""
+        r = self.relay()
+        r.start()
+        actions = r.upstream_headers([(b":status", b"503")], False)
+        self.assertEqual(actions[0], CancelTimer())
+        head = actions[1]
+        assert isinstance(head, WriteHead)
+        self.assertTrue(head.end)
+        self.assertIn((b"grpc-status", b"14"), head.headers)
+        self.assertEqual(actions[2:], [ResetUpstream(CANCEL)])
+        self.assertEqual(r.grpc_status, GrpcStatus.UNAVAILABLE)
+
+    def test_client_cancel_resets_upstream(self) -> None:
+        """A client RST_STREAM resets the upstream stream with CANCEL, once."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        self.assertEqual(r.client_gone(), [CancelTimer(), ResetUpstream(CANCEL)])
+        self.assertEqual(r.client_gone(), [])
+        self.assertEqual(r.grpc_status, GrpcStatus.CANCELLED)
+        # Late DATA for the cancelled stream gives its window back, nothing else.
+        self.assertEqual(r.upstream_data(b"xx", 2, False), [Acknowledge(2)])
+
+    def test_upstream_reset_before_head(self) -> None:
+        """REFUSED_STREAM before the response head is a trailers-only UNAVAILABLE."""
+        r = self.relay()
+        r.start()
+        actions = r.upstream_reset(REFUSED_STREAM)
+        head = actions[1]
+        assert isinstance(head, WriteHead)
+        self.assertTrue(head.end)
+        self.assertIn((b"grpc-status", b"14"), head.headers)
+        self.assertEqual(r.grpc_status, 14)
+
+    def test_upstream_reset_after_head(self) -> None:
+        """After the head, an upstream reset resets the client's stream with its code."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        self.assertEqual(r.upstream_reset(CANCEL), [CancelTimer(), AbortResponse(CANCEL)])
+        self.assertEqual(r.grpc_status, GrpcStatus.CANCELLED)
+
+    def test_deadline_before_head(self) -> None:
+        """On expiry: upstream reset, trailers-only DEADLINE_EXCEEDED."""
+        r = self.relay()
+        r.start()
+        actions = r.deadline_expired()
+        self.assertEqual(actions[0], ResetUpstream(CANCEL))
+        head = actions[1]
+        assert isinstance(head, WriteHead)
+        self.assertTrue(head.end)
+        self.assertIn((b"grpc-status", b"4"), head.headers)
+        self.assertEqual(r.upstream_reset(CANCEL), [])
+
+    def test_deadline_between_messages(self) -> None:
+        """After the head and at a message boundary: trailers with grpc-status 4."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        r.upstream_data(message(b"one"), 8, False)
+        actions = r.deadline_expired()
+        self.assertEqual(actions[0], ResetUpstream(CANCEL))
+        end = actions[1]
+        assert isinstance(end, EndResponse) and end.trailers is not None
+        self.assertEqual(end.trailers[0], (b"grpc-status", b"4"))
+
+    def test_deadline_mid_message(self) -> None:
+        """Mid-message, the client's stream is reset instead of a truncated message."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        r.upstream_data(message(b"one")[:6], 6, False)
+        self.assertEqual(r.deadline_expired(), [ResetUpstream(CANCEL), AbortResponse(CANCEL)])
+
+    def test_upstream_failure(self) -> None:
+        """A lost upstream connection is UNAVAILABLE, trailers-only before the head."""
+        r = self.relay()
+        r.start()
+        actions = r.upstream_failed("connection lost")
+        head = actions[1]
+        assert isinstance(head, WriteHead)
+        self.assertIn((b"grpc-status", b"14"), head.headers)
+        self.assertIn(b"connection lost", dict(head.headers)[b"grpc-message"])
+
+    def test_request_watermarks(self) -> None:
+        """Queued request bytes pause the client above HIGH and resume at LOW."""
+        r = self.relay()
+        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK), [])
+        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK + 1), [PauseRequestBody()])
+        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK + 2), [])
+        self.assertEqual(r.upstream_buffered(LOW_WATERMARK + 1), [])
+        self.assertEqual(r.upstream_buffered(LOW_WATERMARK), [ResumeRequestBody()])
+        self.assertEqual(r.peak_queued_upstream, HIGH_WATERMARK + 2)
+
+    def test_slow_reader_holds_acknowledgements(self) -> None:
+        """While the client is paused, upstream DATA is passed on but not acknowledged;
+        on resume everything held is acknowledged at once."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        self.assertEqual(r.response_paused(), [])
+        self.assertEqual(r.upstream_data(b"a" * 100, 100, False), [WriteBody(b"a" * 100)])
+        self.assertEqual(r.upstream_data(b"b" * 50, 60, False), [WriteBody(b"b" * 50)])
+        self.assertEqual(r.unacknowledged, 160)
+        self.assertEqual(r.response_resumed(), [Acknowledge(160)])
+        self.assertEqual(r.unacknowledged, 0)
+        self.assertEqual(r.peak_unacknowledged, 160)
+        self.assertEqual(r.upstream_data(b"c", 1, False), [WriteBody(b"c"), Acknowledge(1)])
