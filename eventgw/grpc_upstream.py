@@ -1,0 +1,768 @@
+# -*- test-case-name: tests.test_grpc_relay -*-
+"""Pooled HTTP/2 client connections to the Master API's gRPC port.
+
+Shell module: Twisted moves the bytes, ``h2`` frames them.  It knows nothing about
+gRPC beyond HTTP/2: the relay (:mod:`eventgw.grpc_relay`) opens an
+:class:`UpstreamStream` with a header list and a :class:`StreamListener`, sends
+request bytes on it and hears back headers, DATA, trailers, resets and failures.
+
+* One or more connections per address (h2c, or TLS with ALPN ``h2`` for
+  ``grpcs://``, verified with service-identity against ``ca_file`` or the platform's
+  trust store); streams are multiplexed, the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+  is respected by opening another connection (up to ``max_connections``) or queueing
+  (bounded by :data:`MAX_WAITING_STREAMS`).
+* A connection counts as ready only once the server's SETTINGS arrived, all within
+  ``connect_timeout``; until then streams wait, and if it fails they fail with it.
+* After a failed connect, new calls fail at once until the back-off delay has passed
+  (doubling up to :data:`MAX_BACKOFF`), so a down Master API costs a client one
+  connect timeout at most, not one per call.
+* GOAWAY: in-flight streams the server accepted finish; the others are reset as
+  REFUSED_STREAM (UNAVAILABLE for the client); new streams go to a new connection.
+* Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
+  no answer within another interval aborts the connection.
+* Flow control: response DATA is acknowledged only when the relay says so
+  (:meth:`UpstreamStream.acknowledge`); request bytes beyond the peer's window are
+  queued on the stream and reported through :meth:`StreamListener.upstream_buffered`.
+* ``data_to_send`` is flushed once per ``dataReceived`` and once per call from the
+  relay.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Final, Protocol
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes, Settings
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventgw.config import GrpcUpstream
+from eventgw.exchange import Headers
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+
+__all__ = [
+    "INITIAL_STREAM_WINDOW",
+    "MAX_BACKOFF",
+    "MAX_WAITING_STREAMS",
+    "GrpcConnectionPool",
+    "StreamListener",
+    "UpstreamStream",
+]
+
+# The window each upstream stream gets.  It is what a stalled client can make the
+# gateway hold per stream on the response side (the relay stops acknowledging once
+# the client stops reading), so it is the memory bound; 256 KiB still moves 4 MiB
+# messages at loopback speed.
+INITIAL_STREAM_WINDOW: Final = 256 * 1024
+# The connection window, shared by all streams: large, so one stalled stream never
+# starves the others (64 stalled streams fit before it closes).
+CONNECTION_WINDOW: Final = 16 * 1024 * 1024
+# Streams waiting for a connection slot; beyond it calls fail (UNAVAILABLE) rather
+# than pile up without bound.
+MAX_WAITING_STREAMS: Final = 1000
+# Back-off after a failed connect: the first retry waits INITIAL_BACKOFF, then the
+# delay doubles up to MAX_BACKOFF.  Short, because a waiting client holds a call.
+INITIAL_BACKOFF: Final = 0.1
+MAX_BACKOFF: Final = 5.0
+# Response header blocks (and trailers) the Master API may send: gRPC's own default
+# limit for metadata is 8 KiB; 64 KiB leaves room for large -bin details.
+MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
+# The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
+_PING_DATA: Final = b"eventgw!"
+
+
+class StreamListener(Protocol):
+    """What an :class:`UpstreamStream` reports to (the relay's per-call object)."""
+
+    def upstream_headers(self, headers: Headers, end_stream: bool) -> None: ...
+
+    def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None: ...
+
+    def upstream_trailers(self, trailers: Headers) -> None: ...
+
+    def upstream_reset(self, error_code: int) -> None: ...
+
+    def upstream_failed(self, reason: str) -> None: ...
+
+    def upstream_buffered(self, queued: int) -> None: ...
+
+
+class UpstreamStream:
+    """One request to the Master API, before and after it has a connection.
+
+    Invariant: it reports exactly one ending to its listener (trailers, END_STREAM,
+    reset or failure) unless the relay reset it first, and nothing after that.
+
+    :ivar queued: request bytes accepted but not yet written to a connection.
+    """
+
+    __slots__ = (
+        "_connection",
+        "_end_queued",
+        "_pending",
+        "closed",
+        "headers",
+        "listener",
+        "local_ended",
+        "pool",
+        "queued",
+        "stream_id",
+    )
+
+    def __init__(
+        self, pool: GrpcConnectionPool, headers: Headers, listener: StreamListener
+    ) -> None:
+        self.pool = pool
+        self.headers = headers
+        self.listener = listener
+        self._connection: _UpstreamConnection | None = None
+        self.stream_id = 0
+        self._pending: deque[bytes] = deque()
+        self._end_queued = False
+        self.local_ended = False
+        self.queued = 0
+        self.closed = False
+
+    def send(self, data: bytes, end: bool = False) -> int:
+        """Queue request bytes (and the end of the request); return what is queued."""
+        if self.closed or self._end_queued:
+            return self.queued
+        if data:
+            self._pending.append(data)
+            self.queued += len(data)
+        if end:
+            self._end_queued = True
+        connection = self._connection
+        if connection is not None:
+            connection.write_pending(self)
+            connection.flush()
+        return self.queued
+
+    def reset(self, error_code: int) -> None:
+        """Cancel the request (RST_STREAM when it is on a connection)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self.queued = 0
+        connection = self._connection
+        if connection is None:
+            self.pool.forget(self)
+        else:
+            connection.reset_stream(self, error_code)
+
+    def acknowledge(self, size: int) -> None:
+        """The relay passed ``size`` flow-controlled response bytes on: reopen the window."""
+        connection = self._connection
+        if connection is not None and size:
+            connection.acknowledge(self, size)
+
+    # -- called by the connection ----------------------------------------------------
+
+    def attach(self, connection: _UpstreamConnection, stream_id: int) -> None:
+        self._connection = connection
+        self.stream_id = stream_id
+
+    def take_pending(self, window: int) -> tuple[list[bytes], bool]:
+        """Up to ``window`` queued bytes, and whether the request ends after them."""
+        chunks: list[bytes] = []
+        pending = self._pending
+        while pending and window > 0:
+            data = pending[0]
+            if len(data) <= window:
+                pending.popleft()
+            else:
+                pending[0] = data[window:]
+                data = data[:window]
+            chunks.append(data)
+            window -= len(data)
+            self.queued -= len(data)
+        return chunks, self._end_queued and not pending and not self.local_ended
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending) or (self._end_queued and not self.local_ended)
+
+    def fail(self, reason: str) -> None:
+        """The connection or the connect attempt failed."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self.queued = 0
+        self.listener.upstream_failed(reason)
+
+
+class _UpstreamConnection(TwistedProtocol):
+    """One HTTP/2 client connection to the Master API.
+
+    Invariant: ``streams`` holds exactly the h2 streams that are not closed, so its
+    length is what counts against the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: GrpcConnectionPool, reactor: IReactorTime) -> None:
+        self.pool = pool
+        self.reactor = reactor
+        self.h2 = H2Connection(
+            H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                # The relay builds request headers from a validated downstream head,
+                # and filters what comes back: h2 need not check them twice.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+            )
+        )
+        self.streams: dict[int, UpstreamStream] = {}
+        self.ready = False
+        self.draining = False
+        self.lost = False
+        self._receiving = False
+        self._blocked: set[UpstreamStream] = set()
+        self._last_received = 0.0
+        self._ping_outstanding = False
+        self._keepalive: IDelayedCall | None = None
+        self.closed: Deferred[None] = Deferred()
+
+    # -- Twisted -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        h2 = self.h2
+        h2.local_settings = Settings(
+            client=True,
+            initial_values={
+                SettingCodes.ENABLE_PUSH: 0,
+                SettingCodes.MAX_CONCURRENT_STREAMS: 0,
+                SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_STREAM_WINDOW,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_RESPONSE_HEADER_BYTES,
+            },
+        )
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._last_received = self.reactor.seconds()
+        self.flush()
+        self._schedule_keepalive()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_received = self.reactor.seconds()
+        self._ping_outstanding = False
+        self._receiving = True
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as e:
+            self.log.warn(
+                "{upstream} protocol error: {error}", upstream=self.pool.address, error=e
+            )
+            self._receiving = False
+            self.flush()
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        try:
+            for event in events:
+                self._dispatch(event)
+        finally:
+            self._receiving = False
+        self.flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+        streams = list(self.streams.values())
+        self.streams.clear()
+        message = "connection lost" if self.ready else "connection failed"
+        for stream in streams:
+            stream.fail(message)
+        self.pool.connection_lost(self, reason)
+        self.closed.callback(None)
+
+    # -- used by UpstreamStream --------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what h2 has queued (deferred to the end of ``dataReceived``)."""
+        if self._receiving or self.transport is None:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def has_capacity(self) -> bool:
+        return (
+            self.ready
+            and not self.draining
+            and not self.lost
+            and len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        )
+
+    def start_stream(self, stream: UpstreamStream) -> None:
+        """Open ``stream`` on this connection and send what it has queued."""
+        stream_id = self.h2.get_next_available_stream_id()
+        stream.attach(self, stream_id)
+        self.streams[stream_id] = stream
+        self.h2.send_headers(stream_id, stream.headers)
+        self.write_pending(stream)
+
+    def write_pending(self, stream: UpstreamStream) -> None:
+        """Send as much of ``stream``'s queue as the windows allow."""
+        if not stream.has_pending or stream.closed:
+            return
+        h2 = self.h2
+        stream_id = stream.stream_id
+        before = stream.queued
+        try:
+            window = h2.local_flow_control_window(stream_id)
+            frame = h2.max_outbound_frame_size
+            chunks, end = stream.take_pending(window)
+            for index, chunk in enumerate(chunks):
+                last = end and index == len(chunks) - 1
+                for start in range(0, len(chunk), frame):
+                    piece = chunk[start : start + frame]
+                    h2.send_data(
+                        stream_id, piece, end_stream=last and start + frame >= len(chunk)
+                    )
+            if end and not chunks:
+                h2.end_stream(stream_id)
+                stream.local_ended = True
+            elif end:
+                stream.local_ended = True
+        except H2Error:
+            # The stream closed under us (the peer reset it); the reset event tells
+            # the relay.
+            return
+        if stream.has_pending:
+            self._blocked.add(stream)
+        else:
+            self._blocked.discard(stream)
+        if stream.queued != before:
+            stream.listener.upstream_buffered(stream.queued)
+
+    def reset_stream(self, stream: UpstreamStream, error_code: int) -> None:
+        self._blocked.discard(stream)
+        if self.streams.pop(stream.stream_id, None) is not None:
+            try:
+                self.h2.reset_stream(stream.stream_id, error_code)
+            except H2Error:
+                pass
+        self.flush()
+        self.pool.capacity_freed(self)
+
+    def acknowledge(self, stream: UpstreamStream, size: int) -> None:
+        self.h2.acknowledge_received_data(size, stream.stream_id)
+        self.flush()
+
+    def shut_down(self) -> None:
+        """Close for good: GOAWAY, then drop the connection."""
+        self.draining = True
+        if self.transport is None:
+            return
+        try:
+            self.h2.close_connection()
+        except H2Error:
+            pass
+        self.flush()
+        self.transport.loseConnection()
+
+    # -- h2 events ---------------------------------------------------------------------
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                # A stream the relay already let go: give the window back.
+                self.h2.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+                return
+            stream.listener.upstream_data(
+                event.data, event.flow_controlled_length, event.stream_ended is not None
+            )
+        elif isinstance(event, ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.listener.upstream_headers(
+                    event.headers,
+                    event.stream_ended is not None,
+                )
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.listener.upstream_trailers(event.headers)
+        elif isinstance(event, StreamEnded):
+            self._remote_ended(event.stream_id)
+        elif isinstance(event, StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                self._blocked.discard(stream)
+                stream.closed = True
+                stream.listener.upstream_reset(int(event.error_code or 0))
+                self.pool.capacity_freed(self)
+        elif isinstance(event, WindowUpdated):
+            self._window_opened(event.stream_id)
+        elif isinstance(event, RemoteSettingsChanged):
+            if not self.ready:
+                self.ready = True
+                self.pool.connection_ready(self)
+            elif SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._window_opened(0)
+            if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
+                self.pool.capacity_freed(self)
+        elif isinstance(event, ConnectionTerminated):
+            self._goaway(event.last_stream_id, event.error_code)
+        elif isinstance(event, PingAckReceived):
+            self._ping_outstanding = False
+
+    def _remote_ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.local_ended:
+            # The response finished before the request did (an early error): end
+            # our side too, so the stream closes and frees its slot.
+            stream.closed = True
+            stream.local_ended = True
+            self._blocked.discard(stream)
+            try:
+                self.h2.end_stream(stream_id)
+            except H2Error:
+                pass
+        del self.streams[stream_id]
+        self.pool.capacity_freed(self)
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream in self._blocked:
+                self.write_pending(stream)
+            return
+        for stream in list(self._blocked):
+            self.write_pending(stream)
+
+    def _goaway(self, last_stream_id: int | None, error_code: object) -> None:
+        self.draining = True
+        # h2 moves the whole connection to CLOSED on GOAWAY and would then reject the
+        # frames of the streams the server still finishes (python-hyper/h2 #1181).
+        # RFC 9113 section 6.8 lets those complete; we open no new streams here.
+        self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
+        self.log.info(
+            "{upstream} sent GOAWAY ({error_code}, last stream {last_stream_id})",
+            upstream=self.pool.address,
+            error_code=error_code,
+            last_stream_id=last_stream_id,
+        )
+        last = last_stream_id if last_stream_id is not None else 2**31
+        for stream_id in [sid for sid in self.streams if sid > last]:
+            stream = self.streams.pop(stream_id)
+            self._blocked.discard(stream)
+            stream.closed = True
+            # Never processed by the server: tell the client it may retry.
+            stream.listener.upstream_reset(ErrorCodes.REFUSED_STREAM)
+        self.pool.connection_draining(self)
+        if not self.streams and self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- keepalive ------------------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        interval = self.pool.config.keepalive_interval
+        self._keepalive = self.reactor.callLater(interval, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._keepalive = None
+        if self.lost or self.transport is None:
+            return
+        interval = self.pool.config.keepalive_interval
+        idle = self.reactor.seconds() - self._last_received
+        if idle >= interval:
+            if self._ping_outstanding:
+                self.log.warn(
+                    "{upstream} did not answer a keepalive PING; closing",
+                    upstream=self.pool.address,
+                )
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            self._ping_outstanding = True
+            self.h2.ping(_PING_DATA)
+            self.flush()
+        self._schedule_keepalive()
+
+
+class _ConnectionFactory(Factory):
+    def __init__(self, pool: GrpcConnectionPool, reactor: IReactorTime) -> None:
+        self.pool = pool
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: IAddress | None) -> _UpstreamConnection:
+        return _UpstreamConnection(self.pool, self.reactor)
+
+
+class GrpcConnectionPool:
+    """The HTTP/2 connections to one Master API gRPC address.
+
+    :ivar address: ``host:port`` (for logs).
+    :ivar authority: the ``:authority`` sent upstream.
+    :ivar scheme: ``b"http"`` or ``b"https"``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: GrpcUpstream,
+        *,
+        reactor: IReactorTime | None = None,
+        initial_backoff: float = INITIAL_BACKOFF,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        self.reactor = reactor
+        self.config = config
+        self.address = config.address
+        host = config.host if ":" not in config.host else f"[{config.host}]"
+        self.authority = f"{host}:{config.port}".encode("idna")
+        self.scheme = b"https" if config.tls else b"http"
+        self._connections: list[_UpstreamConnection] = []
+        self._draining: list[_UpstreamConnection] = []
+        self._connecting = 0
+        self._waiting: deque[UpstreamStream] = deque()
+        self._backoff = initial_backoff
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._closing = False
+        self._pending_connects: list[Deferred[_UpstreamConnection]] = []
+        self._handshaking: dict[_UpstreamConnection, IDelayedCall] = {}
+
+    # -- the relay's side -------------------------------------------------------------
+
+    def open_stream(self, headers: Headers, listener: StreamListener) -> UpstreamStream:
+        """A new request; it starts at once or when a connection slot is free."""
+        stream = UpstreamStream(self, headers, listener)
+        for connection in self._connections:
+            if connection.has_capacity():
+                connection.start_stream(stream)
+                connection.flush()
+                return stream
+        self._enqueue(stream)
+        return stream
+
+    def forget(self, stream: UpstreamStream) -> None:
+        """A waiting stream was cancelled before it got a connection."""
+        try:
+            self._waiting.remove(stream)
+        except ValueError:
+            pass
+
+    def close(self) -> Deferred[None]:
+        """Fail waiting streams, close every connection; fires when all are gone."""
+        self._closing = True
+        for attempt in self._pending_connects:
+            attempt.cancel()
+        self._fail_waiting("the gateway is shutting down")
+        connections = self._connections + self._draining
+        closed = [connection.closed for connection in connections]
+        for connection in connections:
+            connection.shut_down()
+        if not closed:
+            return succeed(None)
+        done: Deferred[None] = DeferredList(closed).addCallback(lambda _: None)
+        return done
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections) + len(self._draining)
+
+    # -- connections' side ------------------------------------------------------------
+
+    def connection_ready(self, connection: _UpstreamConnection) -> None:
+        self._handshake_over(connection)
+        self._backoff = self._initial_backoff
+        self._retry_at = 0.0
+        if self._closing:
+            connection.shut_down()
+            return
+        self._connections.append(connection)
+        self.log.debug("{upstream} connected", upstream=self.address)
+        self._drain_waiting()
+
+    def capacity_freed(self, connection: _UpstreamConnection) -> None:
+        if self._waiting:
+            self._drain_waiting()
+        if connection.draining and not connection.streams and connection.transport:
+            connection.transport.loseConnection()
+
+    def connection_draining(self, connection: _UpstreamConnection) -> None:
+        if connection in self._connections:
+            self._connections.remove(connection)
+            self._draining.append(connection)
+        if self._waiting:
+            self._drain_waiting()
+
+    def connection_lost(
+        self, connection: _UpstreamConnection, reason: Failure | None
+    ) -> None:
+        if self._handshake_over(connection) and not self._closing:
+            why = reason.getErrorMessage() if reason is not None else "closed"
+            self._connect_failed("connection closed before HTTP/2 SETTINGS: " + why)
+        for group in (self._connections, self._draining):
+            if connection in group:
+                group.remove(connection)
+        if self._waiting and not self._closing:
+            self._drain_waiting()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _enqueue(self, stream: UpstreamStream) -> None:
+        if self._closing:
+            stream.fail("the gateway is shutting down")
+            return
+        if len(self._waiting) >= MAX_WAITING_STREAMS:
+            stream.fail("too many calls waiting for a connection")
+            return
+        self._waiting.append(stream)
+        self._drain_waiting()
+
+    def _drain_waiting(self) -> None:
+        waiting = self._waiting
+        touched: set[_UpstreamConnection] = set()
+        for connection in self._connections:
+            while waiting and connection.has_capacity():
+                stream = waiting.popleft()
+                connection.start_stream(stream)
+                touched.add(connection)
+        for connection in touched:
+            connection.flush()
+        if not waiting or self._connecting or self._closing:
+            return
+        if len(self._connections) >= self.config.max_connections:
+            # Every allowed connection is busy: wait for a slot (bounded queue).
+            # Draining connections do not count: they are on their way out.
+            return
+        if self.reactor.seconds() < self._retry_at:
+            self._fail_waiting(
+                f"{self._last_error} (next attempt in "
+                f"{self._retry_at - self.reactor.seconds():.1f}s)"
+            )
+            return
+        self._connect()
+
+    def _fail_waiting(self, reason: str) -> None:
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for stream in waiting:
+            stream.fail(reason)
+
+    def _endpoint(self) -> object:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        endpoint = HostnameEndpoint(
+            self.reactor,
+            self.config.host.encode("idna"),
+            self.config.port,
+            timeout=self.config.connect_timeout,
+        )
+        if not self.config.tls:
+            return endpoint
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
+        trust: object
+        if self.config.ca_file is not None:
+            with open(self.config.ca_file, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+        else:
+            trust = platformTrust()  # type: ignore[no-untyped-call]
+        options = optionsForClientTLS(
+            self.config.host,
+            trustRoot=trust,  # type: ignore[arg-type]
+            acceptableProtocols=[b"h2"],
+        )
+        return wrapClientTLS(options, endpoint)
+
+    def _connect(self) -> None:
+        self._connecting += 1
+        try:
+            endpoint = self._endpoint()
+        except OSError as e:
+            self._connecting -= 1
+            self._connect_failed(f"cannot read {self.config.ca_file}: {e.strerror}")
+            return
+        attempt: Deferred[_UpstreamConnection] = endpoint.connect(  # type: ignore[attr-defined]
+            _ConnectionFactory(self, self.reactor)
+        )
+        self._pending_connects.append(attempt)
+
+        def connected(connection: _UpstreamConnection) -> None:
+            self._pending_connects.remove(attempt)
+            if connection.ready or connection.lost:
+                self._connecting -= 1
+                return
+            # Connected is not enough: the connection is ready when the server's
+            # SETTINGS arrived, all within the connect timeout.
+            self._handshaking[connection] = self.reactor.callLater(
+                self.config.connect_timeout, self._handshake_timeout, connection
+            )
+
+        def failed(failure: Failure) -> None:
+            if attempt in self._pending_connects:
+                self._pending_connects.remove(attempt)
+            self._connecting -= 1
+            if self._closing:
+                return
+            self._connect_failed(failure.getErrorMessage() or repr(failure.value))
+
+        attempt.addCallbacks(connected, failed)
+
+    def _handshake_timeout(self, connection: _UpstreamConnection) -> None:
+        self._handshaking.pop(connection, None)
+        self._connecting -= 1
+        self._connect_failed("no HTTP/2 SETTINGS within the connect timeout")
+        if connection.transport is not None:
+            connection.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _handshake_over(self, connection: _UpstreamConnection) -> bool:
+        """Settle a connection's handshake; ``True`` if it was still pending."""
+        timer = self._handshaking.pop(connection, None)
+        if timer is None:
+            return False
+        if timer.active():
+            timer.cancel()
+        self._connecting -= 1
+        return True
+
+    def _connect_failed(self, reason: str) -> None:
+        self._last_error = f"cannot reach {self.address}: {reason}"
+        self.log.warn("{upstream} connect failed: {reason}", upstream=self.address,
+                      reason=reason)
+        self._retry_at = self.reactor.seconds() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+        self._fail_waiting(self._last_error)
