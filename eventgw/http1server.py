@@ -1,0 +1,737 @@
+# -*- test-case-name: tests.test_http1server -*-
+"""The downstream HTTP/1.1 protocol: one connection, its exchanges served in order.
+
+Shell module: it moves bytes and time between a Twisted transport and
+:mod:`eventgw.http1` (the codec) and the :class:`~eventgw.exchange.RequestTarget`
+(the gateway).  All HTTP decisions -- what is a valid request, how a response is
+framed -- are made by the codec; this module owns buffering, back-pressure, timeouts,
+error replies and the access log.
+
+Flow of one exchange::
+
+    dataReceived -> RequestParser.next_event() -> RequestHeadParsed
+        -> target.start_exchange(head, writer)     (writer: a fresh _Exchange)
+        -> [100 Continue] -> handler.body_received(...)* -> handler.body_ended(...)
+    writer.write_head / write_body / end  -> serialized into an output buffer
+        -> one transport.write per dataReceived, per end(), or per reactor turn
+    response ended and request ended -> access-log event -> next pipelined request
+
+Back-pressure runs both ways.  Request body: ``pause_request_body`` pauses the
+transport (stops reading the socket) and delivery; bytes already buffered wait in the
+parser.  Response body: the protocol is the transport's streaming producer, and passes
+``pauseProducing``/``resumeProducing`` to the producer the current exchange registered.
+Pipelined requests are not parsed until the current response has ended, and reading
+stops while more than :data:`MAX_BUFFERED_BYTES` wait unparsed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from eventgw.accesslog import log_exchange, log_protocol_error
+from eventgw.config import Limits
+from eventgw.errors import error_body, grpc_code_for_http
+from eventgw.exchange import (
+    INTERNAL_ERROR,
+    Headers,
+    Producer,
+    RequestHandler,
+    RequestHead,
+    RequestTarget,
+    StaticReply,
+)
+from eventgw.http1 import (
+    BodyData,
+    BodyFraming,
+    MessageEnded,
+    RequestError,
+    RequestHeadParsed,
+    RequestParser,
+    ResponsePlan,
+    frame_chunk,
+    last_chunk,
+    plan_response,
+    serialize_error_response,
+    serialize_interim_response,
+    serialize_response_head,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.python.failure import Failure
+
+__all__ = ["DISCARD_BODY_LIMIT", "FLUSH_THRESHOLD", "MAX_BUFFERED_BYTES", "Http1ServerProtocol"]
+
+# A response that ends before its request body was read leaves the rest of the body
+# on the wire.  Up to this many bytes are read and dropped so the connection can be
+# reused; beyond it (or when the size is unknown, i.e. chunked) the connection closes,
+# which is cheaper than reading a large upload nobody wants.
+DISCARD_BODY_LIMIT: Final = 64 * 1024
+
+# Output is gathered and handed to the transport in one write (one TLS record, one
+# send()) per dataReceived, per end(), per reactor turn -- or as soon as this much is
+# waiting, which bounds the buffer while streaming.
+FLUSH_THRESHOLD: Final = 64 * 1024
+
+# Unparsed bytes (pipelined requests, a paused body) kept before we stop reading the
+# socket; the kernel buffers then push back on the client.
+MAX_BUFFERED_BYTES: Final = 64 * 1024
+
+_Deadline = Literal["header", "idle"]
+
+
+class _Transport(Protocol):
+    """The transport interfaces this protocol uses (ITransport, IConsumer, IProducer)."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def getPeer(self) -> Any: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+class _Exchange:
+    """The :class:`~eventgw.exchange.ResponseWriter` of one request on a connection.
+
+    Invariant: once ``closed`` is true every writer call is a no-op, so a handler may
+    keep calling after the response ended, after an abort, or after the client left.
+    """
+
+    __slots__ = (
+        "body_left",
+        "broken",
+        "bytes_out",
+        "channel",
+        "closed",
+        "consumed_start",
+        "continue_sent",
+        "discarding",
+        "handler",
+        "head",
+        "head_written",
+        "plan",
+        "producer",
+        "request",
+        "request_ended",
+        "request_paused",
+        "response_ended",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self,
+        channel: Http1ServerProtocol,
+        request: RequestHeadParsed,
+        head: RequestHead,
+        started: float,
+        consumed_start: int,
+    ) -> None:
+        self.channel = channel
+        self.request = request
+        self.head = head
+        self.started = started
+        self.consumed_start = consumed_start
+        self.handler: RequestHandler | None = None
+        self.head_written = False
+        self.plan: ResponsePlan | None = None
+        self.status = 0
+        self.body_left = 0
+        self.bytes_out = 0
+        self.response_ended = False
+        self.request_ended = False
+        self.request_paused = False
+        self.continue_sent = False
+        self.discarding = False
+        # The body sent did not match its framing (too long or too short): the
+        # connection cannot be reused.
+        self.broken = False
+        self.closed = False
+        self.producer: Producer | None = None
+
+    # -- ResponseWriter --------------------------------------------------------------
+
+    @property
+    def head_sent(self) -> bool:
+        return self.head_written
+
+    def write_head(self, status: int, headers: Headers, *, end: bool = False) -> None:
+        if self.closed or self.head_written:
+            return
+        channel = self.channel
+        if status < 200:
+            self._write_interim(status, headers)
+            return
+        request = self.request
+        plan = plan_response(
+            request, status, headers, ends_now=end, close=channel._must_close(self)
+        )
+        try:
+            data = serialize_response_head(status, headers, plan)
+        except ValueError:
+            channel.log.error(
+                "{peer} dropped a response with CR/LF in a header", peer=channel.peer
+            )
+            self._replace_with_error(502, "invalid response header")
+            return
+        self.head_written = True
+        self.status = status
+        self.plan = plan
+        self.body_left = plan.body_length
+        self.bytes_out += len(data)
+        channel._write(data)
+        if end:
+            self.end()
+
+    def _write_interim(self, status: int, headers: Headers) -> None:
+        # 1xx responses are for HTTP/1.1 clients only (RFC 9110 section 15.2); 101 would
+        # switch protocols, which this gateway never does.
+        if status == 101 or self.request.version != b"HTTP/1.1":
+            return
+        if status == 100:
+            if self.continue_sent:
+                return
+            self.continue_sent = True
+        try:
+            data = serialize_interim_response(status, headers)
+        except ValueError:
+            return
+        self.bytes_out += len(data)
+        self.channel._write(data)
+
+    def _replace_with_error(self, status: int, message: str) -> None:
+        body = error_body(grpc_code_for_http(status), message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        plan = plan_response(self.request, status, headers, close=True)
+        data = serialize_response_head(status, headers, plan)
+        if plan.framing is BodyFraming.LENGTH:
+            data += body
+        self.head_written = True
+        self.status = status
+        self.plan = plan
+        self.bytes_out += len(data)
+        self.channel._write(data)
+        self.response_ended = True
+        self.channel._response_ended(self)
+
+    def write_body(self, data: bytes) -> None:
+        if self.closed or self.response_ended or not self.head_written or not data:
+            return
+        plan = self.plan
+        assert plan is not None
+        framing = plan.framing
+        if framing is BodyFraming.LENGTH:
+            left = self.body_left
+            if len(data) > left:
+                # More than content-length promised: the extra would be read as the
+                # next response.  Drop it and close after this response.
+                self.broken = True
+                data = data[:left]
+                if not data:
+                    return
+            self.body_left = left - len(data)
+        elif framing is BodyFraming.CHUNKED:
+            data = frame_chunk(data)
+        elif framing is BodyFraming.NONE:
+            return
+        self.bytes_out += len(data)
+        self.channel._write(data)
+
+    def end(self, trailers: Headers | None = None) -> None:
+        if self.closed or self.response_ended:
+            return
+        if not self.head_written:
+            self.channel.log.error(
+                "{peer} handler ended a response it never started", peer=self.channel.peer
+            )
+            self._replace_with_error(500, "no response")
+            return
+        plan = self.plan
+        assert plan is not None
+        if plan.framing is BodyFraming.CHUNKED:
+            try:
+                data = last_chunk(trailers if plan.send_trailers else None)
+            except ValueError:
+                data = last_chunk()
+            self.bytes_out += len(data)
+            self.channel._write(data)
+        elif plan.framing is BodyFraming.LENGTH and self.body_left:
+            self.broken = True  # shorter than promised: only closing tells the client
+        self.response_ended = True
+        self.channel._response_ended(self)
+
+    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
+        if self.closed or self.response_ended:
+            return
+        self.closed = True
+        self.channel._exchange_aborted(self)
+
+    def pause_request_body(self) -> None:
+        if self.closed or self.request_paused or self.request_ended:
+            return
+        self.request_paused = True
+        self.channel._pause_reading("body")
+
+    def resume_request_body(self) -> None:
+        if self.closed or not self.request_paused:
+            return
+        self.request_paused = False
+        self.channel._resume_reading("body")
+        self.channel._schedule_pump()
+
+    def register_producer(self, producer: Producer) -> None:
+        if self.closed:
+            return
+        self.producer = producer
+        if self.channel._write_paused:
+            producer.pause_producing()
+
+    def unregister_producer(self) -> None:
+        self.producer = None
+
+
+@implementer(IPushProducer)
+class Http1ServerProtocol(TwistedProtocol):
+    """One downstream HTTP/1.x connection.
+
+    Invariant: at most one exchange is in flight (``_exchange``); the parser is not
+    asked for the next request until that exchange's request and response have both
+    ended.  Once ``_closing`` is set no more input is processed.
+
+    :ivar peer: the client address as text (for logs and ``RequestHead.peer``).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        target: RequestTarget,
+        limits: Limits,
+        *,
+        scheme: bytes,
+        reactor: IReactorTime | None = None,
+        access_log: bool = True,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = cast("IReactorTime", global_reactor)
+        self._target = target
+        self._limits = limits
+        self._scheme = scheme
+        self._reactor = reactor
+        self._access_log = access_log
+        self._parser = RequestParser(limits.max_header_bytes, limits.max_request_body)
+        self._transport: _Transport | None = None
+        self.peer = "-"
+        self._exchange: _Exchange | None = None
+        self._consumed_mark = 0
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_call: IDelayedCall | None = None
+        self._pump_call: IDelayedCall | None = None
+        self._receiving = False
+        self._pumping = False
+        self._read_pauses: set[str] = set()
+        self._write_paused = False
+        self._closing = False
+        self._draining = False
+        self._deadline_kind: _Deadline | None = None
+        self._deadline = 0.0
+        self._timer: IDelayedCall | None = None
+
+    # -- connection ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = cast(_Transport, self.transport)
+        self._transport = transport
+        peer = transport.getPeer()
+        self.peer = str(getattr(peer, "host", peer))
+        transport.registerProducer(self, True)
+        self._set_deadline("header", self._limits.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._deadline_kind == "idle":
+            # The client starts its next request: it now has header_timeout for it.
+            self._set_deadline("header", self._limits.header_timeout)
+        self._parser.receive_data(data)
+        self._receiving = True
+        try:
+            self._pump()
+        finally:
+            self._receiving = False
+            self._flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._deadline_kind = None
+        for call in (self._timer, self._flush_call, self._pump_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._flush_call = self._pump_call = None
+        self._out.clear()
+        exchange = self._exchange
+        self._exchange = None
+        if exchange is None or exchange.closed:
+            return
+        exchange.closed = True
+        self._log_exchange(exchange, exchange.status if exchange.response_ended else "aborted")
+        handler = exchange.handler
+        if handler is not None and not exchange.response_ended:
+            message = reason.getErrorMessage() if reason is not None else "connection lost"
+            try:
+                handler.connection_lost("client disconnected: " + message)
+            except Exception:
+                self.log.failure("{peer} connection_lost handler failed", peer=self.peer)
+
+    def drain(self) -> None:
+        """Finish the exchange in flight (if any) with ``connection: close``, then close."""
+        self._draining = True
+        if self._exchange is None and not self._closing:
+            self._close()
+
+    # -- IPushProducer (towards the transport) ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: pause the current response's producer."""
+        self._write_paused = True
+        exchange = self._exchange
+        if exchange is not None and exchange.producer is not None:
+            exchange.producer.pause_producing()
+
+    def resumeProducing(self) -> None:
+        """The transport drained: let the current response's producer write again."""
+        self._write_paused = False
+        exchange = self._exchange
+        if exchange is not None and exchange.producer is not None:
+            exchange.producer.resume_producing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the cleanup."""
+
+    # -- input -----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Turn buffered bytes into exchange calls until blocked (re-entry is a no-op:
+        the running loop re-checks its conditions after every handler call)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        parser = self._parser
+        try:
+            while not self._closing:
+                exchange = self._exchange
+                if exchange is not None and exchange.request_paused:
+                    break
+                try:
+                    event = parser.next_event()
+                except RequestError as error:
+                    self._request_error(error)
+                    break
+                if isinstance(event, BodyData):
+                    assert exchange is not None
+                    if exchange.closed or exchange.discarding:
+                        continue
+                    handler = exchange.handler
+                    assert handler is not None
+                    try:
+                        handler.body_received(event.data)
+                    except Exception:
+                        self._handler_failed(exchange)
+                elif isinstance(event, RequestHeadParsed):
+                    self._start_exchange(event)
+                elif isinstance(event, MessageEnded):
+                    assert exchange is not None
+                    exchange.request_ended = True
+                    if exchange.request_paused:
+                        exchange.request_paused = False
+                        self._resume_reading("body")
+                    if not (exchange.closed or exchange.discarding):
+                        handler = exchange.handler
+                        assert handler is not None
+                        try:
+                            handler.body_ended(event.trailers)
+                        except Exception:
+                            self._handler_failed(exchange)
+                    if exchange.response_ended and not exchange.closed:
+                        self._finish_exchange(exchange)
+                else:  # NEED_DATA, or PAUSED until the response has ended
+                    break
+        finally:
+            self._pumping = False
+        if not self._closing:
+            if parser.buffered > MAX_BUFFERED_BYTES:
+                self._pause_reading("buffer")
+            elif self._read_pauses:
+                self._resume_reading("buffer")
+
+    def _schedule_pump(self) -> None:
+        """Pump on the next reactor turn, so handlers are never re-entered from their
+        own writer calls."""
+        if self._pumping or self._closing or self._pump_call is not None:
+            return
+        self._pump_call = self._reactor.callLater(0, self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_call = None
+        if self._closing:
+            return
+        self._receiving = True
+        try:
+            self._pump()
+        finally:
+            self._receiving = False
+            self._flush()
+
+    def _start_exchange(self, request: RequestHeadParsed) -> None:
+        self._deadline_kind = None
+        content_length = request.content_length
+        head = RequestHead(
+            method=request.method,
+            target=request.target,
+            authority=request.host,
+            scheme=self._scheme,
+            headers=request.headers,
+            protocol="HTTP/1.1" if request.version == b"HTTP/1.1" else "HTTP/1.0",
+            peer=self.peer,
+            content_length=content_length,
+            body_expected=content_length != 0,
+        )
+        exchange = _Exchange(self, request, head, self._reactor.seconds(), self._consumed_mark)
+        self._exchange = exchange
+        try:
+            exchange.handler = self._target.start_exchange(head, exchange)
+        except Exception:
+            exchange.handler = StaticReply()
+            self._handler_failed(exchange)
+            return
+        if (
+            request.expect_continue
+            and head.body_expected
+            and not exchange.head_written
+            and not exchange.closed
+        ):
+            exchange._write_interim(100, [])
+
+    def _must_close(self, exchange: _Exchange) -> bool:
+        """Whether the connection closes after ``exchange``'s response (decided when
+        its head is written, so ``connection: close`` can be sent)."""
+        if self._draining:
+            return True
+        if exchange.request_ended:
+            return False
+        if exchange.request.expect_continue and not exchange.continue_sent:
+            # The client waits for 100 before sending the body; it may never send it.
+            return True
+        remaining = self._parser.remaining_body
+        return remaining is None or remaining > DISCARD_BODY_LIMIT
+
+    # -- output ----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._receiving:
+            return  # dataReceived flushes once at its end
+        if self._out_size >= FLUSH_THRESHOLD:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        call = self._flush_call
+        if call is not None:
+            self._flush_call = None
+            if call.active():
+                call.cancel()
+        out = self._out
+        if not out or self._transport is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_size = 0
+        self._transport.write(data)
+
+    def _close(self) -> None:
+        """Flush what is buffered and close; nothing more is read or written."""
+        if self._closing:
+            return
+        self._flush()
+        self._closing = True
+        self._deadline_kind = None
+        if self._transport is not None:
+            self._transport.loseConnection()
+
+    def _pause_reading(self, reason: str) -> None:
+        if reason in self._read_pauses:
+            return
+        self._read_pauses.add(reason)
+        if len(self._read_pauses) == 1 and self._transport is not None and not self._closing:
+            self._transport.pauseProducing()
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason not in self._read_pauses:
+            return
+        self._read_pauses.discard(reason)
+        if not self._read_pauses and self._transport is not None and not self._closing:
+            self._transport.resumeProducing()
+
+    # -- exchange outcomes -------------------------------------------------------------
+
+    def _response_ended(self, exchange: _Exchange) -> None:
+        if exchange.closed:
+            return
+        if exchange.request_ended:
+            self._finish_exchange(exchange)
+            return
+        # The response is complete before the request body was read.
+        plan = exchange.plan
+        if plan is None or not plan.keep_alive or exchange.broken:
+            exchange.closed = True
+            self._log_exchange(exchange, exchange.status)
+            self._exchange = None
+            self._close()
+            return
+        # Small rest of body: read and drop it, then serve the next request.
+        exchange.discarding = True
+        if exchange.request_paused:
+            exchange.request_paused = False
+            self._resume_reading("body")
+            self._schedule_pump()
+        if not self._receiving:
+            self._flush()
+
+    def _finish_exchange(self, exchange: _Exchange) -> None:
+        """Both directions are done: log, then close or get ready for the next request."""
+        if exchange.closed:
+            return
+        exchange.closed = True
+        now = self._log_exchange(exchange, exchange.status)
+        self._exchange = None
+        self._consumed_mark = self._parser.consumed
+        plan = exchange.plan
+        if plan is None or not plan.keep_alive or exchange.broken or self._draining:
+            self._close()
+            return
+        self._parser.start_next()
+        if self._parser.buffered:
+            self._set_deadline("header", self._limits.header_timeout, now)
+            self._schedule_pump()
+        else:
+            self._set_deadline("idle", self._limits.idle_timeout, now)
+        if not self._receiving:
+            self._flush()
+
+    def _exchange_aborted(self, exchange: _Exchange) -> None:
+        """The handler gave up on its response: close the connection."""
+        self._log_exchange(exchange, "aborted")
+        self._exchange = None
+        if exchange.plan is not None and exchange.plan.framing is BodyFraming.CLOSE:
+            # A close-delimited body cut short looks complete: reset instead.
+            self._out.clear()
+            self._closing = True
+            if self._transport is not None:
+                self._transport.abortConnection()
+            return
+        self._close()
+
+    def _handler_failed(self, exchange: _Exchange) -> None:
+        """A handler raised: answer 500 if we still can, else close."""
+        self.log.failure("{peer} request handler failed", peer=self.peer)
+        if exchange.closed:
+            return
+        exchange.closed = True
+        if exchange.head_written:
+            self._log_exchange(exchange, "aborted")
+        else:
+            exchange.status = 500
+            exchange.bytes_out += self._write_error(500, "internal error")
+            self._log_exchange(exchange, 500)
+        self._exchange = None
+        self._close()
+
+    def _request_error(self, error: RequestError) -> None:
+        """Malformed input: answer the error (if no response started) and close."""
+        log_protocol_error(self.peer, "HTTP/1.1", error.message)
+        exchange = self._exchange
+        if exchange is None:
+            self._write_error(error.http_status, error.message)
+            self._close()
+            return
+        # The body of an exchange in flight is broken: its handler must stop.
+        self._exchange = None
+        if not exchange.closed:
+            exchange.closed = True
+            if not exchange.head_written:
+                exchange.status = error.http_status
+                exchange.bytes_out += self._write_error(error.http_status, error.message)
+                self._log_exchange(exchange, error.http_status)
+            elif exchange.response_ended:
+                self._log_exchange(exchange, exchange.status)
+            else:
+                self._log_exchange(exchange, "aborted")
+            handler = exchange.handler
+            if handler is not None and not exchange.response_ended:
+                try:
+                    handler.connection_lost("bad request body: " + error.message)
+                except Exception:
+                    self.log.failure("{peer} connection_lost handler failed", peer=self.peer)
+        self._close()
+
+    def _write_error(self, status: int, message: str) -> int:
+        data = serialize_error_response(status, message)
+        self._write(data)
+        return len(data)
+
+    def _log_exchange(self, exchange: _Exchange, status: int | str) -> float:
+        now = self._reactor.seconds()
+        if self._access_log:
+            log_exchange(
+                exchange.head,
+                status,
+                self._parser.consumed - exchange.consumed_start,
+                exchange.bytes_out,
+                now - exchange.started,
+            )
+        return now
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def _set_deadline(self, kind: _Deadline, seconds: float, now: float | None = None) -> None:
+        """Arm the header or idle deadline.  One DelayedCall per connection is reused:
+        when it fires early (the deadline moved later) it re-arms itself, so a busy
+        keep-alive connection costs no timer churn per request."""
+        if now is None:
+            now = self._reactor.seconds()
+        self._deadline_kind = kind
+        self._deadline = now + seconds
+        timer = self._timer
+        if timer is None:
+            self._timer = self._reactor.callLater(seconds, self._timer_fired)
+        elif timer.getTime() > self._deadline:
+            timer.reset(seconds)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        kind = self._deadline_kind
+        if kind is None or self._closing:
+            return
+        left = self._deadline - self._reactor.seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(left, self._timer_fired)
+            return
+        self._deadline_kind = None
+        if kind == "header" and self._exchange is None and self._parser.buffered:
+            log_protocol_error(self.peer, "HTTP/1.1", "request head timed out")
+            self._write_error(408, "request head timed out")
+        self._close()
