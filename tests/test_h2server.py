@@ -1,0 +1,1136 @@
+"""Tests for eventgw.h2server: a real h2 client drives H2ServerProtocol in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    InformationalResponseReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+)
+from h2.settings import SettingCodes, Settings
+from hpack import Encoder
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from eventgw.config import Limits
+from eventgw.exchange import (
+    Headers,
+    RequestHandler,
+    RequestHead,
+    ResponseWriter,
+    StaticReply,
+)
+from eventgw.h2limits import (
+    CONNECTION_WINDOW,
+    CONTROL_FRAME_BURST,
+    HIGH_WATERMARK,
+    MAX_PAUSED_OUTBOUND_BYTES,
+    RESET_BURST,
+    STREAM_WINDOW,
+)
+from eventgw.h2server import H2ServerProtocol, response_headers
+from tests.support import EchoTarget
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """Split raw HTTP/2 bytes (after any preface) into hyperframe frames."""
+    frames: list[Frame] = []
+    view = memoryview(data)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
+
+
+def request_headers(
+    method: bytes = b"GET", path: bytes = b"/api/x", extra: Headers | None = None
+) -> Headers:
+    return [
+        (b":method", method),
+        (b":path", path),
+        (b":scheme", b"https"),
+        (b":authority", b"gw.test"),
+        *(extra or []),
+    ]
+
+
+class PausingTransport(StringTransport):
+    """A StringTransport whose producer can be paused and resumed by the test."""
+
+    def pause(self) -> None:
+        assert self.producer is not None
+        self.producer.pauseProducing()
+
+    def resume(self) -> None:
+        assert self.producer is not None
+        self.producer.resumeProducing()
+
+
+class Peer:
+    """A real h2 client connection wired to an H2ServerProtocol over a StringTransport."""
+
+    def __init__(
+        self,
+        target: object,
+        limits: Limits | None = None,
+        *,
+        transport: StringTransport | None = None,
+        client_settings: dict[int, int] | None = None,
+        handshake: bool = True,
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.limits = limits or Limits()
+        self.server = H2ServerProtocol(
+            target,  # type: ignore[arg-type]
+            self.limits,
+            scheme=b"https",
+            reactor=self.clock,
+        )
+        self.transport = transport or PausingTransport(
+            peerAddress=IPv4Address("TCP", "10.1.2.3", 40000)
+        )
+        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        if client_settings:
+            self.client.local_settings = Settings(
+                client=True, initial_values=client_settings  # type: ignore[arg-type]
+            )
+        self.client.initiate_connection()
+        self.raw = b""  # everything the server wrote, for frame-level assertions
+        self.events: list[Event] = []
+        self.server.makeConnection(self.transport)
+        if handshake:
+            self.pump()
+
+    # --- moving bytes ---------------------------------------------------------------
+
+    def send(self) -> None:
+        """Client -> server."""
+        data = self.client.data_to_send()
+        if data:
+            self.server.dataReceived(data)
+
+    def send_raw(self, data: bytes) -> None:
+        self.server.dataReceived(data)
+
+    def take(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        self.raw += data
+        return data
+
+    def receive(self) -> list[Event]:
+        """Server -> client."""
+        data = self.take()
+        events = self.client.receive_data(data) if data else []
+        self.events += events
+        return events
+
+    def pump(self) -> None:
+        for _ in range(100):
+            self.send()
+            if not self.receive() and not self.client.data_to_send():
+                return
+
+    def server_frames(self) -> list[Frame]:
+        """Every frame the server wrote so far, read by the client or not."""
+        return parse_frames(self.raw + self.transport.value())
+
+    # --- requests -------------------------------------------------------------------
+
+    def request(
+        self,
+        method: bytes = b"GET",
+        path: bytes = b"/api/x",
+        body: bytes = b"",
+        extra: Headers | None = None,
+        *,
+        end: bool = True,
+    ) -> int:
+        stream_id = self.client.get_next_available_stream_id()
+        self.client.send_headers(
+            stream_id, request_headers(method, path, extra), end_stream=not body and end
+        )
+        for offset in range(0, len(body), 16384):
+            last = offset + 16384 >= len(body)
+            self.client.send_data(
+                stream_id, body[offset : offset + 16384], end_stream=end and last
+            )
+        self.send()
+        return stream_id
+
+    def response(self, stream_id: int) -> tuple[Headers, bytes, Headers | None, bool]:
+        """(headers, body, trailers, ended) seen by the client on a stream."""
+        headers: Headers = []
+        body = b""
+        trailers: Headers | None = None
+        ended = False
+        for event in self.events:
+            if getattr(event, "stream_id", None) != stream_id:
+                continue
+            if isinstance(event, ResponseReceived):
+                headers = list(event.headers)
+            elif isinstance(event, DataReceived):
+                body += event.data
+            elif isinstance(event, TrailersReceived):
+                trailers = list(event.headers)
+            elif isinstance(event, StreamEnded):
+                ended = True
+        return headers, body, trailers, ended
+
+    def resets(self) -> dict[int, int]:
+        return {
+            e.stream_id: e.error_code
+            for e in self.events
+            if isinstance(e, StreamReset) and e.error_code is not None
+        }
+
+    def goaway(self) -> GoAwayFrame | None:
+        goaways = [f for f in self.server_frames() if isinstance(f, GoAwayFrame)]
+        return goaways[-1] if goaways else None
+
+
+def status_of(headers: Headers) -> bytes | None:
+    return dict(headers).get(b":status")
+
+
+# --- test targets -----------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """A handler that remembers everything and answers only when told to."""
+
+    head: RequestHead
+    writer: ResponseWriter
+    body: bytearray = field(default_factory=bytearray)
+    trailers: Headers | None = None
+    lost: str | None = None
+
+    def body_received(self, data: bytes) -> None:
+        self.body += data
+
+    def body_ended(self, trailers: Headers) -> None:
+        self.trailers = list(trailers)
+
+    def connection_lost(self, reason: str) -> None:
+        self.lost = reason
+
+
+class RecordingTarget:
+    """Hands out Recorded handlers; pauses request bodies when asked to."""
+
+    def __init__(self, *, pause_body: bool = False) -> None:
+        self.handlers: list[Recorded] = []
+        self.pause_body = pause_body
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        handler = Recorded(head, writer)
+        self.handlers.append(handler)
+        if self.pause_body:
+            writer.pause_request_body()
+        return handler
+
+
+class TrailersOnlyTarget:
+    """Answers every call like a gRPC server refusing the method: trailers only."""
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        writer.write_head(
+            200,
+            [
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", b"12"),
+                (b"grpc-message", b"nope"),
+            ],
+            end=True,
+        )
+        return StaticReply()
+
+
+class TrailersTarget:
+    """Answers with a body and trailers once the request has ended."""
+
+    def __init__(self) -> None:
+        self.request_trailers: list[Headers] = []
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        target = self
+
+        class Handler:
+            def body_received(self, data: bytes) -> None:
+                pass
+
+            def body_ended(self, trailers: Headers) -> None:
+                target.request_trailers.append(list(trailers))
+                writer.write_head(
+                    200,
+                    [
+                        (b"content-type", b"application/grpc"),
+                        (b"connection", b"close"),
+                        (b"keep-alive", b"1"),
+                        (b"transfer-encoding", b"chunked"),
+                        (b"te", b"gzip"),
+                        (b"upgrade", b"h2c"),
+                        (b"proxy-connection", b"x"),
+                        (b"x-kept", b"yes"),
+                    ],
+                )
+                writer.write_body(b"\x00\x00\x00\x00\x02hi")
+                writer.end([(b"grpc-status", b"0"), (b"grpc-message", b"")])
+
+            def connection_lost(self, reason: str) -> None:
+                pass
+
+        return Handler()
+
+
+class Streamer:
+    """A producer that writes ``size`` bytes in 16 KiB pieces while not paused."""
+
+    def __init__(self, writer: ResponseWriter, size: int) -> None:
+        self.writer = writer
+        self.remaining = size
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.lost: str | None = None
+        self.done = False
+
+    def start(self) -> None:
+        self.writer.write_head(200, [(b"content-length", b"%d" % self.remaining)])
+        self.writer.register_producer(self)
+        self._produce()
+
+    def _produce(self) -> None:
+        while not self.paused and self.remaining and self.lost is None:
+            chunk = min(16384, self.remaining)
+            self.remaining -= chunk
+            self.writer.write_body(b"x" * chunk)
+        if not self.remaining and not self.done and self.lost is None:
+            self.done = True
+            self.writer.unregister_producer()
+            self.writer.end()
+
+    def pause_producing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_producing(self) -> None:
+        self.paused = False
+        self.resumes += 1
+        self._produce()
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def body_ended(self, trailers: Headers) -> None:
+        self.start()
+
+    def connection_lost(self, reason: str) -> None:
+        self.lost = reason
+
+
+class StreamingTarget:
+    """Answers each request with ``size`` bytes, produced with back-pressure."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.streamers: list[Streamer] = []
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        streamer = Streamer(writer, self.size)
+        self.streamers.append(streamer)
+        return streamer
+
+
+class FailingTarget:
+    """Raises from start_exchange."""
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        raise RuntimeError("boom")
+
+
+def protocol_errors(observer: EventLoggingObserver) -> list[str]:
+    return [
+        str(e["reason"])
+        for e in observer
+        if e.get("log_namespace") == "eventgw.protocol" and "reason" in e
+    ]
+
+
+def access_events(observer: EventLoggingObserver) -> list[dict[str, object]]:
+    return [dict(e) for e in observer if e.get("log_namespace") == "eventgw.access"]
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+class ExchangeTests(TestCase):
+    """Requests become exchanges; responses become frames."""
+
+    def test_get_echo(self) -> None:
+        """A GET reaches the target as a RequestHead and the echo comes back."""
+        target = EchoTarget()
+        peer = Peer(target)
+        stream_id = peer.request(extra=[(b"x-trace", b"1"), (b"x-trace", b"2")])
+        peer.receive()
+        headers, body, trailers, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"200")
+        self.assertEqual(body, b"GET /api/x 0\n")
+        self.assertTrue(ended)
+        self.assertIsNone(trailers)
+        head = target.handlers[0].head
+        self.assertEqual(head.protocol, "HTTP/2")
+        self.assertEqual(head.authority, b"gw.test")
+        self.assertEqual(head.scheme, b"https")
+        self.assertEqual(head.peer, "10.1.2.3")
+        self.assertFalse(head.body_expected)
+        self.assertEqual(head.content_length, 0)
+        self.assertEqual(head.headers, [(b"x-trace", b"1"), (b"x-trace", b"2")])
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_post_echo(self) -> None:
+        """A POST body is delivered and acknowledged; content-length is parsed."""
+        target = EchoTarget()
+        peer = Peer(target)
+        body = b"a" * 40000
+        stream_id = peer.request(
+            b"POST", b"/api/up?q=1", body, [(b"content-length", b"40000")]
+        )
+        peer.receive()
+        _, answer, _, ended = peer.response(stream_id)
+        self.assertEqual(answer, b"POST /api/up?q=1 40000\n")
+        self.assertTrue(ended)
+        head = target.handlers[0].head
+        self.assertTrue(head.body_expected)
+        self.assertEqual(head.content_length, 40000)
+        self.assertEqual(head.path, b"/api/up")
+
+    def test_authority_falls_back_to_host(self) -> None:
+        """Without :authority the Host header names the authority."""
+        target = EchoTarget()
+        peer = Peer(target)
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
+             (b"host", b"h.test")],
+            end_stream=True,
+        )
+        peer.send()
+        self.assertEqual(target.handlers[0].head.authority, b"h.test")
+
+    def test_concurrent_streams(self) -> None:
+        """Several interleaved streams on one connection each get their own answer."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        ids = [peer.request(b"POST", b"/api/%d" % n, b"p%d" % n, end=False) for n in range(5)]
+        for stream_id in ids:
+            peer.client.send_data(stream_id, b"!", end_stream=True)
+        peer.send()
+        self.assertEqual(len(target.handlers), 5)
+        for n, handler in enumerate(reversed(target.handlers)):
+            handler.writer.write_head(200, [])
+            handler.writer.write_body(b"r%d" % (4 - n))
+            handler.writer.end()
+        peer.receive()
+        for n, stream_id in enumerate(ids):
+            self.assertEqual(bytes(target.handlers[n].body), b"p%d!" % n)
+            _, body, _, ended = peer.response(stream_id)
+            self.assertEqual(body, b"r%d" % n)
+            self.assertTrue(ended)
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_trailers_only_response(self) -> None:
+        """write_head(end=True) is exactly one HEADERS frame with END_STREAM."""
+        peer = Peer(TrailersOnlyTarget())
+        peer.take()
+        stream_id = peer.request(
+            b"POST", b"/pkg.Svc/M", b"\x00\x00\x00\x00\x00",
+            [(b"content-type", b"application/grpc"), (b"te", b"trailers")],
+        )
+        frames = [f for f in parse_frames(peer.take()) if f.stream_id == stream_id]
+        self.assertEqual(len(frames), 1, frames)
+        self.assertIsInstance(frames[0], HeadersFrame)
+        self.assertEqual(frames[0].flags, {"END_STREAM", "END_HEADERS"})
+        self.assertFalse(
+            [f for f in peer.server_frames() if isinstance(f, RstStreamFrame)],
+            "the client's END_STREAM arrived in the same read: no reset is needed",
+        )
+        peer.client.receive_data(peer.raw)
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_response_trailers(self) -> None:
+        """end(trailers) sends a final HEADERS frame; request trailers reach the target."""
+        target = TrailersTarget()
+        peer = Peer(target)
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(
+            stream_id, request_headers(b"POST", b"/pkg.Svc/M",
+                                       [(b"content-type", b"application/grpc")])
+        )
+        peer.client.send_data(stream_id, b"\x00\x00\x00\x00\x00")
+        peer.client.send_headers(stream_id, [(b"x-req-trailer", b"t")], end_stream=True)
+        peer.send()
+        self.assertEqual(target.request_trailers, [[(b"x-req-trailer", b"t")]])
+        peer.receive()
+        headers, body, trailers, ended = peer.response(stream_id)
+        self.assertEqual(body, b"\x00\x00\x00\x00\x02hi")
+        self.assertEqual(trailers, [(b"grpc-status", b"0"), (b"grpc-message", b"")])
+        self.assertTrue(ended)
+        names = [name for name, _ in headers]
+        self.assertEqual(names, [b":status", b"content-type", b"x-kept"])
+        last = [f for f in peer.server_frames() if f.stream_id == stream_id][-1]
+        self.assertIsInstance(last, HeadersFrame)
+        self.assertIn("END_STREAM", last.flags)
+
+    def test_response_headers_filter(self) -> None:
+        """Connection-specific fields are dropped; te survives only as trailers."""
+        self.assertEqual(
+            response_headers(
+                [(b"connection", b"x"), (b"te", b"trailers"), (b"te", b"gzip"), (b"a", b"b")]
+            ),
+            [(b"te", b"trailers"), (b"a", b"b")],
+        )
+
+    def test_head_has_no_data(self) -> None:
+        """A HEAD response carries its headers and END_STREAM but no DATA payload."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"HEAD", b"/api/x")
+        writer = target.handlers[0].writer
+        writer.write_head(200, [(b"content-length", b"5")])
+        writer.write_body(b"hello")
+        writer.end()
+        peer.receive()
+        headers, body, _, ended = peer.response(stream_id)
+        self.assertEqual(dict(headers)[b"content-length"], b"5")
+        self.assertEqual(body, b"")
+        self.assertTrue(ended)
+        data = [f for f in peer.server_frames() if isinstance(f, DataFrame) and f.data]
+        self.assertEqual(data, [])
+
+    def test_writer_calls_after_end_are_ignored(self) -> None:
+        """Once a response ended, more writer calls change nothing and raise nothing."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request()
+        writer = target.handlers[0].writer
+        writer.write_head(204, [])
+        writer.end()
+        before = peer.take()
+        writer.write_head(200, [])
+        writer.write_body(b"late")
+        writer.end([(b"x", b"y")])
+        writer.abort()
+        self.assertEqual(peer.take(), b"")
+        self.assertTrue(writer.head_sent)
+        peer.client.receive_data(before)
+        self.assertEqual(peer.server.open_streams, 0)
+        del stream_id
+
+    def test_early_response_resets_request_with_no_error(self) -> None:
+        """A response completed while the request body still flows ends with RST NO_ERROR."""
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        peer.receive()
+        headers, _, _, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"404")
+        self.assertTrue(ended)
+        self.assertEqual(peer.resets().get(stream_id), ErrorCodes.NO_ERROR)
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_expect_continue(self) -> None:
+        """A request with expect: 100-continue gets a 100 before the final response."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(
+            b"POST", b"/api/x", extra=[(b"expect", b"100-continue")], end=False
+        )
+        peer.receive()
+        informational = [e for e in peer.events if isinstance(e, InformationalResponseReceived)]
+        self.assertEqual([status_of(list(e.headers)) for e in informational], [b"100"])
+        del stream_id
+
+    def test_target_exception_is_500(self) -> None:
+        """A target that raises gets the client a 500, and the connection lives on."""
+        peer = Peer(FailingTarget())
+        stream_id = peer.request()
+        peer.receive()
+        headers, body, _, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"500")
+        self.assertTrue(ended)
+        self.assertIn(b'"code"', body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_invalid_response_headers_reset_stream_only(self) -> None:
+        """Headers h2 refuses to send reset that stream; the target hears connection_lost."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        second = peer.request()
+        bad, good = target.handlers
+        bad.writer.write_head(200, [(b":path", b"/not-in-a-response")])
+        good.writer.write_head(200, [], end=True)
+        peer.receive()
+        self.assertEqual(peer.resets().get(first), ErrorCodes.INTERNAL_ERROR)
+        self.assertIsNotNone(bad.lost)
+        self.assertTrue(peer.response(second)[3])
+
+    def test_one_access_event_per_stream(self) -> None:
+        """Every stream produces exactly one access-log event with its status."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.request()
+        peer.request()
+        target.handlers[0].writer.write_head(200, [], end=True)
+        peer.client.reset_stream(3, ErrorCodes.CANCEL)
+        peer.send()
+        statuses = [e["status"] for e in access_events(observer)]
+        self.assertEqual(sorted(map(str, statuses)), ["200", "reset"])
+
+
+class FlowControlTests(TestCase):
+    """Both directions honour HTTP/2 flow control with bounded buffers."""
+
+    def test_slow_reader_pauses_and_resumes_producer(self) -> None:
+        """A client that does not open its window pauses the target; WINDOW_UPDATE resumes."""
+        size = 1024 * 1024
+        target = StreamingTarget(size)
+        peer = Peer(target)
+        stream_id = peer.request()
+        streamer = target.streamers[0]
+        self.assertTrue(streamer.paused)
+        self.assertEqual(streamer.pauses, 1)
+        exchange = peer.server.exchanges[stream_id]
+        # Sent: the client's initial 64 KiB window; buffered: at most one write past HIGH.
+        self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
+        self.assertGreater(streamer.remaining, size // 2)
+        received = 0
+        for _ in range(1000):
+            events = peer.receive()
+            for event in events:
+                if isinstance(event, DataReceived):
+                    received += len(event.data)
+                    peer.client.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
+            peer.send()
+            if peer.response(stream_id)[3]:
+                break
+        self.assertEqual(received, size)
+        self.assertTrue(streamer.done)
+        self.assertGreaterEqual(streamer.resumes, 1)
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_small_stream_window(self) -> None:
+        """A tiny SETTINGS_INITIAL_WINDOW_SIZE is respected, frame by frame."""
+        target = StreamingTarget(50000)
+        peer = Peer(target, client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+        stream_id = peer.request()
+        data = [f for f in peer.server_frames() if isinstance(f, DataFrame)]
+        self.assertEqual(sum(len(f.data) for f in data), 1000)
+        peer.receive()
+        peer.client.increment_flow_control_window(100000, stream_id=stream_id)
+        peer.client.increment_flow_control_window(100000)
+        peer.send()
+        peer.receive()
+        self.assertEqual(len(peer.response(stream_id)[1]), 50000)
+        self.assertTrue(target.streamers[0].done)
+
+    def test_transport_pause_pauses_producers(self) -> None:
+        """When the transport pauses the protocol, producers pause and no DATA is written."""
+        target = StreamingTarget(200000)
+        transport = PausingTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 1))
+        peer = Peer(target, transport=transport)
+        peer.client.increment_flow_control_window(1 << 20)
+        peer.send()
+        transport.pause()
+        stream_id = peer.request()
+        streamer = target.streamers[0]
+        self.assertTrue(streamer.paused)
+        peer.receive()
+        self.assertEqual(peer.response(stream_id)[1], b"")
+        transport.resume()
+        self.assertTrue(streamer.resumes)
+        peer.receive()
+        self.assertGreater(len(peer.response(stream_id)[1]), 0)
+
+    def test_paused_request_body_is_not_acknowledged(self) -> None:
+        """A paused stream's DATA is queued without WINDOW_UPDATE until resumed."""
+        target = RecordingTarget(pause_body=True)
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", end=False)
+        peer.take()
+        body = b"z" * 60000
+        peer.client.send_data(stream_id, body[:16000])
+        peer.client.send_data(stream_id, body[16000:32000])
+        peer.client.send_data(stream_id, body[32000:48000])
+        peer.client.send_data(stream_id, body[48000:], end_stream=True)
+        peer.send()
+        handler = target.handlers[0]
+        self.assertEqual(bytes(handler.body), b"")
+        self.assertIsNone(handler.trailers)
+        updates = [f for f in parse_frames(peer.take()) if isinstance(f, WindowUpdateFrame)]
+        self.assertEqual(updates, [])
+        handler.writer.resume_request_body()
+        self.assertEqual(bytes(handler.body), body)
+        self.assertEqual(handler.trailers, [])
+
+    def test_resumed_request_body_is_acknowledged(self) -> None:
+        """Data delivered after resume is credited back to the client's windows."""
+        target = RecordingTarget(pause_body=True)
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", end=False)
+        peer.take()
+        # Enough for h2 to send a WINDOW_UPDATE (it batches them until half a window).
+        for _ in range(40):
+            peer.client.send_data(stream_id, b"q" * 16384)
+            peer.send()
+            peer.client.receive_data(peer.take())
+        self.assertEqual(len(target.handlers[0].body), 0)
+        target.handlers[0].writer.resume_request_body()
+        updates = [f for f in parse_frames(peer.take()) if isinstance(f, WindowUpdateFrame)]
+        self.assertTrue(updates)
+        self.assertEqual(len(target.handlers[0].body), 40 * 16384)
+
+    def test_settings_advertise_limits(self) -> None:
+        """The server's SETTINGS name the configured limits and a bounded window."""
+        peer = Peer(EchoTarget(), Limits(max_concurrent_streams=7, max_header_bytes=9000),
+                    handshake=False)
+        frames = parse_frames(peer.take())
+        settings = frames[0]
+        self.assertIsInstance(settings, SettingsFrame)
+        self.assertEqual(settings.settings[SettingCodes.MAX_CONCURRENT_STREAMS], 7)
+        self.assertEqual(settings.settings[SettingCodes.MAX_HEADER_LIST_SIZE], 9000)
+        self.assertEqual(settings.settings[SettingCodes.INITIAL_WINDOW_SIZE], STREAM_WINDOW)
+        update = frames[1]
+        self.assertIsInstance(update, WindowUpdateFrame)
+        self.assertEqual(update.stream_id, 0)
+        self.assertEqual(update.window_increment, CONNECTION_WINDOW - 65535)
+
+
+class ResetTests(TestCase):
+    """Client resets reach the target; a reset flood closes the connection."""
+
+    def test_client_reset_is_connection_lost(self) -> None:
+        """RST_STREAM from the client calls connection_lost on that stream only."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        peer.request()
+        peer.client.reset_stream(first, ErrorCodes.CANCEL)
+        peer.send()
+        lost, other = target.handlers
+        self.assertIsNotNone(lost.lost)
+        self.assertIn("CANCEL", lost.lost or "")
+        self.assertIsNone(other.lost)
+        lost.writer.write_head(200, [], end=True)  # ignored, no exception
+        self.assertEqual(peer.server.open_streams, 1)
+
+    def test_rapid_reset_flood(self) -> None:
+        """Opening and resetting streams faster than the budget gets GOAWAY ENHANCE_YOUR_CALM."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        target = RecordingTarget()
+        peer = Peer(target)
+        for _ in range(RESET_BURST + 10):
+            stream_id = peer.client.get_next_available_stream_id()
+            peer.client.send_headers(stream_id, request_headers(), end_stream=True)
+            peer.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+        peer.send()
+        goaway = peer.goaway()
+        assert goaway is not None
+        self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertTrue(peer.transport.disconnecting)
+        errors = protocol_errors(observer)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("rapid reset", errors[0])
+
+    def test_resets_within_budget_are_fine(self) -> None:
+        """Cancelling streams at a modest rate never closes the connection."""
+        peer = Peer(RecordingTarget())
+        for _ in range(5):
+            for _ in range(RESET_BURST // 2):
+                stream_id = peer.client.get_next_available_stream_id()
+                peer.client.send_headers(stream_id, request_headers(), end_stream=True)
+                peer.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+            peer.send()
+            peer.clock.advance(10)
+        self.assertIsNone(peer.goaway())
+        self.assertFalse(peer.transport.disconnecting)
+
+    def test_too_many_streams_are_refused(self) -> None:
+        """Streams beyond MAX_CONCURRENT_STREAMS get REFUSED_STREAM; the rest carry on."""
+        target = RecordingTarget()
+        peer = Peer(target, Limits(max_concurrent_streams=2), handshake=False)
+        # The client has not seen our SETTINGS yet, so it may legally open more.
+        ids = [peer.request() for _ in range(3)]
+        peer.receive()
+        self.assertEqual(peer.resets(), {ids[2]: ErrorCodes.REFUSED_STREAM})
+        self.assertEqual(len(target.handlers), 2)
+        target.handlers[0].writer.write_head(200, [], end=True)
+        peer.receive()
+        fourth = peer.request()
+        peer.receive()
+        self.assertEqual(len(target.handlers), 3)
+        self.assertNotIn(fourth, peer.resets())
+        self.assertIsNone(peer.goaway())
+
+
+class AbuseTests(TestCase):
+    """Protocol violations and floods end in GOAWAY with the right code and one log line."""
+
+    def assertGoaway(self, peer: Peer, code: ErrorCodes) -> None:
+        goaway = peer.goaway()
+        self.assertIsNotNone(goaway, "no GOAWAY sent")
+        assert goaway is not None
+        self.assertEqual(ErrorCodes(goaway.error_code), code)
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_garbage_preface(self) -> None:
+        """Bytes that are not the HTTP/2 preface get GOAWAY PROTOCOL_ERROR and a close."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        peer = Peer(EchoTarget(), handshake=False)
+        peer.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
+        self.assertEqual(len(protocol_errors(observer)), 1)
+        peer.send_raw(b"more garbage")  # ignored after the close
+        self.assertEqual(len(protocol_errors(observer)), 1)
+
+    def test_preface_split_across_reads(self) -> None:
+        """A preface delivered one byte at a time is accepted."""
+        target = EchoTarget()
+        peer = Peer(target, handshake=False)
+        data = peer.client.data_to_send()
+        for index in range(len(data)):
+            peer.send_raw(data[index : index + 1])
+        stream_id = peer.request()
+        peer.receive()
+        self.assertEqual(peer.response(stream_id)[1], b"GET /api/x 0\n")
+
+    def test_continuation_flood_count(self) -> None:
+        """An endless run of empty CONTINUATION frames is cut off by h2 (GOAWAY)."""
+        peer = Peer(EchoTarget())
+        headers = HeadersFrame(1)
+        headers.data = Encoder().encode(request_headers())
+        headers.flags.add("END_STREAM")
+        frames = headers.serialize() + ContinuationFrame(1).serialize() * 200
+        peer.send_raw(frames)
+        self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
+
+    def test_continuation_flood_bytes(self) -> None:
+        """A few large CONTINUATION frames past the header limit get ENHANCE_YOUR_CALM."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        peer = Peer(EchoTarget(), Limits(max_header_bytes=16384))
+        headers = HeadersFrame(1)
+        headers.data = b"\x20" * 16000  # dynamic table size updates: decode to nothing
+        data = headers.serialize()
+        for _ in range(3):
+            continuation = ContinuationFrame(1)
+            continuation.data = b"\x20" * 16000
+            data += continuation.serialize()
+        peer.send_raw(data)
+        self.assertGoaway(peer, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertIn("CONTINUATION", protocol_errors(observer)[0])
+
+    def test_unfinished_header_block_times_out(self) -> None:
+        """HEADERS without END_HEADERS and then silence hits the header timeout."""
+        peer = Peer(EchoTarget())
+        headers = HeadersFrame(1)
+        headers.data = Encoder().encode(request_headers())
+        peer.send_raw(headers.serialize())
+        peer.clock.advance(peer.limits.header_timeout - 0.5)
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(1)
+        self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
+
+    def test_ping_flood(self) -> None:
+        """More PINGs than the control-frame budget get GOAWAY ENHANCE_YOUR_CALM."""
+        peer = Peer(EchoTarget())
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        peer.send_raw(ping.serialize() * (CONTROL_FRAME_BURST + 5))
+        self.assertGoaway(peer, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_pings_at_a_sane_rate(self) -> None:
+        """Keepalive-style PINGs are answered and never close the connection."""
+        peer = Peer(EchoTarget())
+        for _ in range(50):
+            peer.client.ping(b"keepaliv")
+            peer.send()
+            peer.clock.advance(1)
+        self.assertIsNone(peer.goaway())
+
+    def test_ping_flood_while_not_reading(self) -> None:
+        """A client that floods PINGs but never reads the ACKs is cut off."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        transport = PausingTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 1))
+        peer = Peer(EchoTarget(), Limits(idle_timeout=1000.0), transport=transport)
+        transport.pause()
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        batch = ping.serialize() * (CONTROL_FRAME_BURST // 2)
+        for _ in range(MAX_PAUSED_OUTBOUND_BYTES // (17 * CONTROL_FRAME_BURST // 2) + 2):
+            if transport.disconnected:
+                break
+            peer.send_raw(batch)
+            peer.clock.advance(10)  # stay inside the rate limit: only the buffer matters
+        self.assertTrue(transport.disconnected)  # aborted: a GOAWAY could not be read
+        self.assertLessEqual(len(transport.value()), MAX_PAUSED_OUTBOUND_BYTES + 1024)
+        self.assertIn("not reading", protocol_errors(observer)[0])
+
+    def test_settings_flood(self) -> None:
+        """More SETTINGS frames than the budget get GOAWAY ENHANCE_YOUR_CALM."""
+        peer = Peer(EchoTarget())
+        settings = SettingsFrame(0)
+        settings.settings = {SettingCodes.HEADER_TABLE_SIZE: 4096}
+        peer.send_raw(settings.serialize() * (CONTROL_FRAME_BURST + 5))
+        self.assertGoaway(peer, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_empty_data_flood(self) -> None:
+        """Endless empty DATA frames on an open stream get GOAWAY ENHANCE_YOUR_CALM."""
+        peer = Peer(RecordingTarget())
+        stream_id = peer.request(b"POST", end=False)
+        peer.send_raw(DataFrame(stream_id).serialize() * (CONTROL_FRAME_BURST + 5))
+        self.assertGoaway(peer, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_window_overflow(self) -> None:
+        """A WINDOW_UPDATE that overflows the connection window is FLOW_CONTROL_ERROR."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.request()
+        update = WindowUpdateFrame(0)
+        update.window_increment = 2**31 - 1
+        peer.send_raw(update.serialize())
+        self.assertGoaway(peer, ErrorCodes.FLOW_CONTROL_ERROR)
+        self.assertIsNotNone(target.handlers[0].lost)
+
+    def test_data_beyond_window(self) -> None:
+        """DATA beyond the advertised stream window is FLOW_CONTROL_ERROR."""
+        peer = Peer(RecordingTarget(pause_body=True))
+        stream_id = peer.request(b"POST", end=False)
+        chunk = DataFrame(stream_id)
+        chunk.data = b"x" * 16384
+        peer.send_raw(chunk.serialize() * (STREAM_WINDOW // 16384 + 1))
+        self.assertGoaway(peer, ErrorCodes.FLOW_CONTROL_ERROR)
+
+    def test_oversized_headers_get_431(self) -> None:
+        """A header list over the advertised limit gets 431; the connection lives on."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        target = EchoTarget()
+        peer = Peer(target, Limits(max_header_bytes=4096))
+        stream_id = peer.request(extra=[(b"x-big", b"v" * 5000)])
+        peer.receive()
+        self.assertEqual(status_of(peer.response(stream_id)[0]), b"431")
+        self.assertEqual(target.handlers, [])
+        self.assertEqual(len(protocol_errors(observer)), 1)
+        again = peer.request()
+        peer.receive()
+        self.assertEqual(status_of(peer.response(again)[0]), b"200")
+
+    def test_oversized_grpc_headers_get_resource_exhausted(self) -> None:
+        """An oversized gRPC request gets a trailers-only RESOURCE_EXHAUSTED."""
+        peer = Peer(EchoTarget(), Limits(max_header_bytes=4096))
+        stream_id = peer.request(
+            b"POST", b"/pkg.S/M",
+            extra=[(b"content-type", b"application/grpc"), (b"x-big-bin", b"v" * 5000)],
+        )
+        peer.receive()
+        headers = dict(peer.response(stream_id)[0])
+        self.assertEqual(headers[b"grpc-status"], b"8")
+
+    def test_huge_headers_get_goaway(self) -> None:
+        """A header list past the hard ceiling is an HPACK bomb: GOAWAY ENHANCE_YOUR_CALM."""
+        peer = Peer(EchoTarget(), Limits(max_header_bytes=4096))
+        peer.request(extra=[(b"x-big", b"v" * 10000)])
+        self.assertGoaway(peer, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_malformed_request_is_protocol_error(self) -> None:
+        """A request with a connection-specific header is rejected by h2 validation."""
+        peer = Peer(EchoTarget())
+        encoder = Encoder()
+        headers = HeadersFrame(1)
+        headers.data = encoder.encode(request_headers(extra=[(b"connection", b"close")]))
+        headers.flags.add("END_HEADERS")
+        headers.flags.add("END_STREAM")
+        peer.send_raw(headers.serialize())
+        peer.receive()
+        self.assertTrue(
+            peer.resets().get(1) == ErrorCodes.PROTOCOL_ERROR
+            or (peer.goaway() is not None and peer.goaway().error_code == 1)  # type: ignore[union-attr]
+        )
+
+    def test_client_goaway_loses_streams(self) -> None:
+        """A client GOAWAY ends every open stream with connection_lost and closes."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.request()
+        peer.client.close_connection(ErrorCodes.NO_ERROR)
+        peer.send()
+        self.assertIn("GOAWAY", target.handlers[0].lost or "")
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_other_connections_unaffected(self) -> None:
+        """Killing one connection for abuse leaves a second one serving."""
+        target = EchoTarget()
+        bad = Peer(target)
+        good = Peer(target)
+        bad.send_raw(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"x" * 8)  # PING, fine
+        bad.send_raw(b"\xff" * 40)  # a frame header announcing 16 MiB
+        goaway = bad.goaway()
+        assert goaway is not None
+        self.assertEqual(goaway.error_code, ErrorCodes.FRAME_SIZE_ERROR)
+        self.assertTrue(bad.transport.disconnecting)
+        stream_id = good.request()
+        good.receive()
+        self.assertEqual(good.response(stream_id)[1], b"GET /api/x 0\n")
+
+
+class TimeoutTests(TestCase):
+    """Idle and slow clients are closed on the injected clock."""
+
+    def test_idle_timeout(self) -> None:
+        """No open stream for idle_timeout: GOAWAY NO_ERROR and close."""
+        limits = Limits(idle_timeout=30.0, header_timeout=5.0)
+        peer = Peer(EchoTarget(), limits)
+        peer.request()
+        peer.receive()
+        peer.clock.advance(29)
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(2)
+        goaway = peer.goaway()
+        assert goaway is not None
+        self.assertEqual(goaway.error_code, ErrorCodes.NO_ERROR)
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_open_stream_is_not_idle(self) -> None:
+        """A connection with a stream in progress outlives idle_timeout."""
+        limits = Limits(idle_timeout=30.0)
+        target = RecordingTarget()
+        peer = Peer(target, limits)
+        peer.request()
+        peer.clock.advance(100)
+        self.assertFalse(peer.transport.disconnecting)
+        target.handlers[0].writer.write_head(200, [], end=True)
+        peer.clock.advance(29)
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(31)
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_header_timeout_without_preface(self) -> None:
+        """A client that never finishes its preface is closed after header_timeout."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        limits = Limits(header_timeout=5.0)
+        peer = Peer(EchoTarget(), limits, handshake=False)
+        peer.send_raw(PREFACE[:10])
+        peer.clock.advance(4.9)
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(0.2)
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertIn("preface", protocol_errors(observer)[0])
+
+    def test_abort_when_client_never_reads_the_goaway(self) -> None:
+        """After closing, a client that does not read is aborted after a grace period."""
+        limits = Limits(header_timeout=5.0)
+        peer = Peer(EchoTarget(), limits, handshake=False)
+        peer.clock.advance(6)
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertFalse(peer.transport.disconnected)
+        peer.clock.advance(60)
+        self.assertTrue(peer.transport.disconnected)
+
+
+class DrainTests(TestCase):
+    """drain() lets streams in flight finish and refuses new ones."""
+
+    def test_drain(self) -> None:
+        """GOAWAY names the last stream; later streams are refused; close when done."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        done = peer.server.drain()
+        fired: list[object] = []
+        done.addCallback(fired.append)
+        goaway = peer.goaway()
+        assert goaway is not None
+        self.assertEqual((goaway.last_stream_id, goaway.error_code), (first, 0))
+        self.assertFalse(peer.transport.disconnecting)
+        # A stream opened after the GOAWAY (in flight when it was sent) is refused.
+        late = HeadersFrame(first + 2)
+        late.data = peer.client.encoder.encode(request_headers())
+        late.flags.add("END_HEADERS")
+        late.flags.add("END_STREAM")
+        peer.send_raw(late.serialize())
+        self.assertEqual(len(target.handlers), 1)
+        resets = [f for f in peer.server_frames() if isinstance(f, RstStreamFrame)]
+        self.assertEqual([(f.stream_id, f.error_code) for f in resets],
+                         [(first + 2, ErrorCodes.REFUSED_STREAM)])
+        writer = target.handlers[0].writer
+        writer.write_head(200, [])
+        writer.write_body(b"bye")
+        writer.end()
+        self.assertTrue(peer.transport.disconnecting)
+        data = [f for f in peer.server_frames() if isinstance(f, DataFrame)]
+        self.assertEqual(b"".join(f.data for f in data), b"bye")
+        peer.server.connectionLost()
+        self.assertEqual(fired, [None])
+
+    def test_drain_idle_connection_closes_at_once(self) -> None:
+        """Draining a connection with no streams closes it immediately."""
+        peer = Peer(EchoTarget())
+        peer.server.drain()
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_drain_timeout_cuts_streams(self) -> None:
+        """Streams still open after the drain timeout are lost and the connection closes."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.request()
+        peer.server.drain(timeout=10)
+        peer.clock.advance(11)
+        self.assertIsNotNone(target.handlers[0].lost)
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_connection_lost_tells_streams(self) -> None:
+        """Losing the transport calls connection_lost on every open stream."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.request()
+        peer.request()
+        peer.server.connectionLost()
+        self.assertEqual([h.lost for h in target.handlers], ["connection lost"] * 2)
+        self.assertEqual(peer.server.open_streams, 0)
+        self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+
+# Silence "imported but unused" for names used only in type positions above.
+_ = (ConnectionTerminated,)
