@@ -251,6 +251,11 @@ class _UpstreamConnection(TwistedProtocol):
     # -- Twisted -------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # gRPC frames are small and latency-bound (a lone RST_STREAM or WINDOW_UPDATE
+        # must not wait for a delayed ACK): disable Nagle, as grpcio itself does.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         h2 = self.h2
         h2.local_settings = Settings(
             client=True,
@@ -700,7 +705,7 @@ class GrpcConnectionPool:
             with open(self.config.ca_file, "rb") as f:
                 trust = Certificate.loadPEM(f.read())
         else:
-            trust = platformTrust()  # type: ignore[no-untyped-call]
+            trust = platformTrust()
         options = optionsForClientTLS(
             self.config.host,
             trustRoot=trust,  # type: ignore[arg-type]

@@ -13,10 +13,14 @@ Three kinds of peers, all on 127.0.0.1 port 0:
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+from google.rpc import status_pb2
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -27,18 +31,30 @@ from h2.events import (
 )
 from h2.settings import SettingCodes, Settings
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from demo.masterapi._proto import demo_pb2
-from demo.masterapi.grpc_server import serve
-from eventgw.config import GrpcUpstream
-from eventgw.exchange import CANCEL, Headers
+from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
+from demo.masterapi.grpc_server import MAX_MESSAGE_BYTES, ItemsServicer, serve
+from eventgw import h2limits
+from eventgw.config import GrpcUpstream, Limits
+from eventgw.exchange import (
+    CANCEL,
+    Headers,
+    RequestHandler,
+    RequestHead,
+    ResponseWriter,
+    StaticReply,
+    send_error,
+)
 from eventgw.grpc_relay import GrpcRelay
 from eventgw.grpc_upstream import INITIAL_STREAM_WINDOW, GrpcConnectionPool
-from eventgw.routing import MethodPolicy
+from eventgw.h2server import H2ServerProtocol
+from eventgw.routing import MethodPolicy, is_grpc
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor
@@ -362,13 +378,10 @@ class UpstreamPoolTests(TestCase):
         self.assertEqual(status_of(writer.trailers), 0)
         self.assertGreater(len(writer.body), 400 * 16 * 1024)
         self.assertLessEqual(relay.peak_unacknowledged, INITIAL_STREAM_WINDOW)
-        self.log_figure(
-            f"slow reader: held {relay.peak_unacknowledged} bytes unacknowledged "
-            f"(window {INITIAL_STREAM_WINDOW})"
+        figure(
+            f"slow reader (pool level): held {relay.peak_unacknowledged} bytes "
+            f"unacknowledged (window {INITIAL_STREAM_WINDOW})"
         )
-
-    def log_figure(self, text: str) -> None:
-        print("\n[figure] " + text)
 
     @inlineCallbacks
     def test_deadline_enforced(self) -> Any:
@@ -381,3 +394,388 @@ class UpstreamPoolTests(TestCase):
         yield wait_for(lambda: writer.ended)
         self.assertEqual(status_of(writer.headers), 4)
         yield wait_for(lambda: servicer.cancelled)
+
+
+# --- the gateway's HTTP/2 server in front of the relay ---------------------------------
+
+
+class GrpcRouter:
+    """The gateway's routing for these tests: gRPC streams to the relay, others 404."""
+
+    def __init__(self, relay: GrpcRelay) -> None:
+        self.relay = relay
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        content_type = head.header(b"content-type") or b""
+        if head.protocol == "HTTP/2" and is_grpc(content_type):
+            return self.relay.start_exchange(head, writer)
+        send_error(writer, 404, "no route")
+        return StaticReply()
+
+
+class _TrackedH2(H2ServerProtocol):
+    gone: list[object]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.gone.append(self)
+
+
+class GatewayFixture(TestCase):
+    """Starts the demo Master API, a relay to it and an h2c listener in front."""
+
+    def start_master_api(self, port: int = 0) -> tuple[Any, int, ItemsServicer]:
+        server, bound, servicer = serve(port)
+        self.addCleanup(server.stop, 0)
+        return server, bound, servicer
+
+    def start_gateway(
+        self, upstream_port: int, policy: MethodPolicy = POLICY, **kw: Any
+    ) -> tuple[int, GrpcRelay]:
+        relay = GrpcRelay(upstream_config(upstream_port, **kw), policy, reactor=reactor)
+        router = GrpcRouter(relay)
+        made: list[_TrackedH2] = []
+        gone: list[object] = []
+
+        class Gateway(Factory):
+            def buildProtocol(self, addr: Any) -> _TrackedH2:
+                protocol = _TrackedH2(router, Limits(), scheme=b"http", reactor=reactor)
+                protocol.gone = gone
+                made.append(protocol)
+                return protocol
+
+        port = reactor.listenTCP(0, Gateway(), interface="127.0.0.1")
+
+        @inlineCallbacks
+        def stop() -> Any:
+            # Clients close first (cleanups run in reverse); wait for the gateway to
+            # see their connections go, then close the relay's pool and the port.
+            yield wait_for(lambda: len(gone) == len(made))
+            yield relay.close()
+            yield port.stopListening()
+
+        self.addCleanup(stop)
+        self.made = made
+        return int(port.getHost().port), relay
+
+    def channel(self, port: int) -> Any:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}",
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # One TCP connection per channel, so "one channel" means one connection.
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
+        self.addCleanup(channel.close)
+        return channel
+
+    def stub(self, port: int) -> demo_pb2_grpc.ItemsStub:
+        return demo_pb2_grpc.ItemsStub(self.channel(port))
+
+    def setup_all(self, **kw: Any) -> tuple[demo_pb2_grpc.ItemsStub, GrpcRelay, ItemsServicer]:
+        _, upstream_port, servicer = self.start_master_api()
+        gateway_port, relay = self.start_gateway(upstream_port, **kw)
+        return self.stub(gateway_port), relay, servicer
+
+
+def in_thread(function: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+    """Run a blocking grpcio call off the reactor thread."""
+    return deferToThread(function, *args, **kw)
+
+
+def rpc_error(function: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+    """Run a call that must fail; the Deferred fires with its grpc.RpcError."""
+
+    def run() -> Any:
+        try:
+            function(*args, **kw)
+        except grpc.RpcError as e:
+            return e
+        raise AssertionError("the call succeeded")
+
+    return deferToThread(run)
+
+
+class GrpcEndToEndTests(GatewayFixture):
+    """Real grpcio clients through the gateway to the demo Master API (grpcio)."""
+
+    @inlineCallbacks
+    def test_unary_with_metadata(self) -> Any:
+        """A unary call passes; text and -bin metadata travel both ways, as initial
+        metadata and as trailers."""
+        stub, _relay, _ = self.setup_all()
+        metadata = [("x-echo-token", "abc"), ("x-echo-blob-bin", b"\x00\xff\x10")]
+        reply, call = yield in_thread(
+            stub.GetItem.with_call,
+            demo_pb2.GetItemRequest(id="7", payload_size=3),
+            metadata=metadata,
+            timeout=WAIT,
+        )
+        self.assertEqual((reply.id, reply.payload), ("7", b"xxx"))
+        initial = dict(call.initial_metadata())
+        trailing = dict(call.trailing_metadata())
+        self.assertEqual(initial["x-echo-token"], "abc")
+        self.assertEqual(initial["x-echo-blob-bin"], b"\x00\xff\x10")
+        self.assertEqual(trailing["x-trailer-token"], "abc")
+        self.assertEqual(trailing["x-trailer-blob-bin"], b"\x00\xff\x10")
+        self.assertEqual(call.code(), grpc.StatusCode.OK)
+
+    @inlineCallbacks
+    def test_client_streaming(self) -> Any:
+        """A client-streaming call delivers every message in order."""
+        stub, _, _ = self.setup_all()
+        items = [demo_pb2.Item(id=str(i), payload=b"p" * i) for i in range(20)]
+        reply = yield in_thread(stub.PutItems, iter(items), timeout=WAIT)
+        self.assertEqual(reply.count, 20)
+        self.assertEqual(reply.total_bytes, sum(range(20)))
+        self.assertEqual(list(reply.ids), [str(i) for i in range(20)])
+
+    @inlineCallbacks
+    def test_server_streaming(self) -> Any:
+        """A server-streaming call delivers every message and ends OK."""
+        stub, _, _ = self.setup_all()
+
+        def run() -> list[str]:
+            request = demo_pb2.WatchItemsRequest(count=50, payload_size=100)
+            return [item.id for item in stub.WatchItems(request, timeout=WAIT)]
+
+        ids = yield in_thread(run)
+        self.assertEqual(ids, [str(i) for i in range(50)])
+
+    @inlineCallbacks
+    def test_bidi_interleaved(self) -> Any:
+        """A bidirectional call is interleaved: each reply arrives before the next
+        request is sent."""
+        stub, _, _ = self.setup_all()
+
+        def run() -> list[str]:
+            outbox: queue.Queue[demo_pb2.Item | None] = queue.Queue()
+
+            def requests() -> Any:
+                while (item := outbox.get(timeout=WAIT)) is not None:
+                    yield item
+
+            replies = stub.SyncItems(requests(), timeout=WAIT)
+            names = []
+            for i in range(5):
+                outbox.put(demo_pb2.Item(id=str(i), name=f"item{i}"))
+                names.append(next(replies).name)
+            outbox.put(None)
+            self.assertEqual(list(replies), [])
+            return names
+
+        names = yield in_thread(run)
+        self.assertEqual(names, [f"ITEM{i}" for i in range(5)])
+
+    @inlineCallbacks
+    def test_error_with_message_and_details(self) -> Any:
+        """A non-OK status arrives with its grpc-message (non-ASCII and '%' included)
+        and its grpc-status-details-bin intact."""
+        stub, _relay, _ = self.setup_all()
+        behaviour = demo_pb2.Behaviour(
+            fail_code=5, fail_message="no item ü at 100%", fail_detail="detail"
+        )
+        error = yield rpc_error(
+            stub.GetItem, demo_pb2.GetItemRequest(behaviour=behaviour), timeout=WAIT
+        )
+        self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(error.details(), "no item ü at 100%")
+        details = dict(error.trailing_metadata())["grpc-status-details-bin"]
+        status = status_pb2.Status.FromString(details)
+        self.assertEqual((status.code, status.message), (5, "no item ü at 100%"))
+        item = demo_pb2.Item()
+        status.details[0].Unpack(item)
+        self.assertEqual(item.name, "detail")
+
+    @inlineCallbacks
+    def test_deadline(self) -> Any:
+        """A 300 ms deadline on a slow method: DEADLINE_EXCEEDED, and the Master API
+        sees the call cancelled."""
+        stub, _, servicer = self.setup_all()
+        request = demo_pb2.GetItemRequest(behaviour=demo_pb2.Behaviour(delay_ms=5000))
+        error = yield rpc_error(stub.GetItem, request, timeout=0.3)
+        self.assertEqual(error.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        yield wait_for(lambda: servicer.cancelled)
+
+    @inlineCallbacks
+    def test_client_cancel_reaches_master_api(self) -> Any:
+        """Cancelling a call in the client cancels it in the Master API."""
+        stub, _, servicer = self.setup_all()
+        request = demo_pb2.GetItemRequest(behaviour=demo_pb2.Behaviour(delay_ms=8000))
+        future = stub.GetItem.future(request, timeout=WAIT)
+        yield wait_for(lambda: servicer.calls)
+        cancelled_at = time.monotonic()
+        future.cancel()
+        yield wait_for(lambda: servicer.cancelled)
+        latency = servicer.cancelled[0][1] - cancelled_at
+        self.assertTrue(future.cancelled())
+        figure(f"client cancel -> Master API saw it: {latency * 1000:.2f} ms")
+
+    @inlineCallbacks
+    def test_large_messages(self) -> Any:
+        """4 MiB messages pass both ways."""
+        stub, _, _ = self.setup_all()
+        size = 4 * 1024 * 1024
+        reply = yield in_thread(
+            stub.GetItem, demo_pb2.GetItemRequest(payload_size=size), timeout=WAIT
+        )
+        self.assertEqual(len(reply.payload), size)
+        summary = yield in_thread(
+            stub.PutItems, iter([demo_pb2.Item(id="big", payload=b"b" * size)]), timeout=WAIT
+        )
+        self.assertEqual(summary.total_bytes, size)
+
+    @inlineCallbacks
+    def test_gzip(self) -> Any:
+        """gzip-compressed calls pass untouched, in both directions."""
+        stub, _, _ = self.setup_all()
+        reply = yield in_thread(
+            stub.GetItem,
+            demo_pb2.GetItemRequest(id="z", payload_size=100_000),
+            timeout=WAIT,
+            compression=grpc.Compression.Gzip,
+        )
+        self.assertEqual(len(reply.payload), 100_000)
+        summary = yield in_thread(
+            stub.PutItems,
+            iter([demo_pb2.Item(payload=b"z" * 50_000)] * 3),
+            timeout=WAIT,
+            compression=grpc.Compression.Gzip,
+        )
+        self.assertEqual(summary.total_bytes, 150_000)
+
+    @inlineCallbacks
+    def test_hundred_concurrent_calls(self) -> Any:
+        """100 concurrent calls on one channel all succeed."""
+        stub, _relay, _ = self.setup_all()
+
+        def run() -> list[str]:
+            futures = [
+                stub.GetItem.future(
+                    demo_pb2.GetItemRequest(
+                        id=str(i), behaviour=demo_pb2.Behaviour(delay_ms=50)
+                    ),
+                    timeout=WAIT,
+                )
+                for i in range(100)
+            ]
+            return [f.result(timeout=WAIT).id for f in futures]
+
+        ids = yield in_thread(run)
+        self.assertEqual(ids, [str(i) for i in range(100)])
+        self.assertEqual(len(self.made), 1)
+
+    @inlineCallbacks
+    def test_denied_method(self) -> Any:
+        """A denied method gets UNIMPLEMENTED naming the method; nothing goes upstream."""
+        _, upstream_port, servicer = self.start_master_api()
+        policy = MethodPolicy.from_lists(["/"], ["/eventbroker.", "/demo.masterapi.v1.Items/Put"])
+        gateway_port, _ = self.start_gateway(upstream_port, policy)
+        stub = self.stub(gateway_port)
+        error = yield rpc_error(stub.PutItems, iter([demo_pb2.Item()]), timeout=WAIT)
+        self.assertEqual(error.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertIn("/demo.masterapi.v1.Items/PutItems", error.details())
+        publish = self.channel(gateway_port).unary_unary(
+            "/eventbroker.v1.EventBroker/Publish",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        error = yield rpc_error(publish, b"", timeout=WAIT)
+        self.assertEqual(error.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertEqual(servicer.calls, [])
+
+    @inlineCallbacks
+    def test_master_api_down(self) -> Any:
+        """An unreachable Master API gives UNAVAILABLE, well before the call's deadline."""
+        probe = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        closed_port = probe.getHost().port
+        yield probe.stopListening()
+        gateway_port, _ = self.start_gateway(closed_port, connect_timeout=1.0)
+        stub = self.stub(gateway_port)
+        error = yield rpc_error(stub.GetItem, demo_pb2.GetItemRequest(), timeout=WAIT)
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("Master API unavailable", error.details())
+
+    @inlineCallbacks
+    def test_master_api_restarted(self) -> Any:
+        """After the Master API restarts on the same port, new calls succeed."""
+        server, upstream_port, _ = self.start_master_api()
+        gateway_port, _relay = self.start_gateway(upstream_port)
+        stub = self.stub(gateway_port)
+        reply = yield in_thread(stub.GetItem, demo_pb2.GetItemRequest(id="1"), timeout=WAIT)
+        self.assertEqual(reply.id, "1")
+        yield in_thread(lambda: server.stop(None).wait(WAIT))
+        error = yield rpc_error(stub.GetItem, demo_pb2.GetItemRequest(), timeout=WAIT)
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
+        self.start_master_api(upstream_port)
+
+        def call_until_ok() -> Any:
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    return stub.GetItem(demo_pb2.GetItemRequest(id="2"), timeout=WAIT)
+                except grpc.RpcError as e:
+                    # Inside the pool's short reconnect back-off calls fail fast.
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+        reply = yield in_thread(call_until_ok)
+        self.assertEqual(reply.id, "2")
+
+    @inlineCallbacks
+    def test_slow_reader_memory_bounded(self) -> Any:
+        """A client that stops reading a large server stream makes the gateway stop
+        reading from the Master API: the relay holds at most one upstream stream
+        window unacknowledged, and the Master API has sent only a small part of the
+        stream while the client sleeps."""
+        stub, relay, _ = self.setup_all()
+        # 16 MiB in all: well beyond what the grpcio client's own receive window
+        # (grown by its BDP estimate) takes in while it does not read.
+        count, size = 1024, 16 * 1024
+        started = threading.Event()
+        go_on = threading.Event()
+
+        def run() -> int:
+            request = demo_pb2.WatchItemsRequest(count=count, payload_size=size)
+            replies = stub.WatchItems(request, timeout=WAIT * 2)
+            received = len(next(replies).payload)
+            started.set()
+            go_on.wait(WAIT)
+            for item in replies:
+                received += len(item.payload)
+            return received
+
+        done = in_thread(run)
+        yield wait_for(started.is_set)
+        (call,) = relay.calls
+        peak_buffer = 0
+        previous = -1
+        # Sample until the Master API has stopped sending (no change for 300 ms).
+        while call.state.bytes_down != previous:
+            previous = call.state.bytes_down
+            for _ in range(30):
+                peak_buffer = max(peak_buffer, len(call.writer.out))  # type: ignore[attr-defined]
+                yield deferLater(reactor, 0.01, lambda: None)
+        stalled_at = call.state.bytes_down
+        peak_unacknowledged = call.state.peak_unacknowledged
+        go_on.set()
+        received = yield done
+        self.assertEqual(received, count * size)
+        self.assertLessEqual(peak_unacknowledged, INITIAL_STREAM_WINDOW)
+        self.assertLess(stalled_at, count * size * 3 // 4)
+        # The downstream buffer: its own high watermark plus what arrived before the
+        # upstream window ran dry.
+        self.assertLessEqual(peak_buffer, h2limits.HIGH_WATERMARK + INITIAL_STREAM_WINDOW)
+        figure(
+            f"slow reader: Master API stalled after {stalled_at} of {count * size} bytes; "
+            f"relay held <= {peak_unacknowledged} unacknowledged, h2 server buffered "
+            f"<= {peak_buffer}"
+        )
+
+
+def figure(text: str) -> None:
+    """Measurements the tests report (visible with ``pytest -s`` or in trial's output)."""
+    print("\n[figure] " + text)
