@@ -140,7 +140,7 @@ class Peer:
         self.server.dataReceived(data)
 
     def take(self) -> bytes:
-        data = self.transport.value()
+        data: bytes = self.transport.value()
         self.transport.clear()
         self.raw += data
         return data
@@ -729,12 +729,12 @@ class FlowControlTests(TestCase):
                     handshake=False)
         frames = parse_frames(peer.take())
         settings = frames[0]
-        self.assertIsInstance(settings, SettingsFrame)
+        assert isinstance(settings, SettingsFrame)
         self.assertEqual(settings.settings[SettingCodes.MAX_CONCURRENT_STREAMS], 7)
         self.assertEqual(settings.settings[SettingCodes.MAX_HEADER_LIST_SIZE], 9000)
         self.assertEqual(settings.settings[SettingCodes.INITIAL_WINDOW_SIZE], STREAM_WINDOW)
         update = frames[1]
-        self.assertIsInstance(update, WindowUpdateFrame)
+        assert isinstance(update, WindowUpdateFrame)
         self.assertEqual(update.stream_id, 0)
         self.assertEqual(update.window_increment, CONNECTION_WINDOW - 65535)
 
