@@ -1,0 +1,235 @@
+# -*- test-case-name: tests.test_events -*-
+"""The gRPC client for the Event Broker: grpcio futures as Deferreds.
+
+Shell module: imports grpcio, txaio and Twisted; the reactor is injected.
+
+One :class:`BrokerClient` holds one long-lived ``grpc.Channel`` to one broker address
+(grpcio multiplexes every call over it and reconnects by itself).  Calls are generic
+unary calls driven by the descriptors of :mod:`eventgw.transcode` -- the method path,
+the request serializer and the response class all come from the route -- so a new
+annotated broker method needs no code here.
+
+Threads: grpcio runs a future's done-callbacks on its own threads (or inline when the
+future has already finished).  The callback here does exactly one thing: hand the future
+to ``reactor.callFromThread``.  The Deferred (made by txaio's Twisted flavour) is fired
+on the reactor thread, never from a grpcio thread.  Cancelling the Deferred cancels the
+grpcio future, which sends RST_STREAM (CANCELLED) to the broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import grpc
+import txaio.tx
+from google.protobuf.message import Message
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+
+from eventgw.config import BrokerUpstream
+from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
+from eventgw.exchange import Headers
+from eventgw.transcode import HttpRoute
+
+__all__ = [
+    "FORWARDED_HEADERS",
+    "BrokerCallFailed",
+    "BrokerClient",
+    "call_metadata",
+]
+
+# Trace context (W3C Trace Context) and the request id travel to the broker as metadata.
+FORWARDED_HEADERS: Final = (b"traceparent", b"tracestate", b"x-request-id")
+# Metadata values are single header lines; anything longer is not a trace header.
+_MAX_FORWARDED_VALUE: Final = 1024
+# A dead broker connection is noticed within a minute even when no call is running.
+_KEEPALIVE_MS: Final = 30_000
+# The broker's answers are small (ids); a larger one is a broken broker, not data.
+_MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
+# Requests can be as large as the largest batch the gateway accepts.
+_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+
+
+class BrokerCallFailed(GatewayError):
+    """The broker answered a call with a non-OK status (or the call could not be made).
+
+    :ivar code: the gRPC status code.
+    :ivar details: the status message.
+    :ivar details_bin: the ``grpc-status-details-bin`` trailer (a serialized
+        ``google.rpc.Status``), or ``None``.
+    :ivar trailers: the trailing metadata, for ``www-authenticate`` and the like.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        details: str,
+        details_bin: bytes | None = None,
+        trailers: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.grpc_status = code
+        self.http_status = http_status_for_grpc(code)
+        self.details = details
+        self.details_bin = details_bin
+        self.trailers = tuple(trailers)
+
+    def trailer(self, name: str) -> str | None:
+        """The first text value of a trailing metadata key, or ``None``."""
+        for key, value in self.trailers:
+            if key == name and isinstance(value, str):
+                return value
+        return None
+
+
+def call_metadata(headers: Headers) -> tuple[list[tuple[str, str]], str]:
+    """The metadata to send with a call, and the request id (generated when absent)."""
+    metadata: list[tuple[str, str]] = []
+    request_id = ""
+    for name, value in headers:
+        if name in FORWARDED_HEADERS and len(value) <= _MAX_FORWARDED_VALUE:
+            text = value.decode("latin-1").strip()
+            if not text or any(key == name.decode() for key, _ in metadata):
+                continue
+            if name == b"x-request-id":
+                request_id = text
+            metadata.append((name.decode(), text))
+    if not request_id:
+        request_id = str(uuid.uuid4())
+        metadata.append(("x-request-id", request_id))
+    return metadata, request_id
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class BrokerClient:
+    """Calls into one Event Broker over one long-lived channel.
+
+    Invariant: every Deferred returned by :meth:`call` fires exactly once, on the
+    reactor thread, with the response message or a :class:`BrokerCallFailed` (or
+    ``CancelledError`` when the caller cancelled it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        upstream: BrokerUpstream,
+        *,
+        reactor: IReactorFromThreads | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor  # type: ignore[assignment]
+        assert reactor is not None
+        self._reactor: IReactorFromThreads = reactor
+        self._async = txaio.tx.with_config(loop=reactor)  # type: ignore[no-untyped-call]
+        self.upstream = upstream
+        self.deadline = upstream.deadline
+        options = [
+            ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+            ("grpc.max_receive_message_length", _MAX_RESPONSE_BYTES),
+            ("grpc.max_send_message_length", _MAX_REQUEST_BYTES),
+        ]
+        if upstream.tls:
+            root = None
+            if upstream.ca_file is not None:
+                with open(upstream.ca_file, "rb") as f:
+                    root = f.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=root)
+            self._channel = grpc.secure_channel(upstream.target, credentials, options)
+        else:
+            self._channel = grpc.insecure_channel(upstream.target, options)
+        self._callables: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        """The broker's address, as configured."""
+        return self.upstream.target
+
+    def _callable(self, route: HttpRoute) -> grpc.UnaryUnaryMultiCallable:
+        found = self._callables.get(route.grpc_path)
+        if found is None:
+            found = self._channel.unary_unary(
+                route.grpc_path,
+                request_serializer=_serialize,
+                response_deserializer=route.response_class.FromString,
+            )
+            self._callables[route.grpc_path] = found
+        return found
+
+    def call(
+        self,
+        route: HttpRoute,
+        request: Message,
+        metadata: Sequence[tuple[str, str]] = (),
+        *,
+        timeout: float | None = None,
+    ) -> Deferred[Message]:
+        """Start a unary call; the Deferred fires on the reactor thread."""
+        if self._closed:
+            return self._async.create_future(  # type: ignore[no-any-return]
+                error=BrokerCallFailed(GrpcStatus.UNAVAILABLE, "event broker client closed")
+            )
+        future = self._callable(route).future(
+            request,
+            timeout=self.deadline if timeout is None else timeout,
+            metadata=tuple(metadata),
+        )
+        deferred: Deferred[Message] = self._async.create_future(
+            canceller=lambda _d: future.cancel()
+        )
+        deliver = self._deliverer(deferred)
+
+        def on_done(done: grpc.Future) -> None:
+            # A grpcio thread (or ours, if already done): only cross to the reactor.
+            self._reactor.callFromThread(deliver, done)
+
+        future.add_done_callback(on_done)
+        return deferred
+
+    def _deliverer(self, deferred: Deferred[Message]) -> Callable[[grpc.Future], None]:
+        def deliver(done: grpc.Future) -> None:
+            if deferred.called:
+                return  # cancelled by the caller; the errback already ran
+            if done.cancelled():
+                self._async.reject(
+                    deferred, BrokerCallFailed(GrpcStatus.CANCELLED, "call cancelled")
+                )
+                return
+            error = done.exception()
+            if error is None:
+                self._async.resolve(deferred, done.result())
+                return
+            self._async.reject(deferred, _failure_from(error))
+
+        return deliver
+
+    def close(self) -> Deferred[None]:
+        """Close the channel (calls still running end as CANCELLED)."""
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+        return succeed(None)
+
+
+def _failure_from(error: BaseException) -> BrokerCallFailed:
+    if isinstance(error, grpc.Call):
+        code = error.code()
+        details = error.details() or ""
+        trailers: Any = error.trailing_metadata() or ()
+        details_bin = None
+        for key, value in trailers:
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                details_bin = value
+        number = code.value[0] if isinstance(code, grpc.StatusCode) else GrpcStatus.UNKNOWN
+        return BrokerCallFailed(number, details, details_bin, trailers)
+    return BrokerCallFailed(GrpcStatus.INTERNAL, f"event broker call failed: {error!r}")

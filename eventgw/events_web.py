@@ -1,0 +1,296 @@
+# -*- test-case-name: tests.test_events -*-
+"""The ``/events`` target: CloudEvents over HTTP in, Event Broker gRPC calls out.
+
+Shell module: Twisted (Deferreds, logging) and :mod:`eventgw.broker`; the parsing and
+transcoding are the core's (:mod:`eventgw.cloudevents`, :mod:`eventgw.transcode`).
+
+Per exchange (:class:`EventExchange`):
+
+1. at the head: the route comes from the transcoder's table (404 / 405 with ``Allow``),
+   ``OPTIONS`` answers the CloudEvents webhook handshake, a declared body over the
+   event size limit is a 413 at once;
+2. the body is collected up to the limit (413 as soon as it is passed);
+3. at the end of the body the request message is built (400 naming the attribute or
+   field; nothing is sent to the broker), the broker is called with the caller's trace
+   headers and an ``x-request-id`` as metadata;
+4. the answer: ``202 Accepted`` with the broker's response as proto3 JSON for event
+   routes (200 for other annotated methods), or ``google.rpc.Status`` JSON with the
+   status from the gRPC code table.  Every response carries ``x-request-id``.
+
+A client that goes away cancels its broker call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventgw._proto.eventbroker.v1 import eventbroker_pb2
+from eventgw.broker import BrokerCallFailed, BrokerClient, call_metadata
+from eventgw.config import MIN_EVENT_SIZE, BrokerUpstream, Limits
+from eventgw.errors import GatewayError, GrpcStatus
+from eventgw.exchange import (
+    Headers,
+    RequestHandler,
+    RequestHead,
+    ResponseWriter,
+    StaticReply,
+    send_error,
+)
+from eventgw.transcode import (
+    BodyKind,
+    MethodNotAllowed,
+    RouteMatch,
+    RouteTable,
+    build_request,
+    path_of,
+    query_of,
+    response_body,
+    status_body,
+)
+
+__all__ = ["EVENT_BROKER_SERVICE", "EventExchange", "EventsEndpoint"]
+
+EVENT_BROKER_SERVICE: Final = eventbroker_pb2.DESCRIPTOR.services_by_name["EventBroker"]
+
+# CloudEvents HTTP webhook spec, section 4.2: the rate a sender may use ("*": unlimited;
+# the broker pushes back with RESOURCE_EXHAUSTED -> 429 instead).
+_WEBHOOK_ALLOWED_RATE: Final = b"*"
+_EVENT_KINDS: Final = (BodyKind.CLOUDEVENT, BodyKind.CLOUDEVENT_BATCH)
+_DEFAULT_AUTH_CHALLENGE: Final = b'Bearer realm="eventgw"'
+
+
+class EventsEndpoint:
+    """The RequestTarget for ``/events``: routes from the broker's proto annotations.
+
+    :ivar routes: the HTTP route table read from the service descriptors at start.
+    :ivar client: the broker client, or ``None`` when no broker is configured (503).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        broker: BrokerUpstream | None,
+        limits: Limits,
+        *,
+        reactor: IReactorFromThreads | None = None,
+        services: Sequence[ServiceDescriptor] = (EVENT_BROKER_SERVICE,),
+    ) -> None:
+        self.routes = RouteTable.from_services(services)
+        self.client = None if broker is None else BrokerClient(broker, reactor=reactor)
+        # CloudEvents intermediaries must pass events of 64 KiB, whatever the config says.
+        self.max_event_size = max(limits.max_event_size, MIN_EVENT_SIZE)
+        self._running: set[Deferred[Message]] = set()
+        self._closing = False
+
+    @property
+    def upstream(self) -> str:
+        """The broker's address for logs (``-`` when none)."""
+        return "-" if self.client is None else self.client.target
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        head.log_fields["route"] = "events"
+        head.log_fields["upstream"] = self.upstream
+        metadata, request_id = call_metadata(head.headers)
+        extra = [(b"x-request-id", request_id.encode("latin-1"))]
+        path = path_of(head.target)
+        method = head.method.decode("latin-1")
+        if method == "OPTIONS":
+            self._webhook_handshake(head, writer, path, extra)
+            return StaticReply()
+        try:
+            match = self.routes.match(method, path, head.header(b"content-type"))
+        except MethodNotAllowed as e:
+            allow = ", ".join([*e.allowed, "OPTIONS"]).encode()
+            send_error(writer, e.http_status, e.message, grpc_code=e.grpc_status,
+                       headers=[*extra, (b"allow", allow)])
+            return StaticReply()
+        except GatewayError as e:
+            send_error(writer, e.http_status, e.message, grpc_code=e.grpc_status, headers=extra)
+            return StaticReply()
+        if self.client is None or self._closing:
+            reason = "no event broker configured" if self.client is None else "shutting down"
+            send_error(writer, 503, reason, grpc_code=GrpcStatus.UNAVAILABLE, headers=extra)
+            return StaticReply()
+        if head.content_length is not None and head.content_length > self.max_event_size:
+            send_error(writer, 413, self._too_large_message(), headers=extra)
+            return StaticReply()
+        return EventExchange(self, head, writer, match, metadata, extra)
+
+    def _too_large_message(self) -> str:
+        return f"request body larger than the event size limit ({self.max_event_size} bytes)"
+
+    def _webhook_handshake(
+        self, head: RequestHead, writer: ResponseWriter, path: str, extra: Headers
+    ) -> None:
+        allowed = self.routes.allowed_methods(path)
+        if not allowed:
+            send_error(writer, 404, f"no route for {path}", headers=extra)
+            return
+        headers = [
+            (b"allow", ", ".join([*allowed, "OPTIONS"]).encode()),
+            (b"content-length", b"0"),
+            *extra,
+        ]
+        origin = head.header(b"webhook-request-origin")
+        if origin is not None:
+            headers.append((b"webhook-allowed-origin", origin))
+            headers.append((b"webhook-allowed-rate", _WEBHOOK_ALLOWED_RATE))
+        writer.write_head(200, headers, end=True)
+
+    def track(self, deferred: Deferred[Message]) -> None:
+        """Keep a running call until it finishes, so :meth:`close` can wait for it."""
+        self._running.add(deferred)
+
+        def forget(result: object) -> object:
+            self._running.discard(deferred)
+            return result
+
+        deferred.addBoth(forget)
+
+    def close(self) -> Deferred[None]:
+        """Answer new exchanges with 503, let running calls finish, close the channel."""
+        self._closing = True
+        client = self.client
+        if client is None:
+            return succeed(None)
+        waiting = DeferredList(list(self._running), consumeErrors=True)
+        done: Deferred[None] = Deferred()
+
+        def close_channel(_: object) -> None:
+            client.close().chainDeferred(done)
+
+        waiting.addBoth(close_channel)
+        return done
+
+
+class EventExchange:
+    """One ``/events`` exchange: collects the body, calls the broker, answers.
+
+    Invariant: exactly one response (or abort) is written; after that, or after the
+    client went away, every further input is ignored.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: EventsEndpoint,
+        head: RequestHead,
+        writer: ResponseWriter,
+        match: RouteMatch,
+        metadata: list[tuple[str, str]],
+        extra_headers: Headers,
+    ) -> None:
+        self._endpoint = endpoint
+        self._head = head
+        self._writer = writer
+        self._match = match
+        self._metadata = metadata
+        self._extra = extra_headers
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._finished = False
+        self._call: Deferred[Message] | None = None
+
+    def body_received(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(data)
+        if self._size > self._endpoint.max_event_size:
+            self._chunks.clear()
+            self._fail(413, self._endpoint._too_large_message())
+            return
+        self._chunks.append(data)
+
+    def body_ended(self, trailers: Headers) -> None:
+        if self._finished:
+            return
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        route = self._match.route
+        try:
+            request = build_request(self._match, query_of(self._head.target),
+                                    self._head.headers, body)
+        except GatewayError as e:
+            self._fail(e.http_status, e.message, e.grpc_status)
+            return
+        assert self._endpoint.client is not None
+        call = self._endpoint.client.call(route, request, self._metadata)
+        self._call = call
+        self._endpoint.track(call)
+        call.addCallbacks(self._answered, self._failed)
+        call.addErrback(self._bug)
+
+    def connection_lost(self, reason: str) -> None:
+        self._finished = True
+        self._chunks.clear()
+        if self._call is not None and not self._call.called:
+            self._call.cancel()
+
+    # --- answers ---------------------------------------------------------------------
+
+    def _answered(self, response: Message) -> None:
+        self._head.log_fields["grpc_status"] = int(GrpcStatus.OK)
+        if self._finished:
+            return
+        self._finished = True
+        route = self._match.route
+        body = response_body(route, response)
+        status = 202 if route.body_kind in _EVENT_KINDS else 200
+        self._writer.write_head(status, [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *self._extra,
+        ])
+        self._writer.write_body(body)
+        self._writer.end()
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            self._head.log_fields["grpc_status"] = int(GrpcStatus.CANCELLED)
+            return  # the client went away and cancelled the call
+        error = failure.value
+        if not isinstance(error, BrokerCallFailed):
+            failure.raiseException()
+        assert isinstance(error, BrokerCallFailed)
+        self._head.log_fields["grpc_status"] = int(error.code)
+        if self._finished:
+            return
+        self._finished = True
+        if self._writer.head_sent:
+            self._writer.abort()
+            return
+        body = status_body(error.code, error.details, error.details_bin)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *self._extra,
+        ]
+        if error.code == GrpcStatus.UNAUTHENTICATED:
+            challenge = error.trailer("www-authenticate")
+            headers.append((
+                b"www-authenticate",
+                challenge.encode("latin-1") if challenge else _DEFAULT_AUTH_CHALLENGE,
+            ))
+        self._writer.write_head(error.http_status, headers)
+        self._writer.write_body(body)
+        self._writer.end()
+
+    def _bug(self, failure: Failure) -> None:
+        self.log.failure("{route} exchange failed: {path}", failure,
+                         route="events", path=self._head.target.decode("latin-1"))
+        if not self._finished:
+            self._fail(500, "internal error")
+
+    def _fail(self, status: int, message: str, grpc_code: int | None = None) -> None:
+        self._finished = True
+        send_error(self._writer, status, message, grpc_code=grpc_code, headers=self._extra)
