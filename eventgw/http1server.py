@@ -541,10 +541,11 @@ class Http1ServerProtocol(TwistedProtocol):
     def _write(self, data: bytes) -> None:
         self._out.append(data)
         self._out_size += len(data)
-        if self._receiving:
-            return  # dataReceived flushes once at its end
         if self._out_size >= FLUSH_THRESHOLD:
+            # Hand big output over now, so the transport can push back (pauseProducing).
             self._flush()
+        elif self._receiving:
+            return  # dataReceived flushes once at its end
         elif self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 

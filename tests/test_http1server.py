@@ -4,15 +4,20 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventgw.config import Limits
 from eventgw.exchange import Headers, RequestHead, ResponseWriter, StaticReply, send_error
@@ -719,6 +724,22 @@ class BackPressureTests(ProtocolTestCase):
             writer.write_body(b"x" * 8192)
         self.assertGreaterEqual(transport.write_calls, 2)
 
+    def test_large_body_inside_receive_flushed(self) -> None:
+        """Even a handler writing synchronously from dataReceived hands big output to
+        the transport as it goes, so the transport can push back."""
+        target = ManualTarget()
+
+        def stream(handler: ManualHandler) -> None:
+            handler.writer.write_head(200, [])
+            for _ in range(20):
+                handler.writer.write_body(b"x" * 8192)
+            self.assertGreaterEqual(self.transport.write_calls, 2)
+
+        target.on_start = stream
+        proto, _, _ = self.connect(target)
+        proto.dataReceived(GET)
+        self.assertGreaterEqual(self.transport.write_calls, 2)
+
 
 class DisconnectTests(ProtocolTestCase):
     """The client going away."""
@@ -804,3 +825,164 @@ class AccessLogTests(ProtocolTestCase):
         proto, _, _ = self.connect(access_log=False)
         proto.dataReceived(GET)
         self.assertEqual(self.access_events(), [])
+
+
+class StreamingHandler:
+    """Writes ``total`` bytes as fast as the connection lets it, honouring pauses."""
+
+    def __init__(self, writer: ResponseWriter, total: int) -> None:
+        self.writer = writer
+        self.left = total
+        self.paused = False
+        self.pauses = 0
+        writer.write_head(200, [(b"content-length", b"%d" % total)])
+        writer.register_producer(self)
+        self._produce()
+
+    def _produce(self) -> None:
+        while not self.paused and self.left:
+            size = min(65536, self.left)
+            self.left -= size
+            self.writer.write_body(b"x" * size)
+        if not self.left:
+            self.writer.unregister_producer()
+            self.writer.end()
+
+    def pause_producing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_producing(self) -> None:
+        self.paused = False
+        self._produce()
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def body_ended(self, trailers: Headers) -> None:
+        pass
+
+    def connection_lost(self, reason: str) -> None:
+        pass
+
+
+class RealTarget(EchoTarget):
+    """EchoTarget, plus ``/stream`` answered by a StreamingHandler (16 MiB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[StreamingHandler] = []
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> Any:
+        if head.path == b"/stream":
+            handler = StreamingHandler(writer, 16 * 1024 * 1024)
+            self.streams.append(handler)
+            return handler
+        return super().start_exchange(head, writer)
+
+
+class RealSocketTests(TestCase):
+    """The protocol on a real TCP port on 127.0.0.1, against stdlib clients in a thread."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.target = RealTarget()
+        factory = Factory.forProtocol(
+            lambda: Http1ServerProtocol(
+                self.target, Limits(), scheme=b"http", reactor=reactor, access_log=False
+            )
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.port = address.port
+
+    def _raw(self, data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(data)
+            chunks: list[bytes] = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+    @inlineCallbacks
+    def test_keep_alive_and_chunked_upload(self) -> Any:
+        """http.client reuses one connection for GET and a chunked POST."""
+
+        def client() -> list[tuple[int, bytes]]:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                out = []
+                conn.request("GET", "/a")
+                response = conn.getresponse()
+                out.append((response.status, response.read()))
+                conn.request("POST", "/b", body=iter([b"hello ", b"world"]),
+                             encode_chunked=True)
+                response = conn.getresponse()
+                out.append((response.status, response.read()))
+                return out
+            finally:
+                conn.close()
+
+        results = yield deferToThread(client)
+        self.assertEqual(results, [(200, b"GET /a 0\n"), (200, b"POST /b 11\n")])
+        peers = {handler.head.peer for handler in self.target.handlers}
+        self.assertEqual(peers, {"127.0.0.1"})
+
+    @inlineCallbacks
+    def test_pipelined_then_close(self) -> Any:
+        """Three pipelined requests, the last with Connection: close, are answered in
+        order and the server closes."""
+        data = (
+            b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"
+            b"GET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        response = yield deferToThread(self._raw, data)
+        bodies = [body for _, body in split_responses(response)]
+        self.assertEqual(bodies, [b"GET /1 0\n", b"POST /2 2\n", b"GET /3 0\n"])
+
+    @inlineCallbacks
+    def test_smuggling_attempt_closed(self) -> Any:
+        """A CL+TE request gets a 400 and the connection closes; the request smuggled
+        behind it never reaches the target."""
+        data = (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        response = yield deferToThread(self._raw, data)
+        self.assertTrue(response.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertEqual(response.count(b"HTTP/1.1"), 1)
+        self.assertEqual(self.target.handlers, [])
+
+    @inlineCallbacks
+    def test_slow_reader_back_pressure(self) -> Any:
+        """A response far larger than the transport's buffer pauses the response
+        producer (Twisted pauses at its 64 KiB buffer before the kernel takes it), and
+        every byte still arrives."""
+
+        def client() -> int:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(65536)
+                received = len(head.partition(b"\r\n\r\n")[2])
+                while received < 16 * 1024 * 1024:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                return received
+
+        received = yield deferToThread(client)
+        self.assertEqual(received, 16 * 1024 * 1024)
+        [stream] = self.target.streams
+        self.assertGreater(stream.pauses, 0)
