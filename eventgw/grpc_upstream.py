@@ -33,11 +33,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    Event,
     PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
@@ -48,6 +49,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import Frame, GoAwayFrame
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -89,6 +91,31 @@ MAX_BACKOFF: Final = 5.0
 MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
 # The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
 _PING_DATA: Final = b"eventgw!"
+
+
+class _GracefulH2Connection(H2Connection):
+    """An h2 client connection that survives a GOAWAY from the server.
+
+    h2 moves the whole connection to CLOSED when it receives GOAWAY and drops its
+    outbound buffer, so the frames of streams the server still finishes -- often in the
+    same read as the GOAWAY -- raise ProtocolError (python-hyper/h2 #1181).  RFC 9113
+    section 6.8 lets streams up to the last stream id complete; the pool opens no new
+    streams on a connection after GOAWAY, so only the event is kept.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        event = ConnectionTerminated()
+        event.error_code = _error_code(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def _error_code(value: int) -> ErrorCodes | int:
+    try:
+        return ErrorCodes(value)
+    except ValueError:
+        return value
 
 
 class StreamListener(Protocol):
@@ -225,7 +252,7 @@ class _UpstreamConnection(TwistedProtocol):
     def __init__(self, pool: GrpcConnectionPool, reactor: IReactorTime) -> None:
         self.pool = pool
         self.reactor = reactor
-        self.h2 = H2Connection(
+        self.h2 = _GracefulH2Connection(
             H2Configuration(
                 client_side=True,
                 header_encoding=None,
@@ -470,10 +497,6 @@ class _UpstreamConnection(TwistedProtocol):
 
     def _goaway(self, last_stream_id: int | None, error_code: object) -> None:
         self.draining = True
-        # h2 moves the whole connection to CLOSED on GOAWAY and would then reject the
-        # frames of the streams the server still finishes (python-hyper/h2 #1181).
-        # RFC 9113 section 6.8 lets those complete; we open no new streams here.
-        self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
         self.log.info(
             "{upstream} sent GOAWAY ({error_code}, last stream {last_stream_id})",
             upstream=self.pool.address,

@@ -32,7 +32,7 @@ from h2.events import (
 from h2.settings import SettingCodes, Settings
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -267,7 +267,7 @@ class UpstreamPoolTests(TestCase):
         relay = self.relay(self.listen(factory))
         first, _ = self.call(relay)
         yield wait_for(lambda: first.ended)
-        self.assertEqual(status_of(first.trailers), 0)
+        self.assertEqual(status_of(first.trailers), 0, first)
         self.assertEqual(bytes(first.body), b"\x00" * 5)
         second, _ = self.call(relay)
         yield wait_for(lambda: second.ended)
@@ -766,9 +766,12 @@ class GrpcEndToEndTests(GatewayFixture):
         self.assertEqual(received, count * size)
         self.assertLessEqual(peak_unacknowledged, INITIAL_STREAM_WINDOW)
         self.assertLess(stalled_at, count * size * 3 // 4)
-        # The downstream buffer: its own high watermark plus what arrived before the
-        # upstream window ran dry.
-        self.assertLessEqual(peak_buffer, h2limits.HIGH_WATERMARK + INITIAL_STREAM_WINDOW)
+        # The downstream buffer: its own high watermark, the DATA frame that crossed
+        # it, and at most one upstream stream window that arrived after the pause.
+        self.assertLessEqual(
+            peak_buffer,
+            h2limits.HIGH_WATERMARK + h2limits.MAX_FRAME_SIZE + INITIAL_STREAM_WINDOW,
+        )
         figure(
             f"slow reader: Master API stalled after {stalled_at} of {count * size} bytes; "
             f"relay held <= {peak_unacknowledged} unacknowledged, h2 server buffered "
@@ -779,3 +782,163 @@ class GrpcEndToEndTests(GatewayFixture):
 def figure(text: str) -> None:
     """Measurements the tests report (visible with ``pytest -s`` or in trial's output)."""
     print("\n[figure] " + text)
+
+
+# --- a hand-driven HTTP/2 client ----------------------------------------------------------
+
+
+class WireClient(Protocol):
+    """An ``h2`` client speaking h2c prior knowledge; records every event per stream."""
+
+    def __init__(self) -> None:
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.events: dict[int, list[Any]] = {}
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            stream_id = getattr(event, "stream_id", None)
+            if stream_id:
+                self.events.setdefault(stream_id, []).append(event)
+            if isinstance(event, DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        self.flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+
+    def call(self, path: bytes, body: bytes = b"", *, end: bool = True,
+             extra: Headers | None = None) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        headers = [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+            (b":authority", b"gateway.test"), (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"), *(extra or []),
+        ]
+        self.h2.send_headers(stream_id, headers, end_stream=not body and end)
+        if body:
+            self.h2.send_data(stream_id, body, end_stream=end)
+        self.flush()
+        return stream_id
+
+    def finished(self, stream_id: int) -> bool:
+        return any(isinstance(e, StreamEnded | StreamReset) for e in self.events.get(stream_id, []))
+
+    def kinds(self, stream_id: int) -> list[str]:
+        return [type(e).__name__ for e in self.events.get(stream_id, [])]
+
+
+class WireTests(GatewayFixture):
+    """Frames on the client's side of the gateway, seen by a hand-driven h2 client."""
+
+    @inlineCallbacks
+    def client(self, gateway_port: int) -> Any:
+        client = WireClient()
+        factory = ClientFactory.forProtocol(lambda: client)
+        connector = reactor.connectTCP("127.0.0.1", gateway_port, factory)
+        self.addCleanup(lambda: wait_for(lambda: client.lost))
+        self.addCleanup(connector.disconnect)
+        yield wait_for(lambda: client.transport is not None)
+        return client
+
+    @inlineCallbacks
+    def test_trailers_only(self) -> Any:
+        """An upstream error before any message, a refused method and an expired
+        deadline each reach the client as a single HEADERS frame with END_STREAM."""
+        _, upstream_port, _ = self.start_master_api()
+        gateway_port, _ = self.start_gateway(upstream_port)
+        client = yield self.client(gateway_port)
+        failing = demo_pb2.GetItemRequest(
+            behaviour=demo_pb2.Behaviour(fail_code=7, fail_message="no")
+        )
+        slow = demo_pb2.GetItemRequest(behaviour=demo_pb2.Behaviour(delay_ms=5000))
+        streams = {
+            7: client.call(GET_ITEM, frame(failing)),
+            12: client.call(b"/eventbroker.v1.EventBroker/Publish", frame(failing)),
+            4: client.call(GET_ITEM, frame(slow), extra=[(b"grpc-timeout", b"300m")]),
+        }
+        yield wait_for(lambda: all(client.finished(s) for s in streams.values()))
+        for code, stream_id in streams.items():
+            self.assertEqual(client.kinds(stream_id), ["ResponseReceived", "StreamEnded"])
+            response = client.events[stream_id][0]
+            self.assertIsNotNone(response.stream_ended)
+            headers = dict(response.headers)
+            self.assertEqual(headers[b":status"], b"200")
+            self.assertEqual(int(headers[b"grpc-status"]), code)
+
+    @inlineCallbacks
+    def test_client_reset_cancels_upstream(self) -> Any:
+        """RST_STREAM from the client cancels the call in the Master API."""
+        _, upstream_port, servicer = self.start_master_api()
+        gateway_port, relay = self.start_gateway(upstream_port)
+        client = yield self.client(gateway_port)
+        slow = demo_pb2.GetItemRequest(behaviour=demo_pb2.Behaviour(delay_ms=8000))
+        stream_id = client.call(GET_ITEM, frame(slow))
+        yield wait_for(lambda: servicer.calls)
+        reset_at = time.monotonic()
+        client.h2.reset_stream(stream_id, CANCEL)
+        client.flush()
+        yield wait_for(lambda: servicer.cancelled)
+        figure(
+            "client RST_STREAM -> Master API saw the cancel: "
+            f"{(servicer.cancelled[0][1] - reset_at) * 1000:.2f} ms"
+        )
+        yield wait_for(lambda: not relay.calls)
+
+    @inlineCallbacks
+    def test_upstream_reset_after_head_resets_client(self) -> Any:
+        """An upstream RST_STREAM after the response head resets the client's stream
+        with the same code."""
+        def script(server: ScriptedServer, stream_id: int, what: str) -> None:
+            if what == "ended":
+                server.respond(stream_id)
+                server.h2.send_data(stream_id, b"\x00\x00\x00\x00\x01")
+                server.h2.reset_stream(stream_id, 0x2)
+        upstream = reactor.listenTCP(0, ScriptedFactory(script), interface="127.0.0.1")
+        self.addCleanup(upstream.stopListening)
+        gateway_port, _ = self.start_gateway(upstream.getHost().port)
+        client = yield self.client(gateway_port)
+        stream_id = client.call(GET_ITEM, b"\x00\x00\x00\x00\x00")
+        yield wait_for(lambda: client.finished(stream_id))
+        self.assertEqual(client.kinds(stream_id)[0], "ResponseReceived")
+        reset = client.events[stream_id][-1]
+        self.assertIsInstance(reset, StreamReset)
+        self.assertEqual(reset.error_code, 0x2)
+
+    @inlineCallbacks
+    def test_upstream_goaway(self) -> Any:
+        """An upstream GOAWAY lets the in-flight call finish with its trailers; the next
+        call opens a new upstream connection."""
+        def script(server: ScriptedServer, stream_id: int, what: str) -> None:
+            if what != "ended":
+                return
+            server.respond(stream_id)
+            if len(factory.connections) == 1:
+                server.h2.close_connection(last_stream_id=stream_id)
+                server.h2.state_machine.state = server.h2.state_machine.state.SERVER_OPEN
+            server.finish(stream_id, b"\x00\x00\x00\x00\x02hi"[:7])
+        factory = ScriptedFactory(script)
+        upstream = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(upstream.stopListening)
+        gateway_port, _ = self.start_gateway(upstream.getHost().port)
+        client = yield self.client(gateway_port)
+        first = client.call(GET_ITEM, b"\x00\x00\x00\x00\x00")
+        yield wait_for(lambda: client.finished(first))
+        self.assertEqual(
+            client.kinds(first),
+            ["ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded"],
+        )
+        second = client.call(GET_ITEM, b"\x00\x00\x00\x00\x00")
+        yield wait_for(lambda: client.finished(second))
+        trailers = dict(client.events[second][-2].headers)
+        self.assertEqual(trailers[b"grpc-status"], b"0")
+        self.assertEqual(len(factory.connections), 2)
