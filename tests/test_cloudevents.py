@@ -141,6 +141,38 @@ class BinaryModeTests(SynchronousTestCase):
         event = parse_binary(binary([(b"ce-time", b"2018-04-05t19:31:00+02:00")]), b"")
         self.assertEqual(event.attributes["time"].ce_timestamp, timestamp("2018-04-05T17:31:00Z"))
 
+    def test_time_details(self) -> None:
+        """Leap seconds roll over, digits past nanoseconds are truncated, the range ends
+        are kept."""
+        cases = {
+            b"2016-12-31T23:59:60Z": "2017-01-01T00:00:00Z",
+            b"2018-04-05T17:31:00.1234567891Z": "2018-04-05T17:31:00.123456789Z",
+            b"0001-01-01T00:00:00Z": "0001-01-01T00:00:00Z",
+            b"9999-12-31T23:59:59.999999999Z": "9999-12-31T23:59:59.999999999Z",
+            b"2018-04-05T00:30:00-01:30": "2018-04-05T02:00:00Z",
+        }
+        for given_time, expected in cases.items():
+            event = parse_binary(binary([(b"ce-time", given_time)]), b"")
+            self.assertEqual(event.attributes["time"].ce_timestamp, timestamp(expected), given_time)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+           st.integers(0, 999_999_999), st.integers(-23 * 60 - 59, 23 * 60 + 59))
+    def test_time_agrees_with_protobuf(self, moment: datetime, nanos: int, offset: int) -> None:
+        """The time parser gives what protobuf's own RFC 3339 parser gives."""
+        sign = "-" if offset < 0 else "+"
+        clock = moment.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")
+        text = f"{clock}.{nanos:09d}{sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+        expected = Timestamp()
+        try:
+            expected.FromJsonString(text)
+        except ValueError:
+            self.assertRaises(InvalidEvent, parse_binary, binary([(b"ce-time", text.encode())]),
+                              b"")
+            return
+        event = parse_binary(binary([(b"ce-time", text.encode())]), b"")
+        self.assertEqual(event.attributes["time"].ce_timestamp, expected, text)
+
     def test_percent_decoding(self) -> None:
         """Header values are percent-decoded as UTF-8 (binding 3.1.3.2)."""
         event = parse_binary(binary([
@@ -208,7 +240,10 @@ class BinaryModeTests(SynchronousTestCase):
     def test_bad_time(self) -> None:
         """Times that are not RFC 3339 are errors naming time (isoparse would take some)."""
         for value in (b"yesterday", b"2018-04-05", b"20180405T173100Z", b"2018-04-05T17:31:00",
-                      b"2018-02-30T00:00:00Z"):
+                      b"2018-02-30T00:00:00Z", b"2018-04-05T24:00:00Z", b"2018-04-05T17:60:00Z",
+                      b"2018-04-05T17:31:00+24:00", b"0000-12-31T00:00:00Z",
+                      b"9999-12-31T23:59:59-01:00", b"2018-04-05T17:31:00.Z",
+                      "٢٠١٨-04-05T17:31:00Z".encode()):
             error = self.assertRaises(
                 InvalidEvent, parse_binary, binary([(b"ce-time", value)]), b""
             )
