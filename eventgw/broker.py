@@ -26,7 +26,7 @@ import grpc
 import txaio.tx
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 
 from eventgw.config import BrokerUpstream
@@ -122,14 +122,15 @@ class BrokerClient:
         self,
         upstream: BrokerUpstream,
         *,
-        reactor: IReactorFromThreads | None = None,
+        reactor: IReactorTime | IReactorFromThreads | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor  # type: ignore[assignment]
-        assert reactor is not None
-        self._reactor: IReactorFromThreads = reactor
+            reactor = global_reactor
+        # The gateway passes its reactor typed as IReactorTime; any real reactor also
+        # provides IReactorFromThreads, which is what crossing threads needs.
+        self._reactor: IReactorFromThreads = IReactorFromThreads(reactor)
         self._async = txaio.tx.with_config(loop=reactor)  # type: ignore[no-untyped-call]
         self.upstream = upstream
         self.deadline = upstream.deadline

@@ -28,7 +28,7 @@ from typing import Final
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -81,7 +81,7 @@ class EventsEndpoint:
         broker: BrokerUpstream | None,
         limits: Limits,
         *,
-        reactor: IReactorFromThreads | None = None,
+        reactor: IReactorTime | IReactorFromThreads | None = None,
         services: Sequence[ServiceDescriptor] = (EVENT_BROKER_SERVICE,),
     ) -> None:
         self.routes = RouteTable.from_services(services)
