@@ -590,19 +590,42 @@ class ExchangeTests(TestCase):
         self.assertIn(b'"code"', body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    def test_invalid_response_headers_reset_stream_only(self) -> None:
-        """Headers h2 refuses to send reset that stream; the target hears connection_lost."""
+    def test_pseudo_headers_from_target_are_dropped(self) -> None:
+        """A target cannot inject pseudo-headers or connection fields into a response."""
         target = RecordingTarget()
         peer = Peer(target)
-        first = peer.request()
-        second = peer.request()
-        bad, good = target.handlers
-        bad.writer.write_head(200, [(b":path", b"/not-in-a-response")])
-        good.writer.write_head(200, [], end=True)
+        stream_id = peer.request()
+        target.handlers[0].writer.write_head(
+            200, [(b":path", b"/x"), (b"connection", b"close"), (b"x-ok", b"1")], end=True
+        )
         peer.receive()
-        self.assertEqual(peer.resets().get(first), ErrorCodes.INTERNAL_ERROR)
-        self.assertIsNotNone(bad.lost)
-        self.assertTrue(peer.response(second)[3])
+        headers, _, _, ended = peer.response(stream_id)
+        self.assertEqual(headers, [(b":status", b"200"), (b"x-ok", b"1")])
+        self.assertTrue(ended)
+
+    def test_answer_to_stream_reset_in_same_read(self) -> None:
+        """A target answering a stream the client reset in the same read is told it is lost."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        handlers: list[Recorded] = []
+
+        class Answering:
+            def start_exchange(
+                self, head: RequestHead, writer: ResponseWriter
+            ) -> RequestHandler:
+                handler = Recorded(head, writer)
+                handlers.append(handler)
+                writer.write_head(200, [], end=True)
+                return handler
+
+        peer = Peer(Answering())
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(stream_id, request_headers(), end_stream=True)
+        peer.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+        peer.send()
+        self.assertEqual([h.lost for h in handlers], ["client reset the stream"])
+        self.assertEqual(protocol_errors(observer), [])
+        self.assertEqual(peer.server.open_streams, 0)
+        self.assertIsNone(peer.goaway())
 
     def test_one_access_event_per_stream(self) -> None:
         """Every stream produces exactly one access-log event with its status."""
