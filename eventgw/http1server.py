@@ -331,6 +331,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self._access_log = access_log
         self._parser = RequestParser(limits.max_header_bytes, limits.max_request_body)
         self._transport: _Transport | None = None
+        self._registered = False
         self.peer = "-"
         self._exchange: _Exchange | None = None
         self._consumed_mark = 0
@@ -356,6 +357,7 @@ class Http1ServerProtocol(TwistedProtocol):
         peer = transport.getPeer()
         self.peer = str(getattr(peer, "host", peer))
         transport.registerProducer(self, True)
+        self._registered = True
         self._set_deadline("header", self._limits.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -571,7 +573,16 @@ class Http1ServerProtocol(TwistedProtocol):
         self._closing = True
         self._deadline_kind = None
         if self._transport is not None:
+            self._unregister()
             self._transport.loseConnection()
+
+    def _unregister(self) -> None:
+        """Stop being the transport's producer.  Needed before closing: a TLS transport
+        does not shut down while a producer is registered, and a TCP transport whose
+        paused producer drains resumes it instead of closing."""
+        if self._registered and self._transport is not None:
+            self._registered = False
+            self._transport.unregisterProducer()
 
     def _pause_reading(self, reason: str) -> None:
         if reason in self._read_pauses:
@@ -642,6 +653,7 @@ class Http1ServerProtocol(TwistedProtocol):
             self._out.clear()
             self._closing = True
             if self._transport is not None:
+                self._unregister()
                 self._transport.abortConnection()
             return
         self._close()

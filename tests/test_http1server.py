@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -372,6 +373,8 @@ class RequestFlowTests(ProtocolTestCase):
         self.assertIn(b"connection: close\r\n", transport.value())
         self.assertEqual(len(split_responses(transport.value())), 1)
         self.assertTrue(transport.disconnecting)
+        # A TLS transport would not shut down with a producer still registered.
+        self.assertIsNone(transport.producer)
 
     def test_interim_response(self) -> None:
         """A 103 from the handler is sent before the final response."""
@@ -986,3 +989,65 @@ class RealSocketTests(TestCase):
         self.assertEqual(received, 16 * 1024 * 1024)
         [stream] = self.target.streams
         self.assertGreater(stream.pauses, 0)
+
+
+class RealTlsTests(TestCase):
+    """The protocol behind Twisted's TLS transport: closing works with the protocol
+    registered as producer (TLS shuts down only once it is unregistered)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        from eventgw.tls import ensure_dev_certificate, server_context_factory
+
+        cert = ensure_dev_certificate(self.mktemp())
+        self.target = RealTarget()
+        factory = Factory.forProtocol(
+            lambda: Http1ServerProtocol(
+                self.target, Limits(), scheme=b"https", reactor=reactor, access_log=False
+            )
+        )
+        port = reactor.listenSSL(  # type: ignore[attr-defined]
+            0, factory, server_context_factory(cert.cert_path, cert.key_path),
+            interface="127.0.0.1",
+        )
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    def _exchange(self, request: bytes) -> bytes:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with context.wrap_socket(raw) as sock:
+                sock.sendall(request)
+                chunks: list[bytes] = []
+                while True:
+                    try:
+                        chunk = sock.recv(1 << 20)
+                    except ssl.SSLZeroReturnError:
+                        break
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+    @inlineCallbacks
+    def test_connection_close_over_tls(self) -> Any:
+        """Connection: close ends the TLS connection after the response."""
+        response = yield deferToThread(
+            self._exchange, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(split_responses(response)[0][1], b"GET /x 0\n")
+
+    @inlineCallbacks
+    def test_large_response_then_close(self) -> Any:
+        """A large response with Connection: close arrives whole and the connection
+        then closes, although the producer was paused along the way."""
+        response = yield deferToThread(
+            self._exchange, b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(len(response.partition(b"\r\n\r\n")[2]), 16 * 1024 * 1024)
+        self.assertGreater(self.target.streams[0].pauses, 0)
