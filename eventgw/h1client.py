@@ -320,6 +320,11 @@ class ClientConnection:
         return self._read is _Read.DONE
 
     @property
+    def idle(self) -> bool:
+        """Whether no request has been started since the last cycle."""
+        return self._read is _Read.IDLE and self._send is _Send.IDLE and not self._buf
+
+    @property
     def reusable(self) -> bool:
         """Whether another request may be sent on this connection."""
         return (

@@ -1,0 +1,460 @@
+# -*- test-case-name: tests.test_webproxy -*-
+"""The ``/api`` reverse proxy target: one exchange in, one upstream HTTP/1.1 request out.
+
+Shell module.  :class:`ApiProxy` is a :class:`~eventgw.exchange.RequestTarget`; each
+exchange becomes an :class:`ApiExchange` that takes a pooled connection from
+:class:`~eventgw.httppool.UpstreamPool`, sends the request head (and the body bytes
+already received) in one write, streams the rest of the body, and streams the
+response's status, headers, body and trailers back through the
+:class:`~eventgw.exchange.ResponseWriter`.
+
+Back-pressure both ways, so memory stays bounded whatever the sizes:
+
+* request body: while no connection is ready, at most :data:`PENDING_BODY_HIGH` bytes
+  are held before the client is paused; afterwards the upstream transport's own
+  producer calls pause the client (``pause_request_body``) and resume it;
+* response body: the exchange is the writer's producer; when the client falls behind
+  it stops reading the upstream connection.
+
+Errors, the way nginx answers them: a refused or failed connection or an invalid
+response is 502, a connect or response timeout 504 -- each a JSON
+``google.rpc.Status`` body via :func:`~eventgw.exchange.send_error` while the head is
+unsent, an abort of the client's response once it went out.  The response timeout
+counts from the request to the response head and then between any two upstream reads
+or request-body writes (nginx's ``proxy_read_timeout``); it stands still while the
+client itself holds the response back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventgw.config import ApiUpstream, Limits
+from eventgw.errors import GatewayError, PayloadTooLarge
+from eventgw.exchange import (
+    RequestHandler,
+    RequestHead,
+    ResponseWriter,
+    StaticReply,
+    send_error,
+)
+from eventgw.h1client import LocalProtocolError, ResponseError, ResponseHead
+from eventgw.headers import request_headers_for_upstream, response_headers_for_downstream
+from eventgw.httppool import (
+    Reactor,
+    UpstreamConnection,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+__all__ = ["PENDING_BODY_HIGH", "ApiExchange", "ApiProxy"]
+
+Headers = list[tuple[bytes, bytes]]
+
+# Request body held while the upstream connection is being set up; past this the
+# client is paused.  64 KiB covers almost every API request body in one write.
+PENDING_BODY_HIGH: Final = 64 * 1024
+
+# Request bytes small enough to be copied into the head's single write.
+_COALESCE_MAX: Final = 16 * 1024
+
+# RFC 9110 section 9.2.2: these may be retried after a failure on a stale connection.
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Trailer fields that describe framing or routing and must not travel as trailers
+# (RFC 9110 section 6.5.1); hop-by-hop ones are dropped by headers.py.
+_FORBIDDEN_TRAILERS: Final = frozenset(
+    {b"content-length", b"content-type", b"host", b"authorization", b"set-cookie"}
+)
+
+
+class ApiProxy:
+    """The ``/api`` target: forwards each exchange to ``upstream`` over a pool.
+
+    :param upstream: ``master_api.http`` from the config.
+    :param limits: ``max_request_body`` bounds the request body (413 beyond it).
+    :param reactor: ``IReactorTime`` + ``IReactorTCP``; the global one by default.
+    :param pool: an existing pool to use instead of a new one (tests, sharing).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        upstream: ApiUpstream,
+        limits: Limits,
+        *,
+        reactor: Reactor | None = None,
+        pool: UpstreamPool | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.upstream = upstream
+        self.reactor = reactor
+        self.pool = pool if pool is not None else UpstreamPool(upstream, reactor=reactor)
+        self.max_body = limits.max_request_body
+        self.response_timeout = upstream.response_timeout
+        default_port = 443 if upstream.scheme == "https" else 80
+        host = upstream.host
+        if ":" in host:
+            host = f"[{host}]"
+        if upstream.port != default_port:
+            host = f"{host}:{upstream.port}"
+        # nginx's `proxy_set_header Host $proxy_host` default: the upstream's own name.
+        self.host_header = host.encode("idna")
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        """Forward one exchange; a declared body over the limit is refused at once."""
+        fields = head.log_fields
+        fields["route"] = "api"
+        fields["upstream"] = self.upstream.url
+        if head.content_length is not None and head.content_length > self.max_body:
+            send_error(writer, 413, f"request body larger than {self.max_body} bytes")
+            return StaticReply()
+        return ApiExchange(self, head, writer)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close the pooled connections (in-flight requests are cut)."""
+        return self.pool.close()
+
+
+class ApiExchange:
+    """One proxied exchange.  It is the request's handler, the response's producer and
+    the upstream connection's sink.
+
+    Invariant: once ``_finished`` is set, the connection has been released or
+    discarded, the timer is cancelled and nothing more is written anywhere.
+    """
+
+    log = Logger()
+
+    __slots__ = (
+        "_acquiring",
+        "_activity",
+        "_body_done",
+        "_body_received",
+        "_body_streamed",
+        "_client_paused",
+        "_conn",
+        "_finished",
+        "_head_only",
+        "_paused_for_pending",
+        "_paused_for_upstream",
+        "_pending",
+        "_pending_size",
+        "_proxy",
+        "_retried",
+        "_timer",
+        "_trailers",
+        "_upstream_headers",
+        "head",
+        "writer",
+    )
+
+    def __init__(self, proxy: ApiProxy, head: RequestHead, writer: ResponseWriter) -> None:
+        self._proxy = proxy
+        self.head = head
+        self.writer = writer
+        self._conn: UpstreamConnection | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._body_received = 0
+        self._body_done = not head.body_expected
+        self._body_streamed = False
+        self._trailers: Headers = []
+        self._finished = False
+        self._retried = False
+        self._head_only = False
+        self._client_paused = False
+        self._paused_for_pending = False
+        self._paused_for_upstream = False
+        self._timer: IDelayedCall | None = None
+        self._activity = 0.0
+        self._upstream_headers: Headers | None = None
+        self._acquiring: defer.Deferred[UpstreamConnection] | None = None
+        # The response timeout also bounds the wait for a pooled connection.
+        self._touch()
+        self._start_timer()
+        self._acquire(fresh=False)
+
+    # --- getting a connection ------------------------------------------------------
+
+    def _acquire(self, *, fresh: bool) -> None:
+        attempt = self._proxy.pool.acquire(fresh=fresh)
+        self._acquiring = attempt
+        attempt.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
+        self._acquiring = None
+        if self._finished:
+            self._proxy.pool.release(conn)
+            return
+        self._conn = conn
+        conn.sink = self
+        head = self.head
+        headers = self._upstream_headers
+        if headers is None:
+            headers = self._upstream_headers = request_headers_for_upstream(
+                head.headers, peer=head.peer, authority=head.authority, scheme=head.scheme
+            )
+        if not head.body_expected:
+            length: int | None = 0
+        elif self._body_done and not self._trailers:
+            # The whole body is here already (typical for HTTP/2 without
+            # content-length): send it with a length instead of chunked.
+            length = self._pending_size
+        else:
+            length = head.content_length
+        codec = conn.codec
+        try:
+            parts = [codec.send_request(head.method, head.target, self._proxy.host_header,
+                                        headers, content_length=length)]
+            for piece in self._pending:
+                parts.append(codec.send_body(piece))
+            if self._body_done:
+                parts.append(codec.send_end(self._trailers))
+        except LocalProtocolError as e:
+            self._fail(502, f"cannot forward the request: {e}")
+            return
+        if self._pending:
+            self._body_streamed = True
+        self._pending = []
+        self._pending_size = 0
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) <= _COALESCE_MAX or len(parts) == 1:
+            conn.write(data)
+        else:
+            for part in parts:
+                conn.write(part)
+        self._touch()
+        self._start_timer()
+        if self._paused_for_pending:
+            self._paused_for_pending = False
+            if not conn.write_paused:
+                self.writer.resume_request_body()
+        if conn.write_paused:
+            self.upstream_paused()
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._acquiring = None
+        if self._finished or failure.check(defer.CancelledError):
+            return
+        reason = failure.value
+        if isinstance(reason, GatewayError):
+            self._fail(reason.http_status, reason.message)
+        else:
+            self.log.failure("unexpected error while connecting upstream", failure)
+            self._fail(502, "cannot connect to the upstream")
+
+    # --- RequestHandler: the client's side ------------------------------------------
+
+    def body_received(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self._body_received += len(data)
+        if self._body_received > self._proxy.max_body:
+            self._too_large()
+            return
+        conn = self._conn
+        if conn is None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > PENDING_BODY_HIGH and not self._paused_for_pending:
+                self._paused_for_pending = True
+                self.writer.pause_request_body()
+            return
+        try:
+            conn.write(conn.codec.send_body(data))
+        except LocalProtocolError as e:
+            self._fail(502, f"cannot forward the request body: {e}")
+            return
+        self._body_streamed = True
+        self._touch()
+
+    def body_ended(self, trailers: Headers) -> None:
+        if self._finished:
+            return
+        self._body_done = True
+        self._trailers = trailers
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.write(conn.codec.send_end(trailers))
+        except LocalProtocolError as e:
+            self._fail(502, f"cannot forward the request body: {e}")
+            return
+        self._touch()
+
+    def connection_lost(self, reason: str) -> None:
+        if self._finished:
+            return
+        self.head.log_fields["upstream_closed"] = "client gone"
+        self._finish(reusable=False)
+
+    # --- Producer: the client's pace for the response ----------------------------------
+
+    def pause_producing(self) -> None:
+        self._client_paused = True
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume_producing(self) -> None:
+        self._client_paused = False
+        self._touch()
+        if self._conn is not None:
+            self._conn.resume_reading()
+
+    # --- ResponseSink: the upstream's side ---------------------------------------------
+
+    def response_head(self, head: ResponseHead) -> None:
+        self._touch()
+        headers = response_headers_for_downstream(head.headers)
+        if head.has_body:
+            self.writer.register_producer(self)
+            self.writer.write_head(head.status, headers)
+        else:
+            self._head_only = True
+            self.writer.write_head(head.status, headers, end=True)
+
+    def response_data(self, data: bytes) -> None:
+        self._touch()
+        self.writer.write_body(data)
+
+    def response_ended(self, trailers: Headers) -> None:
+        if self._head_only:
+            self._finish(reusable=True)
+            return
+        self.writer.unregister_producer()
+        if trailers:
+            trailers = [
+                item
+                for item in response_headers_for_downstream(trailers)
+                if item[0] not in _FORBIDDEN_TRAILERS
+            ]
+        self._finish(reusable=True)
+        self.writer.end(trailers or None)
+
+    def upstream_failed(self, reason: Exception) -> None:
+        if self._finished:
+            return
+        conn = self._conn
+        if (
+            isinstance(reason, ResponseError | UpstreamUnavailable)
+            and conn is not None
+            and conn.reused
+            and not conn.codec.received_any
+            and not self._body_streamed
+            and not self._retried
+            and self.head.method in _IDEMPOTENT
+        ):
+            # RFC 9112 section 9.3.1: the upstream closed a kept-alive connection just
+            # as we used it.  Nothing was answered and nothing non-repeatable was sent.
+            self._retried = True
+            self._conn = None
+            self._cancel_timer()
+            self._proxy.pool.discard(conn)
+            self._acquire(fresh=True)
+            return
+        if isinstance(reason, GatewayError):
+            self._fail(reason.http_status, reason.message)
+        else:
+            self._fail(502, "upstream connection failed")
+
+    def upstream_paused(self) -> None:
+        if not self._paused_for_upstream and not self._finished:
+            self._paused_for_upstream = True
+            if not self._paused_for_pending:
+                self.writer.pause_request_body()
+
+    def upstream_resumed(self) -> None:
+        if self._paused_for_upstream and not self._finished:
+            self._paused_for_upstream = False
+            self._touch()
+            if not self._paused_for_pending:
+                self.writer.resume_request_body()
+
+    # --- time ------------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self._activity = self._proxy.reactor.seconds()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self._proxy.reactor.callLater(
+                self._proxy.response_timeout, self._timer_fired
+            )
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _timer_fired(self) -> None:
+        # One timer per exchange, moved forward lazily: activity only stamps a time.
+        self._timer = None
+        if self._finished:
+            return
+        timeout = self._proxy.response_timeout
+        if self._client_paused:
+            self._touch()
+        waited = self._proxy.reactor.seconds() - self._activity
+        if waited < timeout:
+            self._timer = self._proxy.reactor.callLater(timeout - waited, self._timer_fired)
+            return
+        error = UpstreamTimeout("the upstream did not answer in time")
+        self._fail(error.http_status, error.message)
+
+    # --- endings ---------------------------------------------------------------------
+
+    def _too_large(self) -> None:
+        error = PayloadTooLarge(f"request body larger than {self._proxy.max_body} bytes")
+        self._fail(error.http_status, error.message)
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer with a JSON error (or abort the response) and drop the connection."""
+        if self._finished:
+            return
+        self.log.warn(
+            "{method} {path} -> {status}: {reason}",
+            method=self.head.method.decode("latin-1"),
+            path=self.head.target.decode("latin-1"),
+            status=status,
+            reason=message,
+            upstream=self._proxy.upstream.url,
+        )
+        self._finish(reusable=False)
+        self.writer.unregister_producer()
+        send_error(self.writer, status, message)
+
+    def _finish(self, *, reusable: bool) -> None:
+        self._finished = True
+        self._cancel_timer()
+        attempt = self._acquiring
+        if attempt is not None:
+            self._acquiring = None
+            attempt.cancel()
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            if reusable:
+                self._proxy.pool.release(conn)
+            else:
+                self._proxy.pool.discard(conn)
+        self._pending = []
+        if self._paused_for_pending or self._paused_for_upstream:
+            # Let the protocol read (and drop) the rest of the body.
+            self._paused_for_pending = self._paused_for_upstream = False
+            self.writer.resume_request_body()
