@@ -10,6 +10,8 @@ import socket
 import ssl
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
@@ -550,6 +552,35 @@ class BadRequestTests(ProtocolTestCase):
         handler.writer.write_head(200, [], end=True)  # ignored
         self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
 
+    def test_bad_body_after_response_head(self) -> None:
+        """Broken framing after the response head went out closes the connection and
+        logs the exchange as aborted."""
+        target = ManualTarget()
+        proto, transport, _ = self.connect(target)
+        proto.dataReceived(CHUNKED_PREFIX + b"\r\n3\r\nabc\r\n")
+        [handler] = target.handlers
+        handler.writer.write_head(200, [])
+        handler.writer.write_body(b"streaming")
+        proto.dataReceived(b"zz\r\n")
+        self.assertIsNotNone(handler.lost)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertEqual(self.access_events()[0]["status"], "aborted")
+
+    def test_handler_exception_in_body(self) -> None:
+        """A handler raising in body_received gets the client a 500 and a close."""
+        target = ManualTarget()
+
+        def explode(data: bytes) -> None:
+            raise RuntimeError("bad body")
+
+        target.on_start = lambda handler: setattr(handler, "body_received", explode)
+        proto, transport, _ = self.connect(target)
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_headers_too_large(self) -> None:
         """A head over max_header_bytes is a 431, even before it is complete."""
         limits = Limits(max_header_bytes=1024)
@@ -576,6 +607,32 @@ class BadRequestTests(ProtocolTestCase):
         proto.dataReceived(GET)
         self.assertEqual(transport.value(), before)
         self.assertEqual(self.target.handlers, [])
+
+
+class FuzzTests(ProtocolTestCase):
+    """Arbitrary input never escapes dataReceived as an exception."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from([GET, CHUNKED_PREFIX, b"\r\n", b"0\r\n\r\n", b"5\r\nhello\r\n",
+                                 b"Content-Length: 3\r\n", b"Expect: 100-continue\r\n"]),
+            ),
+            max_size=12,
+        )
+    )
+    def test_random_input(self, pieces: list[bytes]) -> None:
+        """Whatever arrives, the protocol answers, waits, or closes; every response
+        it writes starts with a status line."""
+        proto, transport, clock = self.connect()
+        for piece in pieces:
+            proto.dataReceived(piece)
+            clock.advance(0)
+        output = transport.value()
+        self.assertTrue(output == b"" or output.startswith(b"HTTP/1.1 "))
+        self.lose()
 
 
 class TimeoutTests(ProtocolTestCase):
