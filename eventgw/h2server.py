@@ -360,6 +360,7 @@ class H2ServerProtocol(Protocol):
         self.transport_paused = False
         self._blocked: dict[int, H2Exchange] = {}
         self._in_batch = False
+        self._window_opened = False
         self._unfinished: list[H2Exchange] = []
         self._paused_outbound = 0
         self._closing = False
@@ -460,6 +461,9 @@ class H2ServerProtocol(Protocol):
                         handle(event)
                         if self._closing:
                             return
+            if self._window_opened:
+                self._window_opened = False
+                self._push_all()
             if self._unfinished:
                 self._reset_unfinished()
             self._watch_buffers()
@@ -757,8 +761,6 @@ class H2ServerProtocol(Protocol):
             exchange.handler = StaticReply()
             send_error(exchange, 405, "CONNECT is not supported")
             return
-        if expect_continue and body_expected:
-            conn.send_headers(stream_id, [(b":status", b"100")])
         try:
             handler = self._target.start_exchange(head, exchange)
         except Exception:
@@ -769,6 +771,9 @@ class H2ServerProtocol(Protocol):
         if exchange.lost_reason is not None:
             # Lost while the target was still starting (a client reset in this read).
             self._tell_lost(handler, exchange)
+        elif expect_continue and exchange.status is None and not exchange.closed:
+            # The target did not refuse at once (413, 404...): ask for the body.
+            conn.send_headers(stream_id, [(b":status", b"100")])
 
     def _data_received(self, event: DataReceived) -> None:
         stream_id = event.stream_id
@@ -821,14 +826,10 @@ class H2ServerProtocol(Protocol):
             self._lose(exchange, reason, "reset")
 
     def _window_updated(self, event: WindowUpdated) -> None:
-        if not self._blocked:
-            return
-        if event.stream_id == 0:
-            self._push_all()
-        else:
-            exchange = self._blocked.get(event.stream_id)
-            if exchange is not None:
-                self._push(exchange, None)
+        # Sent after the whole read (see dataReceived), so that streams whose windows
+        # opened together share the connection window frame by frame.
+        if self._blocked:
+            self._window_opened = True
 
     def _settings_changed(self, event: RemoteSettingsChanged) -> None:
         if not self._control_ok():
@@ -838,7 +839,7 @@ class H2ServerProtocol(Protocol):
         if self._blocked and (
             SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed
         ):
-            self._push_all()
+            self._window_opened = True
 
     def _control_frame(self, event: Event) -> None:
         if not self._control_ok():
@@ -1110,7 +1111,7 @@ class H2ServerProtocol(Protocol):
         if not self._lost and transport is not None:
             transport.abortConnection()
 
-    def _lose(self, exchange: H2Exchange, reason: str, status: str) -> None:
+    def _lose(self, exchange: H2Exchange, reason: str, status: int | str) -> None:
         if exchange.closed:
             return
         exchange.lost_reason = reason
@@ -1129,7 +1130,8 @@ class H2ServerProtocol(Protocol):
 
     def _lose_all(self, reason: str) -> None:
         for exchange in list(self.exchanges.values()):
-            self._lose(exchange, reason, "aborted" if not exchange.response_done else "reset")
+            status = exchange.status if exchange.response_done else None
+            self._lose(exchange, reason, "aborted" if status is None else status)
 
 
 def _code_name(code: int | ErrorCodes) -> str:

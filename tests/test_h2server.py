@@ -579,6 +579,17 @@ class ExchangeTests(TestCase):
         self.assertEqual([status_of(list(e.headers)) for e in informational], [b"100"])
         del stream_id
 
+    def test_no_continue_when_target_answers_at_once(self) -> None:
+        """A request refused in start_exchange gets its answer, not a 100 first."""
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(
+            b"POST", b"/missing", extra=[(b"expect", b"100-continue")], end=False
+        )
+        peer.receive()
+        informational = [e for e in peer.events if isinstance(e, InformationalResponseReceived)]
+        self.assertEqual(informational, [])
+        self.assertEqual(status_of(peer.response(stream_id)[0]), b"404")
+
     def test_target_exception_is_500(self) -> None:
         """A target that raises gets the client a 500, and the connection lives on."""
         peer = Peer(FailingTarget())
@@ -690,6 +701,65 @@ class FlowControlTests(TestCase):
         self.assertEqual(len(peer.response(stream_id)[1]), 50000)
         self.assertTrue(target.streamers[0].done)
 
+    def test_large_write_is_split_into_frames(self) -> None:
+        """One big write_body goes out in frames no larger than the client's maximum."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        peer.client.increment_flow_control_window(1 << 20)
+        peer.send()
+        stream_id = peer.request()
+        writer = target.handlers[0].writer
+        writer.write_head(200, [])
+        writer.write_body(b"b" * 50000)
+        writer.end()
+        frames = [f for f in peer.server_frames() if isinstance(f, DataFrame)]
+        self.assertTrue(all(len(f.data) <= 16384 for f in frames))
+        self.assertEqual(sum(len(f.data) for f in frames), 50000)
+        peer.receive()
+        self.assertTrue(peer.response(stream_id)[3])
+
+    def test_trailers_wait_for_buffered_body(self) -> None:
+        """end(trailers) with body still buffered sends the trailers after the last byte."""
+        target = RecordingTarget()
+        peer = Peer(target, client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        stream_id = peer.request()
+        writer = target.handlers[0].writer
+        writer.write_head(200, [])
+        writer.write_body(b"c" * 1000)
+        writer.end([(b"grpc-status", b"0")])
+        peer.receive()
+        self.assertEqual(len(peer.response(stream_id)[1]), 100)
+        self.assertIsNone(peer.response(stream_id)[2])
+        peer.client.increment_flow_control_window(5000, stream_id=stream_id)
+        peer.send()
+        peer.receive()
+        _, body, trailers, ended = peer.response(stream_id)
+        self.assertEqual(len(body), 1000)
+        self.assertEqual(trailers, [(b"grpc-status", b"0")])
+        self.assertTrue(ended)
+
+    def test_connection_window_is_shared(self) -> None:
+        """Streams blocked on the connection window share it, frame by frame, when it opens."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        second = peer.request()
+        for handler in target.handlers:
+            handler.writer.write_head(200, [])
+            handler.writer.write_body(b"d" * 100000)
+            handler.writer.end()
+        peer.receive()  # the client's 64 KiB connection window is now used up
+        self.assertEqual(len(peer.response(first)[1]) + len(peer.response(second)[1]), 65535)
+        before = len(peer.response(second)[1])
+        for sid in (first, second):
+            peer.client.increment_flow_control_window(100000, stream_id=sid)
+        peer.client.increment_flow_control_window(40000)
+        peer.send()
+        peer.receive()
+        self.assertEqual(len(peer.response(first)[1]) + len(peer.response(second)[1]),
+                         65535 + 40000)
+        self.assertGreaterEqual(len(peer.response(second)[1]) - before, 16384)
+
     def test_transport_pause_pauses_producers(self) -> None:
         """When the transport pauses the protocol, producers pause and no DATA is written."""
         target = StreamingTarget(200000)
@@ -728,6 +798,19 @@ class FlowControlTests(TestCase):
         handler.writer.resume_request_body()
         self.assertEqual(bytes(handler.body), body)
         self.assertEqual(handler.trailers, [])
+
+    def test_request_trailers_wait_for_resume(self) -> None:
+        """Request trailers on a paused stream are delivered with body_ended on resume."""
+        target = RecordingTarget(pause_body=True)
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", b"abc", end=False)
+        peer.client.send_headers(stream_id, [(b"x-sum", b"1")], end_stream=True)
+        peer.send()
+        handler = target.handlers[0]
+        self.assertIsNone(handler.trailers)
+        handler.writer.resume_request_body()
+        self.assertEqual(bytes(handler.body), b"abc")
+        self.assertEqual(handler.trailers, [(b"x-sum", b"1")])
 
     def test_resumed_request_body_is_acknowledged(self) -> None:
         """Data delivered after resume is credited back to the client's windows."""
