@@ -369,6 +369,7 @@ class H2ServerProtocol(Protocol):
         self._header_block_since: float | None = None
         self._connected_at = 0.0
         self._idle_since = 0.0
+        self._registered = False
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self._draining = False
@@ -432,6 +433,7 @@ class H2ServerProtocol(Protocol):
             # The sniffing protocol registered itself first; take its place.
             transport.unregisterProducer()
             transport.registerProducer(self, True)
+        self._registered = True
         self._timer = self._clock.callLater(self._limits.header_timeout, self._on_timer)
 
     def dataReceived(self, data: bytes) -> None:
@@ -1082,6 +1084,7 @@ class H2ServerProtocol(Protocol):
         self._lose_all("client flooded control frames without reading")
         transport: Any = self.transport
         if transport is not None:
+            self._unregister()
             transport.abortConnection()
 
     def _drain_expired(self) -> None:
@@ -1102,8 +1105,21 @@ class H2ServerProtocol(Protocol):
         self._lose_all(reason)
         transport = self.transport
         if transport is not None and not self._lost:
+            self._unregister()
             transport.loseConnection()
             self._abort_timer = self._clock.callLater(ABORT_TIMEOUT, self._abort_now)
+
+    def _unregister(self) -> None:
+        """Stop being the transport's producer; needed before closing it.
+
+        A TLS transport does not shut down while a producer is registered, and a TCP
+        transport that drains while its producer is paused resumes it instead of
+        closing.
+        """
+        transport: Any = self.transport
+        if self._registered and transport is not None:
+            self._registered = False
+            transport.unregisterProducer()
 
     def _abort_now(self) -> None:
         self._abort_timer = None

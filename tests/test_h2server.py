@@ -1128,6 +1128,7 @@ class TimeoutTests(TestCase):
         """No open stream for idle_timeout: GOAWAY NO_ERROR and close."""
         limits = Limits(idle_timeout=30.0, header_timeout=5.0)
         peer = Peer(EchoTarget(), limits)
+        self.assertIs(peer.transport.producer, peer.server)
         peer.request()
         peer.receive()
         peer.clock.advance(29)
@@ -1137,6 +1138,8 @@ class TimeoutTests(TestCase):
         assert goaway is not None
         self.assertEqual(goaway.error_code, ErrorCodes.NO_ERROR)
         self.assertTrue(peer.transport.disconnecting)
+        # Unregistered first: TLS would not shut down with a producer still registered.
+        self.assertIsNone(peer.transport.producer)
 
     def test_open_stream_is_not_idle(self) -> None:
         """A connection with a stream in progress outlives idle_timeout."""
