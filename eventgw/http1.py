@@ -475,6 +475,12 @@ class RequestParser:
             raise RequestError("an HTTP/1.1 request needs exactly one Host header")
         if host is not None and _HOST_RE.fullmatch(host) is None:
             raise RequestError("invalid Host header")
+        if target_host is not None and host != target_host:
+            # RFC 9112 section 3.2.2: the target's authority replaces Host, so whoever
+            # reads the header list later sees the authority the request was routed by.
+            headers = [(b"host", target_host) if n == b"host" else (n, v) for n, v in headers]
+            if host is None:
+                headers.append((b"host", target_host))
 
         length: int | None = 0
         chunked = False

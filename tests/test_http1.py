@@ -243,6 +243,7 @@ class RequestParserTests(SynchronousTestCase):
         head = head_of(parse(b"GET http://api.test:80?q=1 HTTP/1.1\r\nHost: other\r\n\r\n"))
         self.assertEqual(head.target, b"/?q=1")
         self.assertEqual(head.host, b"api.test:80")
+        self.assertEqual(head.headers, [(b"host", b"api.test:80")])
         head = head_of(parse(b"GET HTTPS://api.test/a/b HTTP/1.1\r\nHost: x\r\n\r\n"))
         self.assertEqual(head.target, b"/a/b")
 
