@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,8 +18,8 @@ class GeneratedCodeTests(SynchronousTestCase):
 
     def test_generated_files_are_current(self) -> None:
         """Regenerating into a temporary directory gives exactly the checked-in files."""
-        out = self.mktemp()
-        os.makedirs(out)
+        out = tempfile.mkdtemp(prefix="eventgw-protogen-")
+        self.addCleanup(shutil.rmtree, out, ignore_errors=True)
         fresh = protogen.generate(out)
         tree = protogen.source_root()
         self.assertEqual(
