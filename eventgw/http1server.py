@@ -376,6 +376,7 @@ class Http1ServerProtocol(TwistedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        self._registered = False
         self._deadline_kind = None
         for call in (self._timer, self._flush_call, self._pump_call):
             if call is not None and call.active():
@@ -415,7 +416,10 @@ class Http1ServerProtocol(TwistedProtocol):
         """The transport drained: let the current response's producer write again."""
         self._write_paused = False
         exchange = self._exchange
-        if exchange is not None and exchange.producer is not None:
+        if exchange is None:
+            if self._parser.buffered:
+                self._schedule_pump()  # pipelined requests held back while paused
+        elif exchange.producer is not None:
             exchange.producer.resume_producing()
 
     def stopProducing(self) -> None:
@@ -433,7 +437,12 @@ class Http1ServerProtocol(TwistedProtocol):
         try:
             while not self._closing:
                 exchange = self._exchange
-                if exchange is not None and exchange.request_paused:
+                if exchange is None:
+                    if self._write_paused:
+                        # The client is not reading its responses: start no new
+                        # exchange (pipelined input then stops at MAX_BUFFERED_BYTES).
+                        break
+                elif exchange.request_paused:
                     break
                 try:
                     event = parser.next_event()
@@ -744,6 +753,15 @@ class Http1ServerProtocol(TwistedProtocol):
             self._timer = self._reactor.callLater(left, self._timer_fired)
             return
         self._deadline_kind = None
+        if self._write_paused:
+            # The client has not read its last response for a whole timeout: a
+            # graceful close would wait for it forever, so reset the connection.
+            self._out.clear()
+            self._closing = True
+            if self._transport is not None:
+                self._unregister()
+                self._transport.abortConnection()
+            return
         if kind == "header" and self._exchange is None and self._parser.buffered:
             log_protocol_error(self.peer, "HTTP/1.1", "request head timed out")
             self._write_error(408, "request head timed out")

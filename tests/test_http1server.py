@@ -773,6 +773,29 @@ class BackPressureTests(ProtocolTestCase):
         clock.advance(0)
         self.assertEqual(transport.producerState, "producing")
 
+    def test_no_new_exchange_while_client_not_reading(self) -> None:
+        """While the transport has paused the protocol, pipelined requests are not
+        started (so responses cannot pile up); resuming serves them."""
+        proto, transport, clock = self.connect()
+        proto.pauseProducing()
+        proto.dataReceived(GET * 3)
+        self.assertEqual(self.target.handlers, [])
+        self.assertEqual(transport.value(), b"")
+        proto.resumeProducing()
+        clock.advance(0)
+        self.assertEqual(len(split_responses(transport.value())), 3)
+
+    def test_client_not_reading_is_reset(self) -> None:
+        """A client that leaves its responses unread for a whole timeout is reset
+        (a graceful close would wait on it forever)."""
+        proto, transport, clock = self.connect()
+        proto.dataReceived(GET)
+        proto.pauseProducing()
+        proto.dataReceived(GET)
+        clock.advance(self.limits.header_timeout)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(len(self.target.handlers), 1)
+
     def test_large_body_flushed_at_threshold(self) -> None:
         """A streaming response is handed to the transport in bounded pieces."""
         target = ManualTarget()
