@@ -225,18 +225,12 @@ class UpstreamConnection(protocol.Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def close(self) -> None:
-        """Close a connection between requests.
-
-        Cleartext connections get a FIN.  TLS ones are aborted: a TLS close waits for
-        the server's close_notify, which some servers (Twisted's among them) never
-        send, and there is nothing left on the connection worth a graceful end.
-        """
+        """Close a connection between requests (a FIN, or close_notify for TLS)."""
         if self.lost or self.transport is None:
             return
-        if self.pool.tls:
-            self.abort()
-        else:
-            self.transport.loseConnection()
+        # A TLS transport postpones loseConnection while a producer is registered.
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.transport.loseConnection()
 
     def abort(self) -> None:
         """Drop the connection at once (RST), without a graceful close."""
@@ -362,7 +356,6 @@ class UpstreamPool:
 
             reactor = global_reactor
         self.upstream = upstream
-        self.tls = upstream.scheme == "https"
         self._reactor = reactor
         self._endpoint = endpoint or _upstream_endpoint(upstream, reactor)
         self._factory = _ConnectionFactory(self)
@@ -528,6 +521,8 @@ class UpstreamPool:
         )
         if self._waiters:
             self._waiters.popleft().errback(reason)
+            # The others get an attempt of their own (and their own answer).
+            self._connect_for_waiters()
 
     def _cancel_waiter(self, waiter: Deferred[UpstreamConnection]) -> None:
         try:

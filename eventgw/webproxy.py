@@ -108,10 +108,12 @@ class ApiProxy:
         host = upstream.host
         if ":" in host:
             host = f"[{host}]"
+        elif not host.isascii():
+            host = host.encode("idna").decode("ascii")
         if upstream.port != default_port:
             host = f"{host}:{upstream.port}"
         # nginx's `proxy_set_header Host $proxy_host` default: the upstream's own name.
-        self.host_header = host.encode("idna")
+        self.host_header = host.encode("ascii")
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         """Forward one exchange; a declared body over the limit is refused at once."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.h1client import (
@@ -357,3 +359,58 @@ class ResponseParsingTests(SynchronousTestCase):
             self.assertEqual(len(event.data), 10000)
         self.assertEqual(total, 100000)
         self.assertIsInstance(conn.next_event(), Ended)
+
+
+_VALID = [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: b\r\n\r\nabc",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n1;x=y\r\nd\r\n0\r\nx-t: 1\r\n\r\n",
+    b"HTTP/1.0 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+]
+
+
+class ResponseFuzzTests(SynchronousTestCase):
+    @given(st.binary(max_size=200))
+    def test_garbage_only_raises_response_error(self, data: bytes) -> None:
+        """Arbitrary bytes (then EOF) give events or ResponseError, nothing else."""
+        conn = started()
+        try:
+            feed(conn, data)
+            conn.receive_data(b"")
+            drain(conn)
+        except ResponseError:
+            self.assertFalse(conn.reusable)
+
+    @given(st.sampled_from(_VALID), st.lists(st.integers(0, 300), max_size=6))
+    def test_any_split_gives_the_same_response(self, raw: bytes, cuts: list[int]) -> None:
+        """However a valid response is split into reads, the result is the same."""
+        expected = merged(feed(started(), raw))
+        conn = started()
+        events: list[Event] = []
+        start = 0
+        for cut in sorted(cuts):
+            if raw[start:cut]:  # b"" would mean EOF
+                conn.receive_data(raw[start:cut])
+                events += drain(conn)
+            start = max(start, cut)
+        conn.receive_data(raw[start:])
+        events += drain(conn)
+        self.assertEqual(merged(events), expected)
+
+    @given(
+        st.binary(min_size=1, max_size=40).filter(
+            lambda v: v.strip(b" \t") == v and b"\r\n" not in v
+        )
+    )
+    def test_header_values_with_control_bytes_rejected(self, value: bytes) -> None:
+        """A header value is accepted exactly when it holds no control byte but HTAB."""
+        raw = b"HTTP/1.1 200 OK\r\nx-v: " + value + b"\r\ncontent-length: 0\r\n\r\n"
+        clean = all(b == 9 or 32 <= b != 127 for b in value)
+        try:
+            head = feed(started(), raw)[0]
+        except ResponseError:
+            self.assertFalse(clean, value)
+        else:
+            self.assertTrue(clean, value)
+            assert isinstance(head, ResponseHead)
+            self.assertEqual(head.headers[0], (b"x-v", value))

@@ -140,11 +140,16 @@ def backend_site() -> tuple[CountingSite, dict[str, Any]]:
     return site, parts
 
 
+CLOSE = b"<close>"
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
 class ScriptedServer(protocol.Protocol):
     """Reads request heads and answers each with the next scripted reply.
 
-    A reply of ``None`` closes the connection without answering.  The script is per
-    connection: each new connection starts at the top.
+    A reply of ``None`` closes the connection without answering; a reply ending in
+    ``CLOSE`` is sent (without the marker) and then the connection is closed.  The
+    script is per connection: each new connection starts at the top.
     """
 
     def __init__(self, script: list[bytes | None], received: list[bytes]) -> None:
@@ -160,6 +165,10 @@ class ScriptedServer(protocol.Protocol):
             self.received.append(head)
             reply = self.script.pop(0) if self.script else None
             if reply is None:
+                self.transport.loseConnection()
+                return
+            if reply.endswith(CLOSE):
+                self.transport.write(reply[: -len(CLOSE)])
                 self.transport.loseConnection()
                 return
             self.transport.write(reply)
@@ -464,9 +473,8 @@ class ScriptedUpstreamTests(ProxyTestCase):
     async def test_stale_connection_retried_once(self) -> None:
         """A GET that meets a kept-alive connection closing under it is retried once on
         a fresh connection."""
-        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         # Each connection answers its first request, then closes on the second.
-        api, factory = self.scripted([ok, None])
+        api, factory = self.scripted([OK, None])
         first = await self.exchange(api)
         self.assertEqual(first.status, 200)
         second = await self.exchange(api)
@@ -476,11 +484,53 @@ class ScriptedUpstreamTests(ProxyTestCase):
 
     async def test_non_idempotent_not_retried(self) -> None:
         """A POST on a connection that closes without an answer gets 502, not a retry."""
-        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-        api, factory = self.scripted([ok, None])
+        api, factory = self.scripted([OK, None])
         await self.exchange(api)
         second = await self.exchange(api, b"POST", body=b"")
         self.assertEqual(second.status, 502)
+        self.assertEqual(factory.connections, 1)
+
+    async def test_close_delimited_response(self) -> None:
+        """A response without framing runs until the upstream closes; it is streamed
+        back complete and the connection is not pooled."""
+        api, _ = self.scripted([b"HTTP/1.1 200 OK\r\n\r\nuntil the end" + CLOSE])
+        writer = await self.exchange(api)
+        self.assertEqual((writer.status, bytes(writer.body)), (200, b"until the end"))
+        self.assertTrue(writer.ended)
+        self.assertEqual(api.pool.idle_count, 0)
+
+    async def test_idle_close_detected(self) -> None:
+        """A pooled connection the upstream closes while idle leaves the pool at once
+        and is never handed out."""
+        api, factory = self.scripted([OK + CLOSE])
+        await self.exchange(api)
+        await wait_for(lambda: api.pool.open_count == 0)
+        writer = await self.exchange(api)
+        self.assertEqual(writer.status, 200)
+        self.assertEqual((factory.connections, len(factory.received)), (2, 2))
+
+    async def test_idle_timeout(self) -> None:
+        """Idle connections are closed after the idle timeout."""
+        factory = ScriptedFactory([OK])
+        upstream = upstream_for(self.listen(factory))
+        pool = UpstreamPool(upstream, reactor=reactor, idle_timeout=0.2)
+        api = ApiProxy(upstream, Limits(), reactor=reactor, pool=pool)
+        self.addCleanup(api.close)
+        await self.exchange(api)
+        self.assertEqual(pool.idle_count, 1)
+        await wait_for(lambda: pool.open_count == 0)
+
+    async def test_requests_wait_for_a_connection(self) -> None:
+        """With max_connections=1, concurrent requests queue and share the one
+        connection."""
+        factory = ScriptedFactory([OK, OK, OK])
+        api = self.proxy(upstream_for(self.listen(factory), max_connections=1))
+        writers = [RecordingWriter() for _ in range(3)]
+        for writer in writers:
+            api.start_exchange(make_head(), writer)
+        for writer in writers:
+            await wait_for(finished(writer))
+            self.assertEqual((writer.status, bytes(writer.body)), (200, b"ok"))
         self.assertEqual(factory.connections, 1)
 
     async def test_connection_close_response_not_pooled(self) -> None:
@@ -506,6 +556,19 @@ class FailureTests(ProxyTestCase):
         self.assertEqual(writer.status, 502)
         self.assertEqual(writer.header(b"content-type"), b"application/json")
         self.assertEqual(json_body(writer)["code"], 14)
+
+    async def test_refused_answers_every_waiter(self) -> None:
+        """Queued requests to a refused port each get their 502 (none is left hanging)."""
+        closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        number = closed.getHost().port
+        await closed.stopListening()
+        api = self.proxy(upstream_for(number, max_connections=1))
+        writers = [RecordingWriter() for _ in range(3)]
+        for writer in writers:
+            api.start_exchange(make_head(), writer)
+        for writer in writers:
+            await wait_for(finished(writer))
+            self.assertEqual(writer.status, 502)
 
     async def test_slow_upstream_is_504(self) -> None:
         """No response head within response_timeout gives a JSON 504."""
