@@ -89,6 +89,9 @@ MAX_BACKOFF: Final = 5.0
 # Response header blocks (and trailers) the Master API may send: gRPC's own default
 # limit for metadata is 8 KiB; 64 KiB leaves room for large -bin details.
 MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
+# How long a connection being shut down may take to close cleanly (TLS close_notify
+# included) before it is aborted.
+SHUTDOWN_GRACE: Final = 2.0
 # The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
 _PING_DATA: Final = b"eventgw!"
 
@@ -273,6 +276,7 @@ class _UpstreamConnection(TwistedProtocol):
         self._last_received = 0.0
         self._ping_outstanding = False
         self._keepalive: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
         self.closed: Deferred[None] = Deferred()
 
     # -- Twisted -------------------------------------------------------------------
@@ -323,9 +327,10 @@ class _UpstreamConnection(TwistedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
+        for timer in (self._keepalive, self._abort_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._keepalive = self._abort_timer = None
         streams = list(self.streams.values())
         self.streams.clear()
         message = "connection lost" if self.ready else "connection failed"
@@ -409,16 +414,32 @@ class _UpstreamConnection(TwistedProtocol):
         self.flush()
 
     def shut_down(self) -> None:
-        """Close for good: GOAWAY, then drop the connection."""
+        """Close for good: GOAWAY, then drop the connection (abort it if the peer
+        does not let it close within :data:`SHUTDOWN_GRACE`)."""
         self.draining = True
-        if self.transport is None:
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+        if self.transport is None or self.lost:
             return
         try:
             self.h2.close_connection()
         except H2Error:
             pass
         self.flush()
-        self.transport.loseConnection()
+        transport = self.transport
+        if self.pool.config.tls:
+            # The GOAWAY already says goodbye; waiting for the peer's TLS close_notify
+            # (which gRPC servers do not always send) would only stall shutdown, so
+            # close the TCP connection under TLS once the bytes are written.
+            transport = getattr(transport, "transport", None) or transport
+        transport.loseConnection()
+        self._abort_timer = self.reactor.callLater(SHUTDOWN_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        if not self.lost and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- h2 events ---------------------------------------------------------------------
 
@@ -522,7 +543,7 @@ class _UpstreamConnection(TwistedProtocol):
 
     def _keepalive_due(self) -> None:
         self._keepalive = None
-        if self.lost or self.transport is None:
+        if self.lost or self.draining or self.transport is None:
             return
         interval = self.pool.config.keepalive_interval
         idle = self.reactor.seconds() - self._last_received

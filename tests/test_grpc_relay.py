@@ -25,6 +25,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
     DataReceived,
+    PingReceived,
     RequestReceived,
     StreamEnded,
     StreamReset,
@@ -55,6 +56,7 @@ from eventgw.grpc_relay import GrpcRelay
 from eventgw.grpc_upstream import INITIAL_STREAM_WINDOW, GrpcConnectionPool
 from eventgw.h2server import H2ServerProtocol
 from eventgw.routing import MethodPolicy, is_grpc
+from eventgw.tls import ensure_dev_certificate, server_context_factory
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor
@@ -77,11 +79,13 @@ def grpc_head(path: bytes = GET_ITEM, extra: Headers | None = None) -> Any:
     )
 
 
-def upstream_config(port: int, connect_timeout: float = 2.0, **kw: Any) -> GrpcUpstream:
+def upstream_config(
+    port: int, connect_timeout: float = 2.0, tls: bool = False, **kw: Any
+) -> GrpcUpstream:
     return GrpcUpstream(
         host="127.0.0.1",
         port=port,
-        tls=False,
+        tls=tls or kw.get("ca_file") is not None,
         address=f"127.0.0.1:{port}",
         connect_timeout=connect_timeout,
         **kw,
@@ -128,8 +132,12 @@ class ScriptedServer(Protocol):
             self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.factory.deaf and self.requests:
+            return  # a peer that went silent after its first request
         for event in self.h2.receive_data(data):
-            if isinstance(event, RequestReceived):
+            if isinstance(event, PingReceived):
+                self.factory.events.append(("ping",))
+            elif isinstance(event, RequestReceived):
                 self.requests[event.stream_id] = {"headers": event.headers, "body": b""}
                 self.factory.events.append(("request", event.stream_id))
                 self.factory.script(self, event.stream_id, "request")
@@ -167,6 +175,7 @@ class ScriptedFactory(Factory):
                  max_streams: int = 100) -> None:
         self.script = script
         self.max_streams = max_streams
+        self.deaf = False
         self.connections: list[ScriptedServer] = []
         self.events: list[tuple[Any, ...]] = []
 
@@ -312,6 +321,33 @@ class UpstreamPoolTests(TestCase):
         self.assertEqual(len(factory.connections), 1)
 
     @inlineCallbacks
+    def test_keepalive_ping_on_idle_connection(self) -> Any:
+        """An idle connection gets keepalive PINGs and, answered, stays open."""
+        def script(server: ScriptedServer, stream_id: int, what: str) -> None:
+            if what == "ended":
+                server.respond(stream_id, trailers_only=True)
+        factory = ScriptedFactory(script)
+        relay = self.relay(self.listen(factory), keepalive_interval=0.05)
+        writer, _ = self.call(relay)
+        yield wait_for(lambda: writer.ended)
+        yield wait_for(lambda: factory.events.count(("ping",)) >= 2)
+        assert relay.pool is not None
+        self.assertEqual(relay.pool.connection_count, 1)
+
+    @inlineCallbacks
+    def test_keepalive_closes_dead_connection(self) -> Any:
+        """A peer that stops answering is dropped after an unanswered PING, and the
+        call on it ends UNAVAILABLE instead of hanging."""
+        factory = ScriptedFactory(lambda server, stream_id, what: None)
+        factory.deaf = True
+        relay = self.relay(self.listen(factory), keepalive_interval=0.05)
+        writer, _ = self.call(relay)
+        yield wait_for(lambda: writer.ended)
+        self.assertEqual(status_of(writer.headers), 14)
+        assert relay.pool is not None
+        self.assertEqual(relay.pool.connection_count, 0)
+
+    @inlineCallbacks
     def test_silent_server_times_out(self) -> Any:
         """A server that accepts TCP but never speaks HTTP/2 gives UNAVAILABLE within
         the connect timeout."""
@@ -424,27 +460,42 @@ class _TrackedH2(H2ServerProtocol):
 class GatewayFixture(TestCase):
     """Starts the demo Master API, a relay to it and an h2c listener in front."""
 
-    def start_master_api(self, port: int = 0) -> tuple[Any, int, ItemsServicer]:
-        server, bound, servicer = serve(port)
+    def start_master_api(
+        self, port: int = 0, credentials: Any = None
+    ) -> tuple[Any, int, ItemsServicer]:
+        server, bound, servicer = serve(port, credentials=credentials)
         self.addCleanup(server.stop, 0)
         return server, bound, servicer
 
     def start_gateway(
-        self, upstream_port: int, policy: MethodPolicy = POLICY, **kw: Any
+        self,
+        upstream_port: int,
+        policy: MethodPolicy = POLICY,
+        *,
+        tls: Any = None,
+        **kw: Any,
     ) -> tuple[int, GrpcRelay]:
-        relay = GrpcRelay(upstream_config(upstream_port, **kw), policy, reactor=reactor)
+        """The gateway's HTTP/2 server in front of a relay; h2c, or TLS when ``tls`` is
+        the listening port's context factory."""
+        relay = GrpcRelay(
+            upstream_config(upstream_port, **kw), policy, reactor=reactor
+        )
         router = GrpcRouter(relay)
         made: list[_TrackedH2] = []
         gone: list[object] = []
+        scheme = b"https" if tls is not None else b"http"
 
         class Gateway(Factory):
             def buildProtocol(self, addr: Any) -> _TrackedH2:
-                protocol = _TrackedH2(router, Limits(), scheme=b"http", reactor=reactor)
+                protocol = _TrackedH2(router, Limits(), scheme=scheme, reactor=reactor)
                 protocol.gone = gone
                 made.append(protocol)
                 return protocol
 
-        port = reactor.listenTCP(0, Gateway(), interface="127.0.0.1")
+        if tls is None:
+            port = reactor.listenTCP(0, Gateway(), interface="127.0.0.1")
+        else:
+            port = reactor.listenSSL(0, Gateway(), tls, interface="127.0.0.1")
 
         @inlineCallbacks
         def stop() -> Any:
@@ -942,3 +993,70 @@ class WireTests(GatewayFixture):
         trailers = dict(client.events[second][-2].headers)
         self.assertEqual(trailers[b"grpc-status"], b"0")
         self.assertEqual(len(factory.connections), 2)
+
+
+class TlsTests(GatewayFixture):
+    """gRPC over TLS: ALPN h2 from the client to the gateway, and ``grpcs://`` from the
+    gateway to the Master API, verified against the CA file."""
+
+    @inlineCallbacks
+    def test_tls_both_sides(self) -> Any:
+        """A grpcio client over TLS reaches a TLS Master API through the gateway; both
+        hops negotiated h2 by ALPN and the upstream certificate was verified."""
+        dev = ensure_dev_certificate(self.mktemp())
+        with open(dev.cert_path, "rb") as f:
+            cert_pem = f.read()
+        with open(dev.key_path, "rb") as f:
+            key_pem = f.read()
+        _, upstream_port, _servicer = self.start_master_api(
+            credentials=grpc.ssl_server_credentials([(key_pem, cert_pem)])
+        )
+        gateway_port, relay = self.start_gateway(
+            upstream_port,
+            tls=server_context_factory(dev.cert_path, dev.key_path),
+            ca_file=dev.cert_path,
+        )
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{gateway_port}",
+            grpc.ssl_channel_credentials(root_certificates=cert_pem),
+        )
+        self.addCleanup(channel.close)
+        stub = demo_pb2_grpc.ItemsStub(channel)
+        reply, call = yield in_thread(
+            stub.GetItem.with_call,
+            demo_pb2.GetItemRequest(id="tls", payload_size=10),
+            metadata=[("x-echo-k-bin", b"\x01\x02")],
+            timeout=WAIT,
+        )
+        self.assertEqual(reply.id, "tls")
+        self.assertEqual(dict(call.initial_metadata())["x-echo-k-bin"], b"\x01\x02")
+
+        def stream() -> int:
+            request = demo_pb2.WatchItemsRequest(count=20, payload_size=1000)
+            return sum(len(item.payload) for item in stub.WatchItems(request, timeout=WAIT))
+
+        total = yield in_thread(stream)
+        self.assertEqual(total, 20_000)
+        self.assertEqual(self.made[0].transport.negotiatedProtocol, b"h2")
+        assert relay.pool is not None
+        (upstream,) = relay.pool._connections
+        self.assertEqual(upstream.transport.negotiatedProtocol, b"h2")
+
+    @inlineCallbacks
+    def test_upstream_certificate_not_trusted(self) -> Any:
+        """A ``grpcs://`` Master API whose certificate the CA file does not vouch for
+        gives UNAVAILABLE, and nothing reaches its methods."""
+        dev = ensure_dev_certificate(self.mktemp())
+        other = ensure_dev_certificate(self.mktemp())
+        with open(dev.cert_path, "rb") as f:
+            cert_pem = f.read()
+        with open(dev.key_path, "rb") as f:
+            key_pem = f.read()
+        _, upstream_port, servicer = self.start_master_api(
+            credentials=grpc.ssl_server_credentials([(key_pem, cert_pem)])
+        )
+        gateway_port, _ = self.start_gateway(upstream_port, tls=None, ca_file=other.cert_path)
+        stub = self.stub(gateway_port)
+        error = yield rpc_error(stub.GetItem, demo_pb2.GetItemRequest(), timeout=WAIT)
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertEqual(servicer.calls, [])
