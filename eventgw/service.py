@@ -93,7 +93,7 @@ class GatewayService(service.Service):
         result: list[Any] = []
         d.addBoth(result.append)
         value = result[0]
-        if isinstance(value, IListeningPort):
+        if IListeningPort.providedBy(value):
             self.ports.append(value)
             self.factories.append(factory)
             return

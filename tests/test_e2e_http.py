@@ -250,7 +250,8 @@ class BadInputTests(GatewayCase):
             conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
             conn.initiate_connection()
             with socket.create_connection(("127.0.0.1", self.gw.cleartext_port), timeout=10) as s:
-                s.sendall(conn.data_to_send() + b"\x00\x00\x04\xff\x00\x00\x00\x00\x01garb")
+                # A DATA frame on stream 0 is a connection error (RFC 9113 section 6.1).
+                s.sendall(conn.data_to_send() + b"\x00\x00\x04\x00\x00\x00\x00\x00\x00garb")
                 events: list[Any] = []
                 while True:
                     try:
