@@ -16,7 +16,8 @@ method added to the proto is an HTTP route without gateway code.  Supported, per
 * ``body: "*"`` (the whole request from the JSON body), ``body: "field"`` (one field),
   or no body; ``response_body`` selecting one response field;
 * query parameters into the request fields not bound by the path or body (dotted paths,
-  repeated fields by repetition); an unknown parameter is a 400 naming it;
+  repeated fields by repetition); a bad value is a 400 naming the parameter, a parameter
+  that names no field is ignored (as grpc-gateway does);
 * the proto3 JSON mapping (``google.protobuf.json_format``) both ways.
 
 One extension of the mapping: a body field of type ``io.cloudevents.v1.CloudEvent`` is
@@ -545,7 +546,23 @@ def _apply_query(request: Message, query: str, bound: list[list[str]]) -> None:
         names = name.split(".")
         if any(names[: len(prefix)] == prefix for prefix in bound):
             continue  # bound by the path or the body: the query may not override it
+        if not _names_a_field(cast(Descriptor, request.DESCRIPTOR), names):
+            # Ignored, as grpc-gateway does: webhook senders may add their own parameters
+            # (the CloudEvents webhook spec's access_token, cache busters...).
+            continue
         _set_field(request, names, values, f"query parameter {name}")
+
+
+def _names_a_field(message: Descriptor, names: list[str]) -> bool:
+    current: Descriptor | None = message
+    for name in names:
+        if current is None:
+            return False
+        found = current.fields_by_name.get(name) or current.fields_by_camelcase_name.get(name)
+        if found is None:
+            return False
+        current = found.message_type
+    return True
 
 
 # --- responses -------------------------------------------------------------------------

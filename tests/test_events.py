@@ -366,6 +366,18 @@ class HeaderTests(EventsTestCase):
         self.assertTrue(writer.header(b"x-request-id"))
 
 
+class QueryTests(EventsTestCase):
+    """Query parameters on /events."""
+
+    @defer.inlineCallbacks
+    def test_webhook_access_token_ignored(self) -> Any:
+        """A webhook sender's ?access_token= does not stop the event (nor reach the broker)."""
+        writer = yield exchange(self.endpoint, binary_headers("q-1"), b"{}",
+                                path=b"/events?access_token=secret")
+        self.assertEqual((writer.status, writer.json()), (202, {"id": "q-1"}))
+        self.assertNotIn("secret", str(self.broker.events[0]))
+
+
 class MethodTests(EventsTestCase):
     """Methods other than POST, and other paths."""
 
