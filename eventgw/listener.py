@@ -120,6 +120,7 @@ class GatewayFactory(Factory):
         self.reactor = reactor
         self.access_log = access_log
         self.connections: set[ProtocolSniffer] = set()
+        self.noisy = False
 
     def buildProtocol(self, addr: IAddress) -> ProtocolSniffer:
         return ProtocolSniffer(self)

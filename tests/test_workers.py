@@ -89,6 +89,8 @@ class WorkersTests(SynchronousTestCase):
             self.assertTrue(serves(port))
 
         supervisor.send_signal(signal.SIGTERM)
-        self.assertEqual(supervisor.wait(timeout=30), 0)
+        # twistd ends a SIGTERM shutdown by re-raising the signal, so the exit
+        # status is "terminated by SIGTERM" after a clean stop.
+        self.assertIn(supervisor.wait(timeout=30), (0, -signal.SIGTERM))
         remaining = children_of(supervisor.pid)
         self.assertEqual(remaining, set())
