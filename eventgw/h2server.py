@@ -455,7 +455,8 @@ class H2ServerProtocol(Protocol):
                 self._abuse(f"h2 failed on input: {exc!r}", ErrorCodes.PROTOCOL_ERROR)
                 return
             if events:
-                self._preface_done = True
+                if not self._preface_done:
+                    self._preface_completed()
                 dispatch = self._dispatch
                 for event in events:
                     handle = dispatch.get(type(event))
@@ -1023,6 +1024,15 @@ class H2ServerProtocol(Protocol):
             deadline = now + self._limits.header_timeout
             if timer is not None and timer.active() and timer.getTime() > deadline:
                 timer.reset(self._limits.header_timeout)
+
+    def _preface_completed(self) -> None:
+        """The header-timeout phase is over; the idle clock may be the sooner one."""
+        self._preface_done = True
+        timer = self._timer
+        if timer is not None and timer.active():
+            remaining = self._idle_since + self._limits.idle_timeout - self._clock.seconds()
+            if timer.getTime() - self._clock.seconds() > remaining:
+                timer.reset(max(remaining, 0.0))
 
     def _on_timer(self) -> None:
         self._timer = None

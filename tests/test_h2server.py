@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import ssl as stdlib_ssl
+import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -31,7 +36,10 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -1239,6 +1247,119 @@ class DrainTests(TestCase):
         self.assertEqual([h.lost for h in target.handlers], ["connection lost"] * 2)
         self.assertEqual(peer.server.open_streams, 0)
         self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+
+def _blocking_h2_get(
+    port: int, context: stdlib_ssl.SSLContext | None, size: int
+) -> tuple[bytes, int, bool, str | None]:
+    """GET /big over a real socket; read slowly first; then wait for the server to close.
+
+    Returns (status, body bytes, whether the server closed the socket, ALPN).
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock: socket.socket = (
+        context.wrap_socket(raw, server_hostname="localhost") if context else raw
+    )
+    alpn = sock.selected_alpn_protocol() if isinstance(sock, stdlib_ssl.SSLSocket) else None
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(1, request_headers(b"GET", b"/big"), end_stream=True)
+    sock.sendall(client.data_to_send())
+    status = b""
+    received = 0
+    ended = False
+    time.sleep(0.2)  # a slow reader: the server must hold back, not fail
+    while not ended:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in client.receive_data(data):
+            if isinstance(event, ResponseReceived):
+                status = dict(event.headers)[b":status"]
+            elif isinstance(event, DataReceived):
+                received += len(event.data)
+                client.acknowledge_received_data(event.flow_controlled_length, 1)
+            elif isinstance(event, StreamEnded):
+                ended = True
+        sock.sendall(client.data_to_send())
+    closed = False
+    try:
+        while True:  # the idle timeout closes the connection: EOF (or a reset)
+            data = sock.recv(65536)
+            if not data:
+                closed = True
+                break
+            client.receive_data(data)
+    except (ConnectionError, stdlib_ssl.SSLError):
+        closed = True
+    finally:
+        sock.close()
+    assert received == size, (received, size)
+    return status, received, closed, alpn
+
+
+class EndToEndTests(TestCase):
+    """A real listening socket (TLS with ALPN, and cleartext) and a real h2 client."""
+
+    size = 3 * 1024 * 1024
+
+    def listen(self, tls: bool) -> tuple[int, StreamingTarget, list[H2ServerProtocol]]:
+        from twisted.internet import reactor
+
+        target = StreamingTarget(self.size)
+        limits = Limits(idle_timeout=0.5, header_timeout=5.0)
+        protocols: list[H2ServerProtocol] = []
+
+        def build(addr: object) -> H2ServerProtocol:
+            protocol = H2ServerProtocol(
+                target, limits, scheme=b"https" if tls else b"http", reactor=reactor
+            )
+            protocols.append(protocol)
+            return protocol
+
+        factory: Any = Factory()
+        factory.buildProtocol = build
+        if tls:
+            from eventgw.tls import ensure_dev_certificate, server_context_factory
+
+            cert = ensure_dev_certificate(self.mktemp())
+            self.cert_path = cert.cert_path
+            port = reactor.listenSSL(  # type: ignore[attr-defined]
+                0, factory, server_context_factory(cert.cert_path, cert.key_path),
+                interface="127.0.0.1",
+            )
+        else:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, target, protocols
+
+    @inlineCallbacks
+    def check(self, tls: bool) -> Generator[Deferred[Any], Any, None]:
+        port, target, protocols = self.listen(tls)
+        context = None
+        if tls:
+            context = stdlib_ssl.create_default_context(cafile=self.cert_path)
+            context.set_alpn_protocols(["h2"])
+        result = yield deferToThread(_blocking_h2_get, port, context, self.size)
+        status, received, closed, alpn = result
+        self.assertEqual((status, received, closed), (b"200", self.size, True))
+        if tls:
+            self.assertEqual(alpn, "h2")
+        streamer = target.streamers[0]
+        self.assertTrue(streamer.done)
+        self.assertGreaterEqual(streamer.pauses, 1)  # the slow start paused the producer
+        for protocol in protocols:
+            # The server side may see the close a moment after the client did.
+            yield protocol.drain()
+            self.assertEqual(protocol.open_streams, 0)
+
+    def test_tls_alpn_h2(self) -> Deferred[None]:
+        """Over TLS a slow client gets 3 MiB with back-pressure, then an idle close."""
+        return self.check(tls=True)
+
+    def test_cleartext_h2c(self) -> Deferred[None]:
+        """Over cleartext (h2c prior knowledge) the same holds."""
+        return self.check(tls=False)
 
 
 # Silence "imported but unused" for names used only in type positions above.
