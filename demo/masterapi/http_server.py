@@ -57,8 +57,8 @@ class MasterApi(resource.Resource):
                 "method": method,
                 "uri": request.uri.decode("latin-1"),
                 "forwarded": {
-                    name: (request.getHeader(name) or b"").decode("latin-1")
-                    for name in ("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+                    name.decode(): (request.getHeader(name) or b"").decode("latin-1")
+                    for name in (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto")
                 },
             })
         if rest == ["items"] and method == "GET":
