@@ -26,6 +26,13 @@ Theory of operation:
   registered producer is paused; WINDOW_UPDATEs drain the buffer and resume it at
   :data:`~eventgw.h2limits.LOW_WATERMARK`.  While the transport has paused us (the
   client is not reading) no DATA is written at all and every producer is paused.
+* Memory per connection is bounded: inbound, at most CONNECTION_WINDOW (4 MiB) of
+  request body held for paused streams, plus h2's partial frame (16 KiB), one transport
+  read and an unfinished header block (2 x max_header_bytes); outbound, per stream at
+  most HIGH_WATERMARK (64 KiB) plus one producer write, times max_concurrent_streams
+  (100 by default: 6.4 MiB if every stream stalls at once), plus what the transport
+  buffers before it pauses us (about 64 KiB for TCP).  Targets that write without
+  registering a producer are not bounded by us.
 * Writer calls made while a ``dataReceived`` batch is running are flushed once at its
   end; calls from elsewhere (an upstream connection, a timer) flush at the end of the
   call.  The TCP and TLS transports coalesce writes made in one reactor turn, so this

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl as stdlib_ssl
 import time
@@ -1047,6 +1048,46 @@ class AbuseTests(TestCase):
         peer.send_raw(update.serialize())
         self.assertGoaway(peer, ErrorCodes.FLOW_CONTROL_ERROR)
         self.assertIsNotNone(target.handlers[0].lost)
+
+    def test_stream_window_overflow_resets_stream(self) -> None:
+        """A stream WINDOW_UPDATE past 2^31-1 resets that stream only (FLOW_CONTROL_ERROR)."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        second = peer.request()
+        update = WindowUpdateFrame(first)
+        update.window_increment = 2**31 - 1
+        peer.send_raw(update.serialize())
+        peer.receive()
+        self.assertEqual(peer.resets().get(first), ErrorCodes.FLOW_CONTROL_ERROR)
+        self.assertIsNotNone(target.handlers[0].lost)
+        self.assertIsNone(peer.goaway())
+        target.handlers[1].writer.write_head(200, [], end=True)
+        peer.receive()
+        self.assertTrue(peer.response(second)[3])
+
+    def test_random_frames_never_crash(self) -> None:
+        """Random frames after a valid preface end in a GOAWAY or nothing, never a crash."""
+        rng = random.Random(20231010)
+        for _ in range(300):
+            target = RecordingTarget()
+            peer = Peer(target)
+            peer.request(b"POST", end=False)
+            blob = b""
+            for _ in range(rng.randint(1, 6)):
+                payload = rng.randbytes(rng.choice((0, 1, 4, 5, 8, 13, 40)))
+                header = (
+                    len(payload).to_bytes(3, "big")
+                    + bytes([rng.randint(0, 10), rng.randint(0, 255)])
+                    + rng.choice((0, 1, 2, 3, 0x80000001)).to_bytes(4, "big")
+                )
+                blob += header + payload
+            peer.send_raw(blob)  # must not raise
+            if peer.transport.disconnecting:
+                self.assertIsNotNone(peer.goaway())
+                self.assertEqual(peer.server.open_streams, 0)
+                self.assertIsNotNone(target.handlers[0].lost)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_data_beyond_window(self) -> None:
         """DATA beyond the advertised stream window is FLOW_CONTROL_ERROR."""
