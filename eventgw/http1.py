@@ -251,6 +251,8 @@ def _check_lines(block: bytes, lines: list[bytes]) -> None:
 
 def _parse_fields(lines: list[bytes], start: int, headers: Headers) -> None:
     """Append ``name: value`` lines from ``lines[start:]`` to ``headers``."""
+    append = headers.append
+    cached = _NAME_CACHE.get
     for index in range(start, len(lines)):
         line = lines[index]
         if line[0] in (0x20, 0x09):
@@ -258,7 +260,10 @@ def _parse_fields(lines: list[bytes], start: int, headers: Headers) -> None:
         name, colon, value = line.partition(b":")
         if not colon:
             raise RequestError("header line without colon")
-        headers.append((_lower_name(name), value.strip(b" \t")))
+        lowered = cached(name)
+        if lowered is None:
+            lowered = _lower_name(name)
+        append((lowered, value.strip(b" \t")))
 
 
 def _split_tokens(value: bytes) -> list[bytes]:
