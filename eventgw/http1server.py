@@ -21,7 +21,17 @@ transport (stops reading the socket) and delivery; bytes already buffered wait i
 parser.  Response body: the protocol is the transport's streaming producer, and passes
 ``pauseProducing``/``resumeProducing`` to the producer the current exchange registered.
 Pipelined requests are not parsed until the current response has ended, and reading
-stops while more than :data:`MAX_BUFFERED_BYTES` wait unparsed.
+stops while more than :data:`MAX_BUFFERED_BYTES` wait unparsed.  No new exchange starts
+while the transport has paused us (the client is not reading its responses).
+
+A response that ends before its request body was read ends the exchange for the
+handler: the rest of the body is read and dropped (up to :data:`DISCARD_BODY_LIMIT`),
+or the connection closes after the response (``connection: close`` is sent).
+
+Time: one DelayedCall per connection carries either the header deadline (from the
+connection start, or from the first byte of the next request, until a complete head:
+408 and close) or the idle deadline (keep-alive with nothing received: silent close).
+While an exchange is in flight neither applies; slow upstreams are the targets' business.
 """
 
 from __future__ import annotations
