@@ -84,9 +84,14 @@ _NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"T
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t -~\x80-\xff]*))?")
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Anything but HTAB, SP, VCHAR and obs-text, and any CR or LF that is not part of a
-# CRLF pair, is forbidden in a head (RFC 9110 section 5.5, RFC 9112 section 2.2).
-_BAD_BYTES: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# The bytes of a token (RFC 9110 section 5.6.2), for bytes.translate checks.
+_TOKEN_BYTES: Final = (
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+# Bytes allowed in a head besides CR and LF: HTAB, SP, VCHAR and obs-text (RFC 9110
+# section 5.5).  bytes.translate deletes them, leaving only what needs a look.
+_FIELD_BYTES: Final = bytes([9, *range(32, 127), *range(128, 256)])
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNK_SIZE: Final = re.compile(rb"[0-9a-fA-F]{1,%d}" % _MAX_CHUNK_DIGITS)
 _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % _MAX_LENGTH_DIGITS)
 
@@ -409,30 +414,41 @@ class ClientConnection:
             if head is not None:
                 return head
 
-    def _parse_head(self, block: bytes) -> ResponseHead | None:
-        if _BAD_BYTES.search(block) is not None:
-            raise self._fail("control character in the response head")
+    def _header_lines(self, block: bytes, what: str) -> Headers:
+        """Parse ``name: value`` lines (CRLF-separated, no final CRLF)."""
         lines = block.split(b"\r\n")
-        match = _STATUS_LINE.fullmatch(lines[0])
+        # What is left after deleting field bytes must be the line ends and nothing
+        # else: no NUL or other control byte, no CR or LF outside a CRLF pair
+        # (RFC 9112 section 2.2).  One C-speed pass instead of a regex per value.
+        if block.translate(None, _FIELD_BYTES) != b"\r\n" * (len(lines) - 1):
+            raise self._fail(f"control character in the response {what}")
+        headers: Headers = []
+        append = headers.append
+        for line in lines:
+            name, sep, value = line.partition(b":")
+            # An obs-fold line (leading SP/HTAB), a space before the colon or a line
+            # without a colon leaves a name that is not a token.
+            if not sep or not name or name.translate(None, _TOKEN_BYTES):
+                raise self._fail(f"malformed {what} line from upstream")
+            append((name.lower(), value.strip(b" \t")))
+        return headers
+
+    def _parse_head(self, block: bytes) -> ResponseHead | None:
+        line_end = block.find(b"\r\n")
+        match = _STATUS_LINE.fullmatch(block if line_end < 0 else block[:line_end])
         if match is None:
             raise self._fail("invalid status line from upstream")
         minor, code, reason = match.groups()
         status = int(code)
         if status >= 600:
             raise self._fail("invalid status code from upstream")
-        headers: Headers = []
-        append = headers.append
+        headers = [] if line_end < 0 else self._header_lines(block[line_end + 2 :], "head")
         length: bytes | None = None
         coding: bytes | None = None
         close = minor == b"0"
-        token = _TOKEN.fullmatch
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or token(name) is None:
-                # A leading SP/HTAB (obs-fold) or a space before the colon lands here.
-                raise self._fail("malformed header line from upstream")
-            name = name.lower()
-            value = value.strip(b" \t")
+        for name, value in headers:
+            if name not in _FRAMING_FIELDS:
+                continue
             if name == b"content-length":
                 if length is not None:
                     raise self._fail("duplicate content-length from upstream")
@@ -443,13 +459,12 @@ class ClientConnection:
                 if coding is not None:
                     raise self._fail("duplicate transfer-encoding from upstream")
                 coding = value
-            elif name == b"connection":
+            else:
                 tokens = {t.strip(b" \t") for t in value.lower().split(b",")}
                 if b"close" in tokens:
                     close = True
                 elif minor == b"0" and b"keep-alive" in tokens:
                     close = False
-            append((name, value))
         if 100 <= status < 200:
             if status == 101:
                 raise self._fail("unexpected 101 Switching Protocols from upstream")
@@ -517,7 +532,7 @@ class ClientConnection:
         line = buf[:end]
         self._buf = buf[end + 2 :]
         size = line.split(b";", 1)[0].rstrip(b" \t")
-        if _CHUNK_SIZE.fullmatch(size) is None or _BAD_BYTES.search(line) is not None:
+        if _CHUNK_SIZE.fullmatch(size) is None or line.translate(None, _FIELD_BYTES):
             raise self._fail("invalid chunk-size line from upstream")
         self._remaining = int(size, 16)
         if self._remaining:
@@ -555,13 +570,6 @@ class ClientConnection:
             return NEED_DATA
         block = buf[:end]
         self._buf = buf[end + 4 :]
-        if _BAD_BYTES.search(block) is not None:
-            raise self._fail("control character in the response trailers")
-        trailers: Headers = []
-        for line in block.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if not sep or _TOKEN.fullmatch(name) is None:
-                raise self._fail("malformed trailer line from upstream")
-            trailers.append((name.lower(), value.strip(b" \t")))
+        trailers = self._header_lines(block, "trailers")
         self._read = _Read.DONE
         return Ended(trailers=trailers)

@@ -65,11 +65,15 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
 # Connection tokens that only control the connection and name no header worth a
 # second pass.
 _PLAIN_TOKENS: Final = frozenset({b"", b"close", b"keep-alive"})
+# The values nearly every client and server send, answered without splitting.
+_PLAIN_VALUES: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
     """The header names listed in one ``Connection`` value, lower-case, minus the
     connection options (``close``, ``keep-alive``) that name no header."""
+    if value in _PLAIN_VALUES:
+        return set()
     tokens = {token.strip(b" \t") for token in value.lower().split(b",")}
     return tokens - _PLAIN_TOKENS
 
