@@ -201,6 +201,10 @@ class _RelayedCall:
 
     def _run(self, actions: list[Action]) -> None:
         writer = self.writer
+        if self.state.finished and not self._done:
+            # Before the writer call that ends the response: the protocol emits the
+            # access event from inside it.
+            self.head.log_fields["grpc_status"] = self.state.grpc_status
         for action in actions:
             if isinstance(action, WriteBody):
                 writer.write_body(action.data)

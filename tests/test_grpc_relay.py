@@ -36,12 +36,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
 from demo.masterapi.grpc_server import MAX_MESSAGE_BYTES, ItemsServicer, serve
 from eventgw import h2limits
+from eventgw import relay as relay_core
 from eventgw.config import GrpcUpstream, Limits
 from eventgw.exchange import (
     CANCEL,
@@ -347,6 +349,16 @@ class UpstreamPoolTests(TestCase):
         assert relay.pool is not None
         self.assertEqual(relay.pool.connection_count, 0)
 
+    def test_no_upstream_configured(self) -> None:
+        """Without master_api.grpc every call is answered trailers-only UNIMPLEMENTED."""
+        relay = GrpcRelay(None, POLICY, reactor=reactor)
+        writer = RecordingWriter()
+        head = grpc_head()
+        relay.start_exchange(head, writer)
+        self.assertTrue(writer.head_ended)
+        self.assertEqual(status_of(writer.headers), 12)
+        self.assertEqual(head.log_fields["grpc_status"], 12)
+
     @inlineCallbacks
     def test_silent_server_times_out(self) -> Any:
         """A server that accepts TCP but never speaks HTTP/2 gives UNAVAILABLE within
@@ -572,6 +584,51 @@ class GrpcEndToEndTests(GatewayFixture):
         self.assertEqual(trailing["x-trailer-token"], "abc")
         self.assertEqual(trailing["x-trailer-blob-bin"], b"\x00\xff\x10")
         self.assertEqual(call.code(), grpc.StatusCode.OK)
+
+    @inlineCallbacks
+    def test_access_log_fields(self) -> Any:
+        """The access event of a relayed call names the route, the upstream, the gRPC
+        method and its final status, next to the protocol's bytes and duration."""
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "eventgw.access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        stub, relay, _ = self.setup_all()
+        behaviour = demo_pb2.Behaviour(fail_code=5, fail_message="gone")
+        yield rpc_error(stub.GetItem, demo_pb2.GetItemRequest(behaviour=behaviour), timeout=WAIT)
+        yield wait_for(lambda: events)
+        (event,) = events
+        self.assertEqual(event["route"], "grpc")
+        self.assertEqual(event["upstream"], relay.pool.address if relay.pool else None)
+        self.assertEqual(event["grpc_method"], "/demo.masterapi.v1.Items/GetItem")
+        self.assertEqual(event["grpc_status"], 5)
+        self.assertGreater(event["bytes_in"], 0)
+        self.assertIn("duration_ms", event)
+
+    @inlineCallbacks
+    def test_slow_master_api_bounds_request_memory(self) -> Any:
+        """A Master API that reads a client stream slowly makes the relay pause the
+        client: the request bytes it queues stay under its high watermark plus one
+        DATA frame, and every message still arrives."""
+        stub, relay, _ = self.setup_all()
+        count, size = 100, 64 * 1024
+        items = (demo_pb2.Item(id=str(i), payload=b"u" * size) for i in range(count))
+        reply = yield in_thread(
+            stub.PutItems, items, metadata=[("x-delay-ms", "5")], timeout=WAIT * 2
+        )
+        self.assertEqual((reply.count, reply.total_bytes), (count, count * size))
+        self.assertGreater(relay.peak_queued_upstream, relay_core.HIGH_WATERMARK)
+        self.assertLessEqual(
+            relay.peak_queued_upstream, relay_core.HIGH_WATERMARK + h2limits.MAX_FRAME_SIZE
+        )
+        figure(
+            f"slow Master API: relay queued <= {relay.peak_queued_upstream} request bytes "
+            f"of a {count * size}-byte upload"
+        )
 
     @inlineCallbacks
     def test_client_streaming(self) -> Any:

@@ -6,6 +6,7 @@ Master API of the gRPC relay's end-to-end tests.  Each method honours the reques
 :class:`Behaviour` (delay, failure with message and ``grpc-status-details-bin``) and
 echoes request metadata whose key starts with ``x-echo-`` back: as initial metadata
 under the same key, and as trailing metadata with the prefix ``x-trailer-`` instead.
+``PutItems`` takes ``x-delay-ms`` metadata: it then reads its stream that slowly.
 """
 
 from __future__ import annotations
@@ -110,8 +111,11 @@ class ItemsServicer(demo_pb2_grpc.ItemsServicer):
         self, request_iterator: Iterator[demo_pb2.Item], context: grpc.ServicerContext
     ) -> demo_pb2.PutItemsReply:
         self._start("PutItems", context)
+        delay = _metadata_delay(context)
         reply = demo_pb2.PutItemsReply()
         for item in request_iterator:
+            if delay and not _sleep(context, delay):
+                return reply
             reply.count += 1
             reply.total_bytes += len(item.payload)
             reply.ids.append(item.id)
@@ -142,6 +146,17 @@ class ItemsServicer(demo_pb2_grpc.ItemsServicer):
         for item in request_iterator:
             yield demo_pb2.Item(id=item.id, name=item.name.upper(), payload=item.payload)
         _finish(context)
+
+
+def _metadata_delay(context: grpc.ServicerContext) -> float:
+    """``x-delay-ms`` request metadata: how long a streaming method takes per message."""
+    for key, value in context.invocation_metadata():
+        if key == "x-delay-ms":
+            try:
+                return int(value) / 1000.0
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _code(value: int) -> grpc.StatusCode:
