@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from eventgw.config import ApiUpstream, Limits
+from eventgw.errors import ConfigError
 from eventgw.httppool import UpstreamPool
 from eventgw.webproxy import ApiProxy
 from tests.support import RecordingWriter, make_head
@@ -364,6 +365,17 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(headers["x-forwarded-host"], "gateway.test")
         self.assertEqual(headers["x-forwarded-proto"], "https")
         self.assertIsNone(writer.header(b"connection"))
+
+    async def test_hostname_upstream(self) -> None:
+        """An upstream given by host name is resolved (HostnameEndpoint) and addressed
+        by that name in Host."""
+        port = self.port.getHost().port
+        upstream = ApiUpstream(
+            scheme="http", host="localhost", port=port, url=f"http://localhost:{port}"
+        )
+        writer = await self.exchange(self.proxy(upstream))
+        self.assertEqual(writer.status, 200)
+        self.assertEqual(dict(json_body(writer)["headers"])["host"], f"localhost:{port}")
 
     async def test_log_fields(self) -> None:
         """The exchange is tagged with route=api and the upstream URL for the access log."""
@@ -705,6 +717,27 @@ class TlsUpstreamTests(ProxyTestCase):
         api = self.proxy(upstream_for(number, scheme="https"))
         writer = await self.exchange(api)
         self.assertEqual(writer.status, 502)
+
+
+class ConfigurationTests(SynchronousTestCase):
+    def test_unreadable_ca_file(self) -> None:
+        """A ca_file that cannot be read is a ConfigError naming master_api.ca_file."""
+        upstream = upstream_for(443, scheme="https", ca_file="/nonexistent/ca.pem")
+        with self.assertRaises(ConfigError) as caught:
+            UpstreamPool(upstream, reactor=MemoryReactorClock())
+        self.assertEqual(caught.exception.key, "master_api.ca_file")
+
+    def test_host_header_default_port_omitted(self) -> None:
+        """Host is the upstream's authority, without the scheme's default port."""
+        clock = MemoryReactorClock()
+        for url_port, scheme, expected in [
+            (80, "http", b"127.0.0.1"),
+            (8080, "http", b"127.0.0.1:8080"),
+        ]:
+            api = ApiProxy(upstream_for(url_port, scheme=scheme), Limits(), reactor=clock)
+            self.assertEqual(api.host_header, expected)
+        v6 = ApiUpstream(scheme="http", host="::1", port=8080, url="http://[::1]:8080")
+        self.assertEqual(ApiProxy(v6, Limits(), reactor=clock).host_header, b"[::1]:8080")
 
 
 class ConnectTimeoutTests(SynchronousTestCase):
