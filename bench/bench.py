@@ -1,0 +1,364 @@
+"""eventgw benchmark: every row against the same backends, in one run, as one table.
+
+Run through ``bench/run`` (which installs the tools and the venv first); see README.md.
+Each (workload, row) cell is checked with a real client, then loaded ``--repeats``
+times for ``--duration`` seconds, rows interleaved within each repeat so that drift on
+the machine spreads evenly over the rows; the table reports medians.  The proxy under
+test runs on the proxy CPU; backends and load generators on the side CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from rig.checks import CheckFailed, check
+from rig.processes import Server, cpu_seconds, pinned
+from rig.report import HEADER, Run, Summary, summarize, table_rows
+from rig.rows import ROW_NAMES, Rig, Row, eventgw_unavailable, make_backends, make_rows
+from rig.setup import BENCH_DIR, REPO_DIR, build_backend, make_certificate
+from rig.workloads import (
+    WORKLOAD_NAMES,
+    WORKLOADS,
+    Bodies,
+    LoadError,
+    Workload,
+    build_command,
+    port_for,
+    run_load,
+    run_seconds,
+)
+
+# The whole run, setup and teardown included, stays under ten minutes.
+DEFAULT_BUDGET_S: Final = 570.0
+# What one run costs beyond its duration (process start, /proc scan, parsing, pause).
+RUN_OVERHEAD_S: Final = 0.6
+# Lets the proxy finish closing the previous run's connections before the next one.
+PAUSE_S: Final = 0.2
+TOOLS: Final = ("nginx", "wrk", "h2load", "taskset", "make", "g++", "protoc")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [name for name in known if name in names]  # canonical order
+
+
+@dataclass(frozen=True)
+class Options:
+    rows: list[str]
+    workloads: list[str]
+    duration: int
+    repeats: int
+    budget: float
+    eventgw_config: Path
+    hold: bool
+    out: Path
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROW_NAMES),
+                        help="comma-separated rows (default: all): " + ", ".join(ROW_NAMES))
+    parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES),
+                        help="comma-separated workloads (default: all): "
+                        + ", ".join(WORKLOAD_NAMES))
+    parser.add_argument("--duration", type=int, default=2,
+                        help="whole seconds per run (wrk takes no fractions; default 2)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per cell; the table shows medians (default 3)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                        help="seconds for the whole run; cells that would overrun it are "
+                        f"skipped and marked (default {DEFAULT_BUDGET_S:.0f})")
+    parser.add_argument("--eventgw-config", type=Path, default=BENCH_DIR / "conf" / "gateway.yaml",
+                        help="gateway YAML template for the eventgw rows (@{...} placeholders)")
+    parser.add_argument("--hold", action="store_true",
+                        help="start the backends and rows, print their ports and wait for "
+                        "Ctrl-C instead of measuring (for profiling by hand)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "out",
+                        help="where logs and results go (default bench/out)")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.repeats < 1:
+        parser.error("--duration must be positive and --repeats at least 1")
+    return Options(
+        rows=_names(args.rows, ROW_NAMES, "rows"),
+        workloads=_names(args.workloads, WORKLOAD_NAMES, "workloads"),
+        duration=args.duration,
+        repeats=args.repeats,
+        budget=args.budget,
+        eventgw_config=args.eventgw_config.resolve(),
+        hold=args.hold,
+        out=args.out.resolve(),
+    )
+
+
+def cpu_layout() -> tuple[str, str, str]:
+    """(proxy CPUs, backend + load generator CPUs, CPUs for the two-worker row)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) == 1:
+        only = str(cpus[0])
+        return only, only, only
+    proxy, side = str(cpus[0]), str(cpus[1])
+    # A second worker gets a CPU of its own if there is one; else it shares the side CPU.
+    workers = f"{proxy},{cpus[2]}" if len(cpus) > 2 else f"{proxy},{side}"
+    return proxy, side, workers
+
+
+class Bench:
+    """One benchmark run: owns every process it starts and stops them all at the end."""
+
+    def __init__(self, args: Options) -> None:
+        self.args = args
+        # bench/run exports when it started, so installing and building count too.
+        already = time.time() - float(os.environ.get("EVENTGW_BENCH_STARTED", time.time()))
+        self.started = time.monotonic() - max(already, 0.0)
+        self.servers: list[Server] = []
+        self.results: dict[tuple[str, str], list[Run]] = {}
+        self.notes: dict[tuple[str, str], str] = {}
+        self.rows: list[Row] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def prepare(self) -> Rig:
+        missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise SystemExit(f"missing tools: {', '.join(missing)} (bench/run installs them)")
+        log("building the gRPC C++ backend ...")
+        grpc_backend = build_backend()
+        run_dir = self.args.out / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        proxy, side, workers = cpu_layout()
+        return Rig(
+            out=run_dir,
+            cert=make_certificate(run_dir / "cert"),
+            python=Path(sys.executable),
+            grpc_backend=grpc_backend,
+            proxy_cpus=proxy,
+            side_cpus=side,
+            workers_cpus=workers,
+            eventgw_config=self.args.eventgw_config,
+        )
+
+    def start(self, rig: Rig) -> None:
+        backends = make_backends(rig)
+        self.rows = make_rows(rig, backends, self.args.rows)
+        for server in backends.servers:
+            self._start(server)
+        if any(row.name.startswith("eventgw") for row in self.rows):
+            reason = eventgw_unavailable(rig.python)
+            for row in self.rows:
+                if row.name.startswith("eventgw"):
+                    row.unavailable = reason and f"not runnable: {reason}"
+        for row in self.rows:
+            if row.unavailable:
+                log(f"{row.name}: {row.unavailable}")
+                continue
+            try:
+                for server in row.servers:
+                    self._start(server)
+            except RuntimeError as error:
+                row.unavailable = "did not start (see log)"
+                log(f"{row.name}: {error}")
+
+    def _start(self, server: Server) -> None:
+        self.servers.append(server)
+        server.start()
+        server.wait_ready()
+        log(f"started {server.name} (pid {server.pid}) on {server.ports}")
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+    def hold(self) -> None:
+        for row in self.rows:
+            ports = {name: port for name, port in asdict(row.endpoints).items() if port}
+            pids = ", ".join(str(pid) for pid in row.pids()) if row.measured else "-"
+            log(f"{row.name}: {row.unavailable or ports} pid {pids}")
+        log("holding; Ctrl-C stops everything")
+        while True:
+            time.sleep(3600)
+
+    def measure(self, rig: Rig) -> None:
+        bodies = Bodies.write(rig.out / "bodies")
+        for workload in (w for w in WORKLOADS if w.name in self.args.workloads):
+            rows = self._checked_rows(workload, rig)
+            for repeat in range(self.args.repeats):
+                for row in rows:
+                    key = (workload.name, row.name)
+                    if key in self.notes:
+                        continue
+                    if not self._fits_budget(workload):
+                        self.notes[key] = "skipped: time budget"
+                        continue
+                    self._run(workload, row, bodies, rig, repeat)
+
+    def _checked_rows(self, workload: Workload, rig: Rig) -> list[Row]:
+        ready = []
+        for row in self.rows:
+            key = (workload.name, row.name)
+            if port_for(workload, row) is None:
+                continue  # the row does not offer this kind of traffic
+            if row.unavailable:
+                self.notes[key] = row.unavailable
+                continue
+            try:
+                check(workload, row, rig.cert)
+            except CheckFailed as error:
+                self.notes[key] = "check failed"
+                log(f"{workload.name} / {row.name}: check failed: {error}")
+                continue
+            ready.append(row)
+        return ready
+
+    def _fits_budget(self, workload: Workload) -> bool:
+        seconds = run_seconds(workload, self.args.duration)
+        return self.elapsed() + seconds + RUN_OVERHEAD_S + 5 < self.args.budget
+
+    def _run(self, workload: Workload, row: Row, bodies: Bodies, rig: Rig, repeat: int) -> None:
+        key = (workload.name, row.name)
+        # h2load appends to its log file, so each run gets a fresh one.
+        log_file = rig.out / "h2load.log"
+        log_file.unlink(missing_ok=True)
+        command = build_command(workload, row, self.args.duration, bodies, log_file)
+        command = replace(command, argv=pinned(rig.side_cpus, command.argv))
+        time.sleep(PAUSE_S)
+        before = cpu_seconds(row.pids()) if row.measured else None
+        try:
+            load = run_load(command, run_seconds(workload, self.args.duration))
+        except LoadError as error:
+            self.notes[key] = "load generator failed"
+            log(f"{workload.name} / {row.name}: {error}")
+            return
+        cpu = cpu_seconds(row.pids()) - before if before is not None else None
+        if not all(server.alive() for server in row.servers):
+            row.unavailable = "proxy died (see log)"
+            self.notes[key] = row.unavailable
+            return
+        self.results.setdefault(key, []).append(Run(load, cpu))
+        cpu_text = "" if cpu is None else f", proxy CPU {cpu:.2f} s"
+        log(f"{workload.name} / {row.name} #{repeat + 1}: {load.requests / load.seconds:,.0f}/s, "
+            f"{load.errors} errors{cpu_text}")
+
+    def table(self) -> str:
+        lines = [HEADER]
+        order = [row.name for row in self.rows]
+        for workload in (w for w in WORKLOADS if w.name in self.args.workloads):
+            summaries: dict[str, Summary] = {
+                row: summarize(workload, runs)
+                for (name, row), runs in self.results.items() if name == workload.name
+            }
+            notes = {row: note for (name, row), note in self.notes.items()
+                     if name == workload.name}
+            lines += table_rows(workload, summaries, notes, order)
+        return "\n".join(lines)
+
+    def write(self, table: str, rig: Rig) -> Path:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%MZ")
+        text = results_markdown(table, rig, self.args, stamp, self.elapsed())
+        out = self.args.out
+        (out / f"results-{stamp}.md").write_text(text)
+        (out / "RESULTS.md").write_text(text)
+        raw = {f"{workload} / {row}": [asdict(run) for run in runs]
+               for (workload, row), runs in self.results.items()}
+        (out / f"results-{stamp}.json").write_text(json.dumps(raw, indent=1))
+        return out / "RESULTS.md"
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def machine_description(rig: Rig) -> list[str]:
+    from importlib.metadata import version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    os_name = next((line.split("=", 1)[1].strip('"') for line in
+                    Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("PRETTY_NAME=")), platform.platform())
+    python = [f"{name} {version(name)}" for name in ("twisted", "grpcio", "h2")]
+    return [
+        f"- machine: {cpu}, {os.cpu_count()} CPUs, {os_name}, Linux {platform.release()}",
+        f"- pinning: proxy on CPU {rig.proxy_cpus} (eventgw-w2 on {rig.workers_cpus}); "
+        f"backends and load generators on CPU {rig.side_cpus}",
+        f"- {_version(['nginx', '-v'])}; {_version(['h2load', '--version'])}; "
+        f"{_version(['wrk', '-v'])}; gRPC C++ {_version(['pkg-config', '--modversion', 'grpc++'])}",
+        f"- Python {platform.python_version()}; {', '.join(python)}; "
+        f"eventgw {_version(['git', '-C', str(REPO_DIR), 'describe', '--always', '--dirty'])}",
+    ]
+
+
+def results_markdown(
+    table: str, rig: Rig, args: Options, stamp: str, elapsed: float
+) -> str:
+    return "\n".join([
+        "# eventgw benchmark results",
+        "",
+        f"Run {stamp} with `bench/run --duration {args.duration} --repeats {args.repeats}` "
+        f"({elapsed:.0f} s in all). Medians of {args.repeats} runs per cell; "
+        "proxy CPU is utime+stime of the proxy and its workers, from /proc.",
+        "",
+        *machine_description(rig),
+        "",
+        table,
+        "",
+    ])
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    rig = bench.prepare()
+    try:
+        bench.start(rig)
+        if args.hold:
+            bench.hold()
+            return 0
+        bench.measure(rig)
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        return 130
+    finally:
+        bench.stop()
+    table = bench.table()
+    path = bench.write(table, rig)
+    print(table)
+    log(f"{bench.elapsed():.0f} s in all; results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
