@@ -1019,10 +1019,12 @@ class H2ServerProtocol(Protocol):
                 )
                 return
         pending = getattr(frames, "_headers_buffer", None)
-        if not pending:
+        if not pending and not (partial and not self.exchanges):
+            # (A frame trickling in while no stream is open is most likely the next
+            # request's HEADERS: it gets the header timeout too.)
             self._header_block_since = None
             return
-        if sum(len(frame.data) for frame in pending) > self._hard_header_bytes:
+        if pending and sum(len(frame.data) for frame in pending) > self._hard_header_bytes:
             self._abuse("header block too large (CONTINUATION flood, CVE-2024-27316)")
             return
         if self._header_block_since is None:

@@ -988,6 +988,20 @@ class AbuseTests(TestCase):
         peer.clock.advance(1)
         self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
 
+    def test_trickled_headers_frame_times_out(self) -> None:
+        """A HEADERS frame sent a few bytes at a time hits the header timeout."""
+        peer = Peer(EchoTarget())
+        headers = HeadersFrame(1)
+        headers.data = Encoder().encode(request_headers())
+        headers.flags.add("END_HEADERS")
+        data = headers.serialize()
+        peer.send_raw(data[:5])
+        peer.clock.advance(peer.limits.header_timeout - 1)
+        peer.send_raw(data[5:12])  # still unfinished: more bytes do not reset the clock
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(2)
+        self.assertTrue(peer.transport.disconnecting)
+
     def test_ping_flood(self) -> None:
         """More PINGs than the control-frame budget get GOAWAY ENHANCE_YOUR_CALM."""
         peer = Peer(EchoTarget())
