@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -52,7 +53,8 @@ class ProtocolSniffer(Protocol):
 
     def _silent(self) -> None:
         self._timer = None
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.gateway_factory
@@ -77,10 +79,10 @@ class ProtocolSniffer(Protocol):
         chosen.makeConnection(self.transport)
         chosen.dataReceived(data)
 
-    def _chosen_connection_lost(self, reason: Failure) -> None:
+    def _chosen_connection_lost(self, reason: Failure | None = None) -> None:
         self.gateway_factory.connections.discard(self)
         assert self.chosen is not None
-        self.chosen.connectionLost(reason)
+        self.chosen.connectionLost(reason if reason is not None else Failure(ConnectionDone()))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.gateway_factory.connections.discard(self)
@@ -122,7 +124,7 @@ class GatewayFactory(Factory):
         self.connections: set[ProtocolSniffer] = set()
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> ProtocolSniffer:
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolSniffer:
         return ProtocolSniffer(self)
 
     def build_protocol(self, http2: bool) -> Protocol:

@@ -186,7 +186,7 @@ class GatewayService(service.Service):
         for factory in self.factories:
             for connection in list(factory.connections):
                 if connection.transport is not None:
-                    connection.transport.abortConnection()
+                    connection.transport.abortConnection()  # type: ignore[attr-defined]
         self.factories = []
         if self.gateway is not None:
             yield self.gateway.close()
@@ -203,5 +203,5 @@ def gateway_service(
 ) -> service.MultiService:
     """The whole gateway as one ``MultiService`` (what ``twistd eventgw`` runs)."""
     top = service.MultiService()
-    GatewayService(config, reactor, adopt_fds).setServiceParent(top)
+    GatewayService(config, reactor, adopt_fds).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -85,7 +85,7 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         self.raw_args = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def postOptions(self) -> None:
         fds = self["adopt-fds"]
@@ -156,14 +156,14 @@ def makeService(options: Options) -> service.IService:
         except ConfigError as e:
             _fail(e)
         top = service.MultiService()
-        supervisor.setServiceParent(top)
+        supervisor.setServiceParent(top)  # type: ignore[no-untyped-call]
         return top
     top = gateway_service(config, adopt_fds=options["adopt_fds"])
     try:
         # Load the certificate now, before twistd starts logging, so an unreadable
         # one is reported on the terminal (ports are bound later, in startService).
         for child in top:
-            child.prepare()  # type: ignore[attr-defined]
+            child.prepare()
     except ConfigError as e:
         _fail(e)
     return _OneLineErrors(top)
@@ -173,12 +173,12 @@ class _OneLineErrors(service.MultiService):
     """Wraps the gateway so that a port in use or unreadable cert is one line, exit 1."""
 
     def __init__(self, inner: service.IService) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         inner.setServiceParent(self)
 
     def startService(self) -> None:
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]
         except ConfigError as e:
             self.running = False
             _fail(e)
