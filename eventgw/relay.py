@@ -497,6 +497,7 @@ class RelayStream:
         if not self._upstream_done:
             self._upstream_done = True
             actions.append(ResetUpstream(CANCEL))
+        actions.extend(self._release())
         return actions
 
     def response_paused(self) -> list[Action]:
@@ -572,6 +573,7 @@ class RelayStream:
             self.grpc_status = GrpcStatus.UNKNOWN
             actions.extend(self._stop_timer())
             actions.append(EndResponse(None))
+            actions.extend(self._release())
             return actions
         if not flow_length:
             return actions
@@ -594,7 +596,7 @@ class RelayStream:
         _, kept = response_headers(trailers)
         status_code = _grpc_status_of(kept)
         self.grpc_status = GrpcStatus.UNKNOWN if status_code is None else status_code
-        return [*self._stop_timer(), EndResponse(kept)]
+        return [*self._stop_timer(), EndResponse(kept), *self._release()]
 
     def upstream_reset(self, error_code: int) -> list[Action]:
         """The Master API reset the stream.
@@ -611,7 +613,7 @@ class RelayStream:
             return self._reply(code, f"upstream reset the stream (HTTP/2 error {error_code})")
         self.phase = Phase.DONE
         self.grpc_status = code
-        return [*self._stop_timer(), AbortResponse(error_code)]
+        return [*self._stop_timer(), AbortResponse(error_code), *self._release()]
 
     def upstream_failed(self, reason: str) -> list[Action]:
         """No upstream stream could be opened, or its connection was lost."""
@@ -633,6 +635,16 @@ class RelayStream:
         return actions
 
     # -- internals ---------------------------------------------------------------------
+
+    def _release(self) -> list[Action]:
+        """Give back the window credit held for a slow client once the call is over:
+        the stream is closed or reset, so this only reopens the connection's shared
+        window, which would otherwise shrink for good with every such call."""
+        held = self.unacknowledged
+        if not held:
+            return []
+        self.unacknowledged = 0
+        return [Acknowledge(held)]
 
     def _stop_timer(self) -> list[Action]:
         if self._timer:
@@ -659,4 +671,5 @@ class RelayStream:
         else:
             # Mid-message: trailers now would hand the client a truncated message.
             actions.append(AbortResponse(CANCEL))
+        actions.extend(self._release())
         return actions

@@ -327,3 +327,32 @@ class RelayStreamTests(SynchronousTestCase):
         self.assertEqual(r.unacknowledged, 0)
         self.assertEqual(r.peak_unacknowledged, 160)
         self.assertEqual(r.upstream_data(b"c", 1, False), [WriteBody(b"c"), Acknowledge(1)])
+
+    def test_held_credit_released_when_call_ends(self) -> None:
+        """Window credit held for a paused client is given back when the call ends
+        (here: the client goes away), after the upstream reset, so the connection's
+        shared window does not shrink for good."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        r.response_paused()
+        r.upstream_data(b"a" * 100, 100, False)
+        self.assertEqual(
+            r.client_gone(), [CancelTimer(), ResetUpstream(CANCEL), Acknowledge(100)]
+        )
+        self.assertEqual(r.unacknowledged, 0)
+        self.assertEqual(r.response_resumed(), [])
+
+    def test_held_credit_released_after_trailers(self) -> None:
+        """Trailers arriving while the client is paused end the call and release the
+        held credit."""
+        r = self.relay()
+        r.start()
+        r.upstream_headers(OK_HEAD, False)
+        r.response_paused()
+        r.upstream_data(message(b"x"), 6, False)
+        self.assertEqual(
+            r.upstream_trailers(OK_TRAILERS),
+            [CancelTimer(), EndResponse(OK_TRAILERS), Acknowledge(6)],
+        )
+
