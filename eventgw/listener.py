@@ -12,7 +12,7 @@ This is ``twisted.web.http._GenericHTTPChannelProtocol``'s shape, plus h2c detec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -23,6 +23,8 @@ from twisted.python.failure import Failure
 from eventgw import sniff
 from eventgw.config import Limits
 from eventgw.exchange import RequestTarget
+from eventgw.h2server import H2ServerProtocol
+from eventgw.http1server import Http1ServerProtocol
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -129,15 +131,11 @@ class GatewayFactory(Factory):
 
     def build_protocol(self, http2: bool) -> Protocol:
         """The protocol for a connection whose protocol is now known."""
-        kwargs: dict[str, Any] = {
-            "scheme": self.scheme,
-            "reactor": self.reactor,
-            "access_log": self.access_log,
-        }
-        if http2:
-            from eventgw.h2server import H2ServerProtocol
-
-            return H2ServerProtocol(self.target, self.limits, **kwargs)
-        from eventgw.http1server import Http1ServerProtocol
-
-        return Http1ServerProtocol(self.target, self.limits, **kwargs)
+        protocol = H2ServerProtocol if http2 else Http1ServerProtocol
+        return protocol(
+            self.target,
+            self.limits,
+            scheme=self.scheme,
+            reactor=self.reactor,
+            access_log=self.access_log,
+        )
