@@ -511,6 +511,8 @@ class H2ServerProtocol(Protocol):
             self._push_all()
             for exchange in list(self.exchanges.values()):
                 self.sync_producer(exchange)
+            if self._unfinished and not was_in_batch:
+                self._reset_unfinished()
         finally:
             self._in_batch = was_in_batch
         self.written()

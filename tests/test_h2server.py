@@ -787,6 +787,24 @@ class FlowControlTests(TestCase):
         peer.receive()
         self.assertGreater(len(peer.response(stream_id)[1]), 0)
 
+    def test_response_completed_on_resume_finishes_stream(self) -> None:
+        """A response whose end went out when the transport resumed still closes its stream."""
+        target = RecordingTarget()
+        transport = PausingTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 1))
+        peer = Peer(target, transport=transport)
+        stream_id = peer.request(b"POST", end=False)
+        transport.pause()
+        writer = target.handlers[0].writer
+        writer.write_head(200, [])
+        writer.write_body(b"late")
+        writer.end()
+        self.assertEqual(peer.server.open_streams, 1)
+        transport.resume()
+        self.assertEqual(peer.server.open_streams, 0)
+        peer.receive()
+        self.assertEqual(peer.response(stream_id)[1:], (b"late", None, True))
+        self.assertEqual(peer.resets().get(stream_id), ErrorCodes.NO_ERROR)
+
     def test_paused_request_body_is_not_acknowledged(self) -> None:
         """A paused stream's DATA is queued without WINDOW_UPDATE until resumed."""
         target = RecordingTarget(pause_body=True)
