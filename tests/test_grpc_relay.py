@@ -40,6 +40,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from demo.masterapi import grpc_client
 from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
 from demo.masterapi.grpc_server import MAX_MESSAGE_BYTES, ItemsServicer, serve
 from eventgw import h2limits
@@ -1117,3 +1118,21 @@ class TlsTests(GatewayFixture):
         error = yield rpc_error(stub.GetItem, demo_pb2.GetItemRequest(), timeout=WAIT)
         self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertEqual(servicer.calls, [])
+
+    @inlineCallbacks
+    def test_demo_client_over_h2c_and_tls(self) -> Any:
+        """The demo client (the README's example) works through the gateway over h2c
+        and over TLS with ALPN h2."""
+        dev = ensure_dev_certificate(self.mktemp())
+        _, upstream_port, _ = self.start_master_api()
+        h2c_port, _ = self.start_gateway(upstream_port)
+        tls_port, _ = self.start_gateway(
+            upstream_port, tls=server_context_factory(dev.cert_path, dev.key_path)
+        )
+        for target, ca_file in ((f"127.0.0.1:{h2c_port}", None),
+                                (f"localhost:{tls_port}", dev.cert_path)):
+            lines = yield in_thread(grpc_client.run, target, ca_file, WAIT)
+            self.assertEqual(len(lines), 5, lines)
+            self.assertIn("'demo-1'", lines[0])
+            self.assertIn("NOT_FOUND 'no item 7'", lines[4])
+
