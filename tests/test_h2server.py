@@ -1176,6 +1176,17 @@ class AbuseTests(TestCase):
             or (peer.goaway() is not None and peer.goaway().error_code == 1)  # type: ignore[union-attr]
         )
 
+    def test_content_length_mismatch(self) -> None:
+        """A body shorter than its content-length is a connection error in h2 (GOAWAY)."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", extra=[(b"content-length", b"10")],
+                                 end=False)
+        peer.client.send_data(stream_id, b"abc", end_stream=True)
+        peer.send()
+        self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
+        self.assertIsNotNone(target.handlers[0].lost)
+
     def test_client_goaway_loses_streams(self) -> None:
         """A client GOAWAY ends every open stream with connection_lost and closes."""
         target = RecordingTarget()
