@@ -835,7 +835,8 @@ class H2ServerProtocol(Protocol):
             log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {reason}")
         exchange = self.exchanges.get(stream_id)
         if exchange is not None:
-            self._lose(exchange, reason, "reset")
+            status = exchange.status if exchange.response_done else None
+            self._lose(exchange, reason, "reset" if status is None else status)
 
     def _window_updated(self, event: WindowUpdated) -> None:
         # Sent after the whole read (see dataReceived), so that streams whose windows
