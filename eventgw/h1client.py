@@ -183,7 +183,9 @@ _NO_TRAILERS: Final[Headers] = []
 class ClientConnection:
     """One upstream connection's HTTP/1.1 state: at most one request in flight.
 
-    Invariant: ``_buf`` holds received bytes not yet turned into events; after an error
+    Invariant: ``_buf[_pos:]`` holds received bytes not yet turned into events (parsing
+    moves ``_pos`` instead of slicing, so many small chunks in one read cost one copy,
+    not one copy each); after an error
     the connection is unusable (every call raises again) and must be closed.
     """
 
@@ -194,6 +196,7 @@ class ClientConnection:
         "_head_method",
         "_keep_alive",
         "_max_head",
+        "_pos",
         "_read",
         "_received_any",
         "_remaining",
@@ -205,6 +208,7 @@ class ClientConnection:
     def __init__(self, *, max_head_bytes: int = MAX_RESPONSE_HEAD) -> None:
         self._max_head = max_head_bytes
         self._buf = b""
+        self._pos = 0
         self._scan = 0
         self._eof = False
         self._read = _Read.IDLE
@@ -312,7 +316,15 @@ class ClientConnection:
             self._eof = True
             return
         self._received_any = True
-        self._buf = self._buf + data if self._buf else data
+        buf = self._buf
+        pos = self._pos
+        if pos == len(buf):
+            self._buf = data
+            self._scan = 0
+        else:
+            self._buf = buf[pos:] + data if pos else buf + data
+            self._scan = max(0, self._scan - pos)
+        self._pos = 0
 
     @property
     def received_any(self) -> bool:
@@ -327,7 +339,11 @@ class ClientConnection:
     @property
     def idle(self) -> bool:
         """Whether no request has been started since the last cycle."""
-        return self._read is _Read.IDLE and self._send is _Send.IDLE and not self._buf
+        return (
+            self._read is _Read.IDLE
+            and self._send is _Send.IDLE
+            and self._pos == len(self._buf)
+        )
 
     @property
     def reusable(self) -> bool:
@@ -336,7 +352,7 @@ class ClientConnection:
             self._read is _Read.DONE
             and self._send is _Send.DONE
             and self._keep_alive
-            and not self._buf
+            and self._pos == len(self._buf)
             and not self._eof
         )
 
@@ -350,23 +366,22 @@ class ClientConnection:
     def next_event(self) -> Event:
         """The next response event, or :data:`NEED_DATA`."""
         state = self._read
-        if state is _Read.LENGTH or state is _Read.CHUNK_DATA:
-            return self._read_counted(state)
+        if state is _Read.LENGTH:
+            return self._read_length()
+        if state is _Read.CHUNK_DATA or state is _Read.CHUNK_SIZE or state is _Read.CHUNK_CRLF:
+            return self._read_chunked(state)
         if state is _Read.HEAD:
             return self._read_head()
         if state is _Read.END:
             self._read = _Read.DONE
             return Ended(trailers=_NO_TRAILERS)
-        if state is _Read.CHUNK_SIZE:
-            return self._read_chunk_size()
-        if state is _Read.CHUNK_CRLF:
-            return self._read_chunk_crlf()
         if state is _Read.TRAILERS:
             return self._read_trailers()
         if state is _Read.CLOSE:
-            if self._buf:
-                data = self._buf
+            if self._pos < len(self._buf):
+                data = self._buf[self._pos :] if self._pos else self._buf
                 self._buf = b""
+                self._pos = 0
                 return Data(data=data)
             if self._eof:
                 self._read = _Read.DONE
@@ -388,27 +403,29 @@ class ClientConnection:
     def _read_head(self) -> Event:
         while True:
             buf = self._buf
-            end = buf.find(b"\r\n\r\n", self._scan)
+            pos = self._pos
+            end = buf.find(b"\r\n\r\n", max(pos, self._scan))
             if end < 0:
+                size = len(buf) - pos
                 # Fail fast on garbage instead of waiting for a blank line that may
                 # never come.
-                if not buf.startswith(b"HTTP/"[: len(buf)]):
+                if not buf.startswith(b"HTTP/"[:size], pos):
                     raise self._fail("invalid status line from upstream")
-                if len(buf) > self._max_head:
+                if size > self._max_head:
                     raise self._fail("response head too large")
                 if self._eof:
-                    if not buf:
+                    if not size:
                         raise self._fail(
                             "upstream closed the connection without a response",
                             no_response=not self._received_any,
                         )
                     raise self._fail("upstream closed the connection within the response head")
-                self._scan = max(0, len(buf) - 3)
+                self._scan = max(pos, len(buf) - 3)
                 return NEED_DATA
-            if end > self._max_head:
+            if end - pos > self._max_head:
                 raise self._fail("response head too large")
-            block = buf[:end]
-            self._buf = buf[end + 4 :]
+            block = buf[pos:end]
+            self._advance(end + 4)
             self._scan = 0
             head = self._parse_head(block)
             if head is not None:
@@ -500,76 +517,105 @@ class ClientConnection:
             has_body=has_body,
         )
 
-    def _read_counted(self, state: _Read) -> Event:
+    def _advance(self, pos: int) -> None:
+        """Mark ``_buf[:pos]`` consumed, dropping the buffer once all of it is."""
+        if pos >= len(self._buf):
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._pos = pos
+
+    def _read_length(self) -> Event:
         buf = self._buf
-        if not buf:
+        pos = self._pos
+        available = len(buf) - pos
+        if not available:
             if self._eof:
                 raise self._fail("upstream closed the connection within the response body")
             return NEED_DATA
         remaining = self._remaining
-        if len(buf) <= remaining:
-            data = buf
+        if available <= remaining:
+            data = buf[pos:] if pos else buf
             self._buf = b""
-            remaining -= len(buf)
+            self._pos = 0
+            remaining -= available
         else:
-            data = buf[:remaining]
-            self._buf = buf[remaining:]
+            data = buf[pos : pos + remaining]
+            self._pos = pos + remaining
             remaining = 0
         self._remaining = remaining
         if not remaining:
-            self._read = _Read.END if state is _Read.LENGTH else _Read.CHUNK_CRLF
+            self._read = _Read.END
         return Data(data=data)
 
-    def _read_chunk_size(self) -> Event:
+    def _read_chunked(self, state: _Read) -> Event:
+        """Decode as many chunks as the buffer holds into one :class:`Data`."""
         buf = self._buf
-        end = buf.find(b"\r\n", 0, MAX_CHUNK_LINE)
-        if end < 0:
-            if len(buf) >= MAX_CHUNK_LINE:
-                raise self._fail("chunk-size line too long")
-            if self._eof:
-                raise self._fail("upstream closed the connection within the response body")
-            return NEED_DATA
-        line = buf[:end]
-        self._buf = buf[end + 2 :]
-        size = line.split(b";", 1)[0].rstrip(b" \t")
-        if _CHUNK_SIZE.fullmatch(size) is None or line.translate(None, _FIELD_BYTES):
-            raise self._fail("invalid chunk-size line from upstream")
-        self._remaining = int(size, 16)
-        if self._remaining:
-            self._read = _Read.CHUNK_DATA
-            return self._read_counted(_Read.CHUNK_DATA)
-        self._read = _Read.TRAILERS
-        return self._read_trailers()
-
-    def _read_chunk_crlf(self) -> Event:
-        buf = self._buf
-        if len(buf) < 2:
-            if buf not in (b"", b"\r"):
-                raise self._fail("chunk not followed by CRLF")
-            if self._eof:
-                raise self._fail("upstream closed the connection within the response body")
-            return NEED_DATA
-        if buf[:2] != b"\r\n":
-            raise self._fail("chunk not followed by CRLF")
-        self._buf = buf[2:]
-        self._read = _Read.CHUNK_SIZE
-        return self._read_chunk_size()
+        pos = self._pos
+        end_of_buf = len(buf)
+        pieces: list[bytes] = []
+        while True:
+            if state is _Read.CHUNK_DATA:
+                take = min(end_of_buf - pos, self._remaining)
+                if not take:
+                    break
+                pieces.append(buf if take == end_of_buf else buf[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    break
+                state = _Read.CHUNK_CRLF
+            elif state is _Read.CHUNK_CRLF:
+                if end_of_buf - pos < 2:
+                    if pos < end_of_buf and buf[pos] != 13:
+                        raise self._fail("chunk not followed by CRLF")
+                    break
+                if not buf.startswith(b"\r\n", pos):
+                    raise self._fail("chunk not followed by CRLF")
+                pos += 2
+                state = _Read.CHUNK_SIZE
+            else:
+                end = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                if end < 0:
+                    if end_of_buf - pos >= MAX_CHUNK_LINE:
+                        raise self._fail("chunk-size line too long")
+                    break
+                line = buf[pos:end]
+                pos = end + 2
+                size = line.split(b";", 1)[0].rstrip(b" \t")
+                if _CHUNK_SIZE.fullmatch(size) is None or line.translate(None, _FIELD_BYTES):
+                    raise self._fail("invalid chunk-size line from upstream")
+                self._remaining = int(size, 16)
+                if not self._remaining:
+                    state = _Read.TRAILERS
+                    break
+                state = _Read.CHUNK_DATA
+        self._read = state
+        self._advance(pos)
+        if pieces:
+            return Data(data=pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if state is _Read.TRAILERS:
+            return self._read_trailers()
+        if self._eof:
+            raise self._fail("upstream closed the connection within the response body")
+        return NEED_DATA
 
     def _read_trailers(self) -> Event:
         buf = self._buf
-        if buf.startswith(b"\r\n"):
-            self._buf = buf[2:]
+        pos = self._pos
+        if buf.startswith(b"\r\n", pos):
+            self._advance(pos + 2)
             self._read = _Read.DONE
             return Ended(trailers=_NO_TRAILERS)
-        end = buf.find(b"\r\n\r\n")
+        end = buf.find(b"\r\n\r\n", pos)
         if end < 0:
-            if len(buf) > self._max_head:
+            if len(buf) - pos > self._max_head:
                 raise self._fail("response trailers too large")
             if self._eof:
                 raise self._fail("upstream closed the connection within the trailers")
             return NEED_DATA
-        block = buf[:end]
-        self._buf = buf[end + 4 :]
+        block = buf[pos:end]
+        self._advance(end + 4)
         trailers = self._header_lines(block, "trailers")
         self._read = _Read.DONE
         return Ended(trailers=trailers)

@@ -181,6 +181,19 @@ class ResponseParsingTests(SynchronousTestCase):
         self.assertEqual(trailers, [(b"grpc-status", b"0")])
         self.assertTrue(conn.reusable)
 
+    def test_small_chunks_coalesce(self) -> None:
+        """Many chunks that arrive in one read come out as one Data event."""
+        conn = started()
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(b"line %d;" % i), b"line %d;" % i)
+                          for i in range(1000))
+        events = feed(
+            conn,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+        )
+        self.assertEqual([type(e) for e in events], [ResponseHead, Data, Ended])
+        self.assertEqual(merged(events)[1], b"".join(b"line %d;" % i for i in range(1000)))
+        self.assertTrue(conn.reusable)
+
     def test_interim_responses_skipped(self) -> None:
         """100 Continue and 103 Early Hints are skipped; the final response follows."""
         events = feed(
