@@ -774,6 +774,8 @@ class GrpcConnectionPool:
             self._pending_connects.remove(attempt)
             if connection.ready or connection.lost:
                 self._connecting -= 1
+                if connection.lost and not connection.ready and not self._closing:
+                    self._connect_failed("connection lost during the handshake")
                 return
             # Connected is not enough: the connection is ready when the server's
             # SETTINGS arrived, all within the connect timeout.
