@@ -25,7 +25,13 @@ from types import FrameType
 from typing import Final
 
 from rig.checks import CheckFailed, check
-from rig.processes import Server, cpu_seconds, pinned
+from rig.processes import (
+    Server,
+    cpu_seconds,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    pinned,
+)
 from rig.report import HEADER, Run, Summary, summarize, table_rows
 from rig.rows import ROW_NAMES, Rig, Row, eventgw_unavailable, make_backends, make_rows
 from rig.setup import BENCH_DIR, REPO_DIR, build_backend, make_certificate
@@ -134,6 +140,10 @@ class Bench:
         self.results: dict[tuple[str, str], list[Run]] = {}
         self.notes: dict[tuple[str, str], str] = {}
         self.rows: list[Row] = []
+        self.bodies: Bodies | None = None
+        # CPU seconds that processes outside the rig used while runs were measured.
+        self.foreign_cpu_s = 0.0
+        self.measured_s = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -160,6 +170,7 @@ class Bench:
         )
 
     def start(self, rig: Rig) -> None:
+        self.bodies = Bodies.write(rig.out / "bodies")
         backends = make_backends(rig)
         self.rows = make_rows(rig, backends, self.args.rows)
         for server in backends.servers:
@@ -196,12 +207,13 @@ class Bench:
             ports = {name: port for name, port in asdict(row.endpoints).items() if port}
             pids = ", ".join(str(pid) for pid in row.pids()) if row.measured else "-"
             log(f"{row.name}: {row.unavailable or ports} pid {pids}")
+        log(f"request bodies for h2load -d: {self.bodies}")
         log("holding; Ctrl-C stops everything")
         while True:
             time.sleep(3600)
 
     def measure(self, rig: Rig) -> None:
-        bodies = Bodies.write(rig.out / "bodies")
+        assert self.bodies is not None, "start() first"
         for workload in (w for w in WORKLOADS if w.name in self.args.workloads):
             rows = self._checked_rows(workload, rig)
             for repeat in range(self.args.repeats):
@@ -212,7 +224,7 @@ class Bench:
                     if not self._fits_budget(workload):
                         self.notes[key] = "skipped: time budget"
                         continue
-                    self._run(workload, row, bodies, rig, repeat)
+                    self._run(workload, row, self.bodies, rig, repeat)
 
     def _checked_rows(self, workload: Workload, rig: Rig) -> list[Row]:
         ready = []
@@ -245,21 +257,32 @@ class Bench:
         command = replace(command, argv=pinned(rig.side_cpus, command.argv))
         time.sleep(PAUSE_S)
         before = cpu_seconds(row.pids()) if row.measured else None
+        rig_before = self._rig_cpu_seconds()
+        machine_before = machine_busy_seconds()
         try:
             load = run_load(command, run_seconds(workload, self.args.duration))
         except LoadError as error:
             self.notes[key] = "load generator failed"
             log(f"{workload.name} / {row.name}: {error}")
             return
+        foreign = (machine_busy_seconds() - machine_before) - (
+            self._rig_cpu_seconds() - rig_before
+        )
         cpu = cpu_seconds(row.pids()) - before if before is not None else None
         if not all(server.alive() for server in row.servers):
             row.unavailable = "proxy died (see log)"
             self.notes[key] = row.unavailable
             return
-        self.results.setdefault(key, []).append(Run(load, cpu))
+        self.results.setdefault(key, []).append(Run(load, cpu, max(foreign, 0.0)))
+        self.foreign_cpu_s += max(foreign, 0.0)
+        self.measured_s += load.seconds
         cpu_text = "" if cpu is None else f", proxy CPU {cpu:.2f} s"
         log(f"{workload.name} / {row.name} #{repeat + 1}: {load.requests / load.seconds:,.0f}/s, "
             f"{load.errors} errors{cpu_text}")
+
+    def _rig_cpu_seconds(self) -> float:
+        """CPU time of everything the rig runs: servers, load generators, itself."""
+        return cpu_seconds(server.pid for server in self.servers) + own_cpu_seconds()
 
     def table(self) -> str:
         lines = [HEADER]
@@ -276,7 +299,8 @@ class Bench:
 
     def write(self, table: str, rig: Rig) -> Path:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%MZ")
-        text = results_markdown(table, rig, self.args, stamp, self.elapsed())
+        foreign = self.foreign_cpu_s / self.measured_s if self.measured_s else 0.0
+        text = results_markdown(table, rig, self.args, stamp, self.elapsed(), foreign)
         out = self.args.out
         (out / f"results-{stamp}.md").write_text(text)
         (out / "RESULTS.md").write_text(text)
@@ -317,7 +341,7 @@ def machine_description(rig: Rig) -> list[str]:
 
 
 def results_markdown(
-    table: str, rig: Rig, args: Options, stamp: str, elapsed: float
+    table: str, rig: Rig, args: Options, stamp: str, elapsed: float, foreign: float
 ) -> str:
     return "\n".join([
         "# eventgw benchmark results",
@@ -327,6 +351,8 @@ def results_markdown(
         "proxy CPU is utime+stime of the proxy and its workers, from /proc.",
         "",
         *machine_description(rig),
+        f"- other processes on the machine used {foreign:.2f} CPUs on average while runs "
+        "were measured (0 on a quiet machine; more means noisier figures)",
         "",
         table,
         "",
@@ -356,6 +382,9 @@ def main(argv: list[str]) -> int:
     table = bench.table()
     path = bench.write(table, rig)
     print(table)
+    if bench.measured_s:
+        log(f"other processes used {bench.foreign_cpu_s / bench.measured_s:.2f} CPUs on "
+            "average during the runs")
     log(f"{bench.elapsed():.0f} s in all; results in {path}")
     return 0
 

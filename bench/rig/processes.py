@@ -7,6 +7,7 @@ group (its workers included) and nothing else on the machine.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -171,3 +172,19 @@ def cpu_seconds(roots: Iterable[int]) -> float:
                 # Fields 14-17 of /proc/PID/stat; the slice starts at field 3.
                 ticks += sum(int(value) for value in fields[11:15])
     return ticks / _CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs spent busy (not idle or waiting for I/O) since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    assert fields[0] == "cpu"
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the load generators)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime

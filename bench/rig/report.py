@@ -13,6 +13,8 @@ from rig.workloads import LoadResult, Workload
 class Run:
     load: LoadResult
     cpu_s: float | None  # the proxy's CPU time during the run; None without a proxy
+    # CPU time used during the run by processes outside the rig (noise on the machine).
+    foreign_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

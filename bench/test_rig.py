@@ -1,0 +1,234 @@
+# -*- test-case-name: test_rig -*-
+"""Tests of the benchmark rig's own logic: parsers, request bodies, commands, report.
+
+Run with ``.venv/bin/python -m pytest bench/test_rig.py`` (or trial on this file).
+The rig itself (servers, load) is exercised by running ``bench/run``.
+"""
+
+# trial's assertions carry no type hints.
+# mypy: disable-error-code="no-untyped-call"
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rig.processes import cpu_seconds, process_tree
+from rig.report import Run, summarize, table_rows
+from rig.rows import Endpoints, Row
+from rig.setup import BENCH_DIR, fill_template
+from rig.workloads import (
+    WORKLOADS,
+    Bodies,
+    LoadError,
+    LoadResult,
+    build_command,
+    grpc_frame,
+    parse_h2load,
+    parse_wrk,
+    publish_request,
+    stream_request,
+    unary_message,
+)
+
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:50111/api/small
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     0.87ms    1.65ms   9.33ms   85.69%
+    Req/Sec    46.24k    10.31k   59.98k    54.55%
+  Latency Distribution
+     50%   45.00us
+     75%    0.93ms
+     90%    3.37ms
+     99%    7.07ms
+  50581 requests in 1.10s, 8.49MB read
+Requests/sec:  45984.52
+Transfer/sec:      7.72MB
+"""
+
+H2LOAD_OUTPUT = """\
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+
+finished in 1.00s, 17624.00 req/s, 835.08KB/s
+requests: 17624 total, 17626 started, 17624 done, 17620 succeeded, 4 failed, 0 errored, 0 timeout
+status codes: 17620 2xx, 0 3xx, 0 4xx, 4 5xx
+traffic: 835.08KB (855123) total, 51.71KB (52947) headers (space savings 96.29%), \
+172.11KB (176240) data
+                     min         max         mean         sd        +/- sd
+time for request:       22us      5.27ms       106us        95us    98.19%
+"""
+
+
+def _workload(name: str):  # type: ignore[no-untyped-def]
+    return next(workload for workload in WORKLOADS if workload.name == name)
+
+
+class ParserTests(SynchronousTestCase):
+    def test_wrk_counts_and_percentiles(self) -> None:
+        """wrk's request count, duration and 50th/99th percentiles are read in ms."""
+        result = parse_wrk(WRK_OUTPUT)
+        self.assertEqual((result.requests, result.errors), (50581, 0))
+        self.assertAlmostEqual(result.seconds, 1.10)
+        self.assertAlmostEqual(result.p50_ms or 0, 0.045)
+        self.assertAlmostEqual(result.p99_ms or 0, 7.07)
+
+    def test_wrk_errors_are_not_successes(self) -> None:
+        """Non-2xx responses leave the request count and, with socket errors, count as errors."""
+        output = WRK_OUTPUT.replace(
+            "Requests/sec:",
+            "  Socket errors: connect 0, read 2, write 0, timeout 1\n"
+            "  Non-2xx or 3xx responses: 81\nRequests/sec:",
+        )
+        result = parse_wrk(output)
+        self.assertEqual((result.requests, result.errors), (50500, 84))
+
+    def test_h2load_counts_2xx_and_reads_log_percentiles(self) -> None:
+        """Only 2xx count as done; failures and 5xx are errors; percentiles come from the log."""
+        log = "".join(f"1795869002226170\t200\t{us}\n" for us in range(1, 1001))
+        log += "1795869002226170\t503\t999999\n"
+        result = parse_h2load(H2LOAD_OUTPUT, log)
+        self.assertEqual(result.requests, 17620)
+        self.assertEqual(result.errors, 8)
+        self.assertEqual(result.data_bytes, 176240)
+        self.assertEqual(result.protocol, "h2c")
+        self.assertAlmostEqual(result.p50_ms or 0, 0.5005)
+        self.assertAlmostEqual(result.p99_ms or 0, 0.99001)
+
+    def test_unexpected_output_is_an_error(self) -> None:
+        """Output the parsers do not recognise raises LoadError instead of guessing."""
+        self.assertRaises(LoadError, parse_wrk, "unable to connect to 127.0.0.1:1\n")
+        self.assertRaises(LoadError, parse_h2load, "", "")
+
+
+class BodyTests(SynchronousTestCase):
+    def test_unary_message_is_100_bytes_framed(self) -> None:
+        """The unary request is a 100-byte message behind gRPC's 5-byte prefix."""
+        self.assertEqual(len(unary_message()), 100)
+        self.assertEqual(grpc_frame(b"abc"), b"\x00\x00\x00\x00\x03abc")
+
+    def test_stream_request(self) -> None:
+        """StreamRequest asks for 256 messages of 16 KiB (fields 1 and 2, varints)."""
+        self.assertEqual(stream_request(), b"\x08\x80\x02\x10\x80\x80\x01")
+
+    def test_publish_request_matches_the_gateway_contract(self) -> None:
+        """The hand-written PublishRequest parses with the gateway's generated code."""
+        try:
+            from eventgw._proto.eventbroker.v1 import eventbroker_pb2
+        except ImportError as error:  # pragma: no cover - the tree always has it
+            self.fail(f"the gateway's generated broker code is missing: {error}")
+        request = eventbroker_pb2.PublishRequest.FromString(publish_request())
+        self.assertEqual(request.event.id, "bench-0001")
+        self.assertEqual(request.event.spec_version, "1.0")
+        self.assertEqual(request.event.type, "com.example.bench.measured")
+        self.assertTrue(request.event.text_data.startswith("{"))
+
+
+class CommandTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(directory)], check=True))
+        self.bodies = Bodies.write(directory)
+        self.log = directory / "h2load.log"
+
+    def test_wrk_command(self) -> None:
+        """HTTP/1.1 throughput runs are wrk with latency percentiles for whole seconds."""
+        row = Row("nginx", Endpoints(http_tls=8443))
+        command = build_command(_workload("h1-small-tls"), row, 2, self.bodies, self.log)
+        self.assertEqual(command.tool, "wrk")
+        self.assertEqual(command.argv, ["wrk", "-t1", "-c16", "-d2s", "--latency",
+                                        "https://127.0.0.1:8443/api/small"])
+
+    def test_fixed_rate_uses_a_request_count(self) -> None:
+        """Fixed-rate runs send 100 req/s on each of 5 connections, for at least 4 s."""
+        row = Row("nginx", Endpoints(grpc_tls=8443))
+        argv = build_command(_workload("lat-grpc-tls"), row, 2, self.bodies, self.log).argv
+        self.assertNotIn("-D", argv)
+        self.assertEqual(argv[argv.index("--rps") + 1], "100")
+        self.assertEqual(argv[argv.index("-n") + 1], "2000")
+        self.assertIn("content-type: application/grpc", argv)
+        self.assertIn("te: trailers", argv)
+
+    def test_direct_events_publish_to_the_broker(self) -> None:
+        """Without an /events endpoint the direct row calls the broker's Publish over h2c."""
+        row = Row("direct", Endpoints(broker_h2c=5000))
+        argv = build_command(_workload("events-tls"), row, 2, self.bodies, self.log).argv
+        self.assertEqual(argv[-1], "http://127.0.0.1:5000/eventbroker.v1.EventBroker/Publish")
+        self.assertNotIn("--h1", argv)
+        self.assertEqual(argv[argv.index("-d") + 1], str(self.bodies.publish))
+
+
+class ReportTests(SynchronousTestCase):
+    def _measured(self, requests: int, cpu: float | None, p99: float = 1.0) -> Run:
+        return Run(LoadResult(requests, 0, 2.0, requests * 100, 0.5, p99), cpu)
+
+    def test_medians_and_cpu_per_thousand(self) -> None:
+        """Each column is the median over runs; CPU is ms per 1,000 requests."""
+        summary = summarize(_workload("h1-small-tls"), [
+            self._measured(1000, 0.5, p99=3.0), self._measured(2000, 0.4, p99=1.0),
+            self._measured(4000, 0.4, p99=2.0),
+        ])
+        self.assertEqual(summary.throughput, 1000.0)
+        self.assertEqual(summary.cpu, 200.0)
+        self.assertEqual(summary.p99_ms, 2.0)
+
+    def test_streaming_cpu_is_seconds_per_gb(self) -> None:
+        """For streaming, throughput is MB/s of DATA and CPU is seconds per GB."""
+        summary = summarize(_workload("grpc-stream-tls"), [self._measured(10_000, 2.0)])
+        self.assertEqual(summary.throughput, 0.5)
+        self.assertEqual(summary.cpu, 2000.0)
+
+    def test_ratios_to_nginx_and_notes(self) -> None:
+        """Rows are compared with the nginx row; notes stand in for unmeasured rows."""
+        workload = _workload("h1-small-tls")
+        summaries = {"nginx": summarize(workload, [self._measured(2000, 0.05)]),
+                     "eventgw": summarize(workload, [self._measured(1000, 0.1)])}
+        lines = table_rows(workload, summaries, {"twisted-rp": "check failed"},
+                           ["nginx", "twisted-rp", "eventgw"])
+        self.assertEqual(len(lines), 3)
+        self.assertIn("| 4.00x | 0.50x |", lines[2])
+        self.assertIn("| twisted-rp | check failed |", lines[1])
+
+
+class TemplateTests(SynchronousTestCase):
+    def test_every_placeholder_must_be_filled(self) -> None:
+        """A placeholder without a value is an error; @{...} in a comment is left alone."""
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(directory)], check=True))
+        template = directory / "t.conf"
+        template.write_text("# fills @{...}\nlisten @{port};\nroot @{www};\n")
+        filled = fill_template(template, directory / "out.conf", port=1, www="/w")
+        self.assertEqual(filled.read_text(), "# fills @{...}\nlisten 1;\nroot /w;\n")
+        self.assertRaises(ValueError, fill_template, template, directory / "x", port=1)
+
+    def test_gateway_template_is_valid_configuration(self) -> None:
+        """The eventgw rows' template, filled in, is a configuration the gateway accepts."""
+        from eventgw.config import load_config
+
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(directory)], check=True))
+        filled = fill_template(
+            BENCH_DIR / "conf" / "gateway.yaml", directory / "gateway.yaml",
+            tls_port=9001, clear_port=9080, cert="c.pem", key="k.pem",
+            api_port=8080, grpc_port=50051, broker_port=50052,
+        )
+        config = load_config(filled.read_text())
+        self.assertEqual(config.listen.cleartext, 9080)
+        self.assertTrue(config.access_log)
+
+
+class CpuTests(SynchronousTestCase):
+    def test_tree_includes_children(self) -> None:
+        """A child process belongs to its parent's tree, and CPU time is read from /proc."""
+        child = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        self.assertIn(child.pid, process_tree(os.getpid()))
+        self.assertGreater(cpu_seconds([os.getpid()]), 0.0)
