@@ -18,6 +18,7 @@ grpcio future, which sends RST_STREAM (CANCELLED) to the broker.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -45,6 +46,7 @@ __all__ = [
 FORWARDED_HEADERS: Final = (b"traceparent", b"tracestate", b"x-request-id")
 # Metadata values are single header lines; anything longer is not a trace header.
 _MAX_FORWARDED_VALUE: Final = 1024
+_PRINTABLE: Final = re.compile(r"[\x20-\x7e]+")
 # A dead broker connection is noticed within a minute even when no call is running.
 _KEEPALIVE_MS: Final = 30_000
 # The broker's answers are small (ids); a larger one is a broken broker, not data.
@@ -93,7 +95,11 @@ def call_metadata(headers: Headers) -> tuple[list[tuple[str, str]], str]:
     for name, value in headers:
         if name in FORWARDED_HEADERS and len(value) <= _MAX_FORWARDED_VALUE:
             text = value.decode("latin-1").strip()
-            if not text or any(key == name.decode() for key, _ in metadata):
+            # gRPC metadata values are printable ASCII (gRPC over HTTP/2 spec); grpcio
+            # fails the whole call (INTERNAL) on anything else, so such a value is dropped.
+            if not text or not _PRINTABLE.fullmatch(text):
+                continue
+            if any(key == name.decode() for key, _ in metadata):
                 continue
             if name == b"x-request-id":
                 request_id = text
@@ -180,11 +186,16 @@ class BrokerClient:
             return self._async.create_future(  # type: ignore[no-any-return]
                 error=BrokerCallFailed(GrpcStatus.UNAVAILABLE, "event broker client closed")
             )
-        future = self._callable(route).future(
-            request,
-            timeout=self.deadline if timeout is None else timeout,
-            metadata=tuple(metadata),
-        )
+        try:
+            future = self._callable(route).future(
+                request,
+                timeout=self.deadline if timeout is None else timeout,
+                metadata=tuple(metadata),
+            )
+        except Exception as e:  # grpcio refused to start the call (e.g. closed channel)
+            return self._async.create_future(  # type: ignore[no-any-return]
+                error=BrokerCallFailed(GrpcStatus.INTERNAL, f"cannot start the call: {e}")
+            )
         deferred: Deferred[Message] = self._async.create_future(
             canceller=lambda _d: future.cancel()
         )

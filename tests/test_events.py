@@ -354,6 +354,17 @@ class HeaderTests(EventsTestCase):
         self.assertNotIn("authorization", metadata)
 
     @defer.inlineCallbacks
+    def test_unusable_trace_values_dropped(self) -> Any:
+        """Values gRPC metadata cannot carry are not forwarded; the event still goes."""
+        trace = [(b"traceparent", "caf\xe9".encode("latin-1")), (b"x-request-id", b"a\tb")]
+        writer = yield exchange(self.endpoint, binary_headers(extra=trace), b"{}")
+        self.assertEqual(writer.status, 202)
+        self.assertNotIn("traceparent", self.broker.metadata[0])
+        self.assertNotEqual(self.broker.metadata[0]["x-request-id"], "a\tb")
+        self.assertEqual(writer.header(b"x-request-id"),
+                         str(self.broker.metadata[0]["x-request-id"]).encode())
+
+    @defer.inlineCallbacks
     def test_request_id_generated(self) -> Any:
         """Without x-request-id one is made, sent to the broker and returned, errors too."""
         writer = yield exchange(self.endpoint, binary_headers(), b"{}")
