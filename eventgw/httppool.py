@@ -400,6 +400,14 @@ class UpstreamPool:
         self._connect_for_waiters()
         return waiter
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection, if one is waiting: :meth:`acquire` without a Deferred."""
+        if self._idle and not self._closed:
+            conn = self._idle.pop()
+            conn.reused = True
+            return conn
+        return None
+
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose request is over (completely or not)."""
         conn.sink = None

@@ -104,6 +104,7 @@ class ApiProxy:
         self.pool = pool if pool is not None else UpstreamPool(upstream, reactor=reactor)
         self.max_body = limits.max_request_body
         self.response_timeout = upstream.response_timeout
+        self.deadlines = _Deadlines(reactor, upstream.response_timeout)
         default_port = 443 if upstream.scheme == "https" else 80
         host = upstream.host
         if ":" in host:
@@ -127,7 +128,61 @@ class ApiProxy:
 
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (in-flight requests are cut)."""
-        return self.pool.close()
+        closed = self.pool.close()
+        self.deadlines.stop()
+        return closed
+
+
+class _Deadlines:
+    """The response timeouts of all exchanges of one proxy, checked by one timer.
+
+    A ``callLater`` plus ``cancel`` per request would cost more than the rest of the
+    bookkeeping; instead exchanges stamp their last activity and a single timer,
+    running while any exchange is watched, times out those idle for ``timeout``
+    seconds.  A timeout fires up to one tick late (a tenth of it, at most a second).
+
+    Invariant: ``_call`` is pending whenever ``_watched`` is not empty.
+    """
+
+    def __init__(self, reactor: Reactor, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._tick = min(1.0, timeout / 10)
+        self._watched: dict[ApiExchange, None] = {}
+        self._call: IDelayedCall | None = None
+        self._stopped = False
+
+    def watch(self, exchange: ApiExchange) -> None:
+        self._watched[exchange] = None
+        if self._call is None and not self._stopped:
+            self._call = self._reactor.callLater(self._tick, self._check)
+
+    def unwatch(self, exchange: ApiExchange) -> None:
+        self._watched.pop(exchange, None)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _check(self) -> None:
+        self._call = None
+        now = self._reactor.seconds()
+        limit = now - self._timeout
+        expired = []
+        for exchange in self._watched:
+            if exchange.held_by_client:
+                exchange.touch()
+            elif exchange.idle_since <= limit:
+                expired.append(exchange)
+        for exchange in expired:
+            self._watched.pop(exchange, None)
+            exchange.timed_out()
+        # Keep ticking while anything is watched; stop when idle (a later watch()
+        # starts it again).
+        if self._watched and not self._stopped:
+            self._call = self._reactor.callLater(self._tick, self._check)
 
 
 class ApiExchange:
@@ -156,9 +211,9 @@ class ApiExchange:
         "_pending_size",
         "_proxy",
         "_retried",
-        "_timer",
         "_trailers",
         "_upstream_headers",
+        "_watched",
         "head",
         "writer",
     )
@@ -180,14 +235,20 @@ class ApiExchange:
         self._client_paused = False
         self._paused_for_pending = False
         self._paused_for_upstream = False
-        self._timer: IDelayedCall | None = None
+        self._watched = False
         self._activity = 0.0
         self._upstream_headers: Headers | None = None
         self._acquiring: defer.Deferred[UpstreamConnection] | None = None
         # The response timeout also bounds the wait for a pooled connection.
         self._touch()
         self._start_timer()
-        self._acquire(fresh=False)
+        conn = proxy.pool.take_idle()
+        if conn is not None:
+            # The common case, without a Deferred: a warm connection is waiting.
+            self._acquiring = None
+            self._connected(conn)
+        else:
+            self._acquire(fresh=False)
 
     # --- getting a connection ------------------------------------------------------
 
@@ -239,7 +300,6 @@ class ApiExchange:
             for part in parts:
                 conn.write(part)
         self._touch()
-        self._start_timer()
         if self._paused_for_pending:
             self._paused_for_pending = False
             if not conn.write_paused:
@@ -364,7 +424,6 @@ class ApiExchange:
             # as we used it.  Nothing was answered and nothing non-repeatable was sent.
             self._retried = True
             self._conn = None
-            self._cancel_timer()
             self._proxy.pool.discard(conn)
             self._acquire(fresh=True)
             return
@@ -392,32 +451,33 @@ class ApiExchange:
         self._activity = self._proxy.reactor.seconds()
 
     def _start_timer(self) -> None:
-        if self._timer is None:
-            self._timer = self._proxy.reactor.callLater(
-                self._proxy.response_timeout, self._timer_fired
-            )
+        self._watched = True
+        self._proxy.deadlines.watch(self)
 
     def _cancel_timer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        if self._watched:
+            self._watched = False
+            self._proxy.deadlines.unwatch(self)
 
-    def _timer_fired(self) -> None:
-        # One timer per exchange, moved forward lazily: activity only stamps a time.
-        self._timer = None
-        if self._finished:
-            return
-        timeout = self._proxy.response_timeout
-        if self._client_paused:
-            self._touch()
-        waited = self._proxy.reactor.seconds() - self._activity
-        if waited < timeout:
-            self._timer = self._proxy.reactor.callLater(timeout - waited, self._timer_fired)
-            return
+    def timed_out(self) -> None:
+        """The response timeout passed without activity (called by the deadlines)."""
+        self._watched = False
         error = UpstreamTimeout("the upstream did not answer in time")
         self._fail(error.http_status, error.message)
+
+    @property
+    def idle_since(self) -> float:
+        """``reactor.seconds()`` of the last upstream activity (the timeout's start)."""
+        return self._activity
+
+    @property
+    def held_by_client(self) -> bool:
+        """Whether the client paused the response (no timeout runs meanwhile)."""
+        return self._client_paused
+
+    def touch(self) -> None:
+        """Restart the inactivity clock."""
+        self._touch()
 
     # --- endings ---------------------------------------------------------------------
 

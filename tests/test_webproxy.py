@@ -664,6 +664,20 @@ class StreamingTests(ProxyTestCase):
         expected = hashlib.sha256(bytes(range(256)) * 256 * 160).hexdigest()
         self.assertEqual(hashlib.sha256(writer.body).hexdigest(), expected)
 
+    async def test_paused_client_does_not_time_out(self) -> None:
+        """While the client holds the response back, the response timeout stands still."""
+        api = self.proxy(upstream_for(self.port.getHost().port, response_timeout=0.2))
+        writer = RecordingWriter()
+        api.start_exchange(make_head(target=b"/api/big"), writer)
+        await wait_for(lambda: writer.producer is not None)
+        assert writer.producer is not None
+        writer.producer.pause_producing()
+        await sleep(0.6)
+        self.assertIsNone(writer.aborted)
+        writer.producer.resume_producing()
+        await wait_for(finished(writer))
+        self.assertEqual((writer.aborted, len(writer.body)), (None, 10 * MiB))
+
     async def test_large_upload_with_back_pressure(self) -> None:
         """A 10 MiB upload is fed only while the proxy lets it, pauses at least once,
         and arrives intact."""
