@@ -19,7 +19,10 @@ request bytes on it and hears back headers, DATA, trailers, resets and failures.
 * GOAWAY: in-flight streams the server accepted finish; the others are reset as
   REFUSED_STREAM (UNAVAILABLE for the client); new streams go to a new connection.
 * Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
-  no answer within another interval aborts the connection.
+  no answer within another interval aborts the connection.  gRPC servers with their
+  default ping policy answer the third PING on a connection without calls with
+  GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"); the pool then lets that idle
+  connection go and opens a new one on the next call.
 * Flow control: response DATA is acknowledged only when the relay says so
   (:meth:`UpstreamStream.acknowledge`); request bytes beyond the peer's window are
   queued on the stream and reported through :meth:`StreamListener.upstream_buffered`.
@@ -562,6 +565,8 @@ class _UpstreamConnection(TwistedProtocol):
 
 
 class _ConnectionFactory(Factory):
+    noisy = False  # one per connection: "Starting factory" lines would be noise
+
     def __init__(self, pool: GrpcConnectionPool, reactor: IReactorTime) -> None:
         self.pool = pool
         self.reactor = reactor
@@ -596,8 +601,10 @@ class GrpcConnectionPool:
         self.reactor = reactor
         self.config = config
         self.address = config.address
-        host = config.host if ":" not in config.host else f"[{config.host}]"
-        self.authority = f"{host}:{config.port}".encode("idna")
+        host = config.host.encode("idna") if ":" not in config.host else b"[%s]" % (
+            config.host.encode("ascii")
+        )
+        self.authority = b"%s:%d" % (host, config.port)
         self.scheme = b"https" if config.tls else b"http"
         self._connections: list[_UpstreamConnection] = []
         self._draining: list[_UpstreamConnection] = []
