@@ -50,6 +50,7 @@ from eventgw.transcode import (
     RouteMatch,
     RouteTable,
     build_request,
+    mapping_summary,
     path_of,
     query_of,
     response_body,
@@ -85,6 +86,8 @@ class EventsEndpoint:
         services: Sequence[ServiceDescriptor] = (EVENT_BROKER_SERVICE,),
     ) -> None:
         self.routes = RouteTable.from_services(services)
+        for route, grpc_path in mapping_summary(self.routes).items():
+            self.log.info("events route {route} -> {method}", route=route, method=grpc_path)
         self.client = None if broker is None else BrokerClient(broker, reactor=reactor)
         # CloudEvents intermediaries must pass events of 64 KiB, whatever the config says.
         self.max_event_size = max(limits.max_event_size, MIN_EVENT_SIZE)
@@ -121,11 +124,12 @@ class EventsEndpoint:
             send_error(writer, 503, reason, grpc_code=GrpcStatus.UNAVAILABLE, headers=extra)
             return StaticReply()
         if head.content_length is not None and head.content_length > self.max_event_size:
-            send_error(writer, 413, self._too_large_message(), headers=extra)
+            send_error(writer, 413, self.too_large_message(), headers=extra)
             return StaticReply()
         return EventExchange(self, head, writer, match, metadata, extra)
 
-    def _too_large_message(self) -> str:
+    def too_large_message(self) -> str:
+        """The 413 message, naming the limit."""
         return f"request body larger than the event size limit ({self.max_event_size} bytes)"
 
     def _webhook_handshake(
@@ -207,7 +211,7 @@ class EventExchange:
         self._size += len(data)
         if self._size > self._endpoint.max_event_size:
             self._chunks.clear()
-            self._fail(413, self._endpoint._too_large_message())
+            self._fail(413, self._endpoint.too_large_message())
             return
         self._chunks.append(data)
 

@@ -32,7 +32,6 @@ gRPC failures become ``google.rpc.Status`` JSON (:func:`status_body`), with the
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import json
 import re
@@ -66,7 +65,6 @@ __all__ = [
     "TemplateError",
     "UnsupportedMediaType",
     "build_request",
-    "decode_base64_header",
     "mapping_summary",
     "path_of",
     "query_of",
@@ -611,14 +609,6 @@ def status_details(details_bin: bytes | None) -> list[dict[str, Any]]:
 def status_body(code: int, message: str, details_bin: bytes | None = None) -> bytes:
     """The ``google.rpc.Status`` JSON for a failed call."""
     return error_body(code, message, status_details(details_bin))
-
-
-def decode_base64_header(value: bytes) -> bytes:
-    """A ``-bin`` metadata value as sent (unpadded base64 allowed)."""
-    try:
-        return base64.b64decode(value + b"=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        return b""
 
 
 def query_of(target: bytes) -> str:
