@@ -293,9 +293,10 @@ class ApiExchange:
             self._body_streamed = True
         self._pending = []
         self._pending_size = 0
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(data) <= _COALESCE_MAX or len(parts) == 1:
-            conn.write(data)
+        if len(parts) == 1:
+            conn.write(parts[0])
+        elif sum(map(len, parts)) <= _COALESCE_MAX:
+            conn.write(b"".join(parts))  # one write, one TLS record, one segment
         else:
             for part in parts:
                 conn.write(part)
@@ -425,6 +426,11 @@ class ApiExchange:
             self._retried = True
             self._conn = None
             self._proxy.pool.discard(conn)
+            if self._paused_for_upstream:
+                # That connection's send buffer no longer matters.
+                self._paused_for_upstream = False
+                if not self._paused_for_pending:
+                    self.writer.resume_request_body()
             self._acquire(fresh=True)
             return
         if isinstance(reason, GatewayError):
@@ -492,7 +498,7 @@ class ApiExchange:
         self.log.warn(
             "{method} {path} -> {status}: {reason}",
             method=self.head.method.decode("latin-1"),
-            path=self.head.target.decode("latin-1"),
+            path=self.head.path.decode("latin-1"),  # no query: it may hold secrets
             status=status,
             reason=message,
             upstream=self._proxy.upstream.url,

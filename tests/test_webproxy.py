@@ -502,6 +502,23 @@ class ScriptedUpstreamTests(ProxyTestCase):
         self.assertEqual(second.status, 502)
         self.assertEqual(factory.connections, 1)
 
+    async def test_early_response_before_body_end(self) -> None:
+        """An upstream that answers before the request body is complete has its answer
+        forwarded; the rest of the body is dropped and the connection is not reused."""
+        api, _ = self.scripted([
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope"
+        ])
+        head = make_head(b"POST", content_length=1000, body_expected=True)
+        writer = RecordingWriter()
+        handler = api.start_exchange(head, writer)
+        handler.body_received(b"x" * 100)
+        await wait_for(finished(writer))
+        self.assertEqual((writer.status, bytes(writer.body)), (401, b"nope"))
+        handler.body_received(b"x" * 900)
+        handler.body_ended([])
+        await wait_for(lambda: api.pool.open_count == 0)
+        self.assertEqual(api.pool.idle_count, 0)
+
     async def test_close_delimited_response(self) -> None:
         """A response without framing runs until the upstream closes; it is streamed
         back complete and the connection is not pooled."""
