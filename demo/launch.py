@@ -55,8 +55,8 @@ Try (in another terminal, from {root}):
        -d '[{{"specversion": "1.0", "id": "e-3", "source": "/demo", "type": "t"}}, {{"specversion": "1.0", "id": "e-4", "source": "/demo", "type": "t"}}]'
 
   # gRPC through the gateway, over TLS and over h2c
-  .venv/bin/python -m demo.client --target localhost:{tls} --tls
-  .venv/bin/python -m demo.client --target localhost:{cleartext}
+  .venv/bin/python -m demo.masterapi.grpc_client --target localhost:{tls} --ca-file run/dev-cert/gateway-dev.pem
+  .venv/bin/python -m demo.masterapi.grpc_client --target 127.0.0.1:{cleartext}
 
 Ctrl-C stops the gateway and the demo services.
 """
