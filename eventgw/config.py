@@ -291,7 +291,10 @@ def load_config(text: str, source: str = "<string>") -> GatewayConfig:
     api_raw = _mapping(top.get("master_api"), "master_api")
     _check_keys(
         api_raw,
-        {"http", "grpc", "ca_file", "connect_timeout", "response_timeout", "max_connections"},
+        {
+            "http", "grpc", "ca_file", "connect_timeout", "response_timeout", "max_connections",
+            "grpc_connections", "keepalive_interval",
+        },
         "master_api",
     )
     ca_file = None if api_raw.get("ca_file") is None else _string(
@@ -321,6 +324,12 @@ def load_config(text: str, source: str = "<string>") -> GatewayConfig:
             address=f"{host}:{port}",
             ca_file=ca_file,
             connect_timeout=connect_timeout,
+            max_connections=_positive_int(
+                api_raw.get("grpc_connections", 4), "master_api.grpc_connections"
+            ),
+            keepalive_interval=_seconds(
+                api_raw.get("keepalive_interval", 30.0), "master_api.keepalive_interval"
+            ),
         )
     if api_http is None and api_grpc is None:
         raise ConfigError(

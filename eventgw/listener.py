@@ -48,6 +48,14 @@ class ProtocolSniffer(Protocol):
 
     def connectionMade(self) -> None:
         self.gateway_factory.connections.add(self)
+        # Responses are written whole per reactor turn; Nagle would only hold back the
+        # last small segment (a gRPC trailer frame, an HTTP/1.1 tail) for a delayed ACK.
+        transport = self.transport
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is None:  # TLS: the TCP transport is one level down
+            set_no_delay = getattr(getattr(transport, "transport", None), "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         # A client that connects and says nothing is dropped after the header timeout.
         self._timer = self.gateway_factory.reactor.callLater(
             self.gateway_factory.limits.header_timeout, self._silent

@@ -65,6 +65,15 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.grpc_deny, ("/eventbroker.",))
         self.assertGreaterEqual(config.limits.max_event_size, MIN_EVENT_SIZE)
 
+    def test_grpc_pool_keys(self) -> None:
+        """The gRPC upstream pool size and keepalive are configurable."""
+        config = load_config(
+            "master_api: {grpc: '127.0.0.1:1', grpc_connections: 2, keepalive_interval: 5}"
+        )
+        assert config.master_api_grpc is not None
+        self.assertEqual(config.master_api_grpc.max_connections, 2)
+        self.assertEqual(config.master_api_grpc.keepalive_interval, 5.0)
+
     def test_grpcs(self) -> None:
         """grpcs:// selects TLS towards the gRPC upstream."""
         config = load_config("master_api: {grpc: 'grpcs://api.internal:443'}")
