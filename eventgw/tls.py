@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 
 from eventgw.errors import ConfigError
@@ -109,21 +109,17 @@ def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOpti
     except ValueError:
         raise ConfigError("tls.cert", f"{cert_path} holds no PEM certificate") from None
     try:
-        private_key = crypto.PKey.from_cryptography_key(
-            serialization.load_pem_private_key(key_pem, password=None)  # type: ignore[arg-type]
-        )
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         raise ConfigError("tls.key", f"{key_path} holds no unencrypted PEM private key") from None
-    leaf = ssl.Certificate.loadPEM(chain[0].public_bytes(serialization.Encoding.PEM))
-    extra = [
-        ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)).original
-        for c in chain[1:]
-    ]
     try:
+        # pyOpenSSL takes cryptography's objects directly (its own X509/PKey wrappers
+        # are deprecated); CertificateOptions hands them through unchanged, though its
+        # annotations still name the old types.
         options = ssl.CertificateOptions(
-            privateKey=private_key,
-            certificate=leaf.original,
-            extraCertChain=extra,
+            privateKey=private_key,  # type: ignore[arg-type]
+            certificate=chain[0],  # type: ignore[arg-type]
+            extraCertChain=chain[1:],  # type: ignore[arg-type]
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             acceptableProtocols=ALPN_PROTOCOLS,
         )
