@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from typing import Final
 
 from rig.checks import CheckFailed, check
 from rig.processes import (
+    RunLock,
     Server,
     cpu_seconds,
     machine_busy_seconds,
@@ -77,6 +79,7 @@ class Options:
     budget: float
     eventgw_config: Path
     hold: bool
+    wait: float
     out: Path
 
 
@@ -99,6 +102,10 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--hold", action="store_true",
                         help="start the backends and rows, print their ports and wait for "
                         "Ctrl-C instead of measuring (for profiling by hand)")
+    parser.add_argument("--wait", type=float, default=600.0,
+                        help="seconds to wait for a benchmark that is already running "
+                        "(one at a time: they would measure each other); 0 fails at once "
+                        "(default 600)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out",
                         help="where logs and results go (default bench/out)")
     args = parser.parse_args(argv)
@@ -112,6 +119,7 @@ def parse_args(argv: list[str]) -> Options:
         budget=args.budget,
         eventgw_config=args.eventgw_config.resolve(),
         hold=args.hold,
+        wait=args.wait,
         out=args.out.resolve(),
     )
 
@@ -128,14 +136,35 @@ def cpu_layout() -> tuple[str, str, str]:
     return proxy, side, workers
 
 
+# Run directories (logs, configs, certificates) kept under bench/out/runs/.
+KEPT_RUN_DIRS: Final = 5
+
+
+def new_run_dir(out: Path) -> Path:
+    """A fresh directory for this run's files; ``out/run`` points at the latest one."""
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(runs.iterdir())[:-KEPT_RUN_DIRS]:
+        shutil.rmtree(old, ignore_errors=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    run_dir = runs / f"{stamp}-{os.getpid()}"
+    run_dir.mkdir()
+    latest = out / "run"
+    if latest.is_symlink() or not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(run_dir.relative_to(out))
+    return run_dir
+
+
 class Bench:
     """One benchmark run: owns every process it starts and stops them all at the end."""
 
-    def __init__(self, args: Options) -> None:
+    def __init__(self, args: Options, waited_s: float) -> None:
         self.args = args
-        # bench/run exports when it started, so installing and building count too.
+        # bench/run exports when it started, so installing and building count too;
+        # waiting for another run to finish does not.
         already = time.time() - float(os.environ.get("EVENTGW_BENCH_STARTED", time.time()))
-        self.started = time.monotonic() - max(already, 0.0)
+        self.started = time.monotonic() - max(already - waited_s, 0.0)
         self.servers: list[Server] = []
         self.results: dict[tuple[str, str], list[Run]] = {}
         self.notes: dict[tuple[str, str], str] = {}
@@ -154,9 +183,7 @@ class Bench:
             raise SystemExit(f"missing tools: {', '.join(missing)} (bench/run installs them)")
         log("building the gRPC C++ backend ...")
         grpc_backend = build_backend()
-        run_dir = self.args.out / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        run_dir = new_run_dir(self.args.out)
         proxy, side, workers = cpu_layout()
         return Rig(
             out=run_dir,
@@ -225,6 +252,16 @@ class Bench:
                         self.notes[key] = "skipped: time budget"
                         continue
                     self._run(workload, row, self.bodies, rig, repeat)
+            # A proxy that still answers, but wrongly, after the load is worth knowing of.
+            for row in rows:
+                key = (workload.name, row.name)
+                if key in self.notes or key not in self.results:
+                    continue
+                try:
+                    check(workload, row, rig.cert)
+                except CheckFailed as error:
+                    self.notes[key] = "check after load failed"
+                    log(f"{workload.name} / {row.name}: check after load failed: {error}")
 
     def _checked_rows(self, workload: Workload, rig: Rig) -> list[Row]:
         ready = []
@@ -294,7 +331,7 @@ class Bench:
             }
             notes = {row: note for (name, row), note in self.notes.items()
                      if name == workload.name}
-            lines += table_rows(workload, summaries, notes, order)
+            lines += table_rows(workload, summaries, notes, order, self.args.repeats)
         return "\n".join(lines)
 
     def write(self, table: str, rig: Rig) -> Path:
@@ -359,14 +396,36 @@ def results_markdown(
     ])
 
 
+def acquire(lock: RunLock, wait_s: float) -> float:
+    """Take the run lock, waiting up to ``wait_s`` for another run; return the seconds waited."""
+    started = time.monotonic()
+    if lock.try_acquire():
+        return 0.0
+    log(f"waiting up to {wait_s:.0f} s for the benchmark that is running ({lock.holder()})")
+    while not lock.try_acquire():
+        if time.monotonic() - started > wait_s:
+            raise SystemExit(f"another benchmark is still running ({lock.holder()})")
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    bench = Bench(args)
+    lock = RunLock(args.out / ".lock")
+    try:
+        return measure_and_report(args, acquire(lock, args.wait))
+    finally:
+        lock.release()
+
+
+def measure_and_report(args: Options, waited_s: float) -> int:
+    bench = Bench(args, waited_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    failed = False
     rig = bench.prepare()
     try:
         bench.start(rig)
@@ -377,6 +436,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         return 130
+    except Exception:
+        # Report what was measured before the rig itself failed.
+        log("the rig failed; stopping everything:\n" + traceback.format_exc())
+        failed = True
     finally:
         bench.stop()
     table = bench.table()
@@ -386,7 +449,7 @@ def main(argv: list[str]) -> int:
         log(f"other processes used {bench.foreign_cpu_s / bench.measured_s:.2f} CPUs on "
             "average during the runs")
     log(f"{bench.elapsed():.0f} s in all; results in {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

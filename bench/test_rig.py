@@ -191,10 +191,18 @@ class ReportTests(SynchronousTestCase):
         summaries = {"nginx": summarize(workload, [self._measured(2000, 0.05)]),
                      "eventgw": summarize(workload, [self._measured(1000, 0.1)])}
         lines = table_rows(workload, summaries, {"twisted-rp": "check failed"},
-                           ["nginx", "twisted-rp", "eventgw"])
+                           ["nginx", "twisted-rp", "eventgw"], repeats=1)
         self.assertEqual(len(lines), 3)
         self.assertIn("| 4.00x | 0.50x |", lines[2])
         self.assertIn("| twisted-rp | check failed |", lines[1])
+
+    def test_partial_cells_say_so(self) -> None:
+        """A cell with fewer runs than asked shows its medians, the count and why."""
+        workload = _workload("h1-small-tls")
+        summaries = {"eventgw": summarize(workload, [self._measured(1000, 0.1)])}
+        [line] = table_rows(workload, summaries, {"eventgw": "skipped: time budget"},
+                            ["eventgw"], repeats=3)
+        self.assertIn("500 req/s (1 of 3 runs; skipped: time budget)", line)
 
 
 class TemplateTests(SynchronousTestCase):

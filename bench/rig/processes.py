@@ -6,11 +6,13 @@ group (its workers included) and nothing else on the machine.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -188,3 +190,34 @@ def own_cpu_seconds() -> float:
         resource.RUSAGE_CHILDREN
     )
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+class RunLock:
+    """One benchmark at a time: two runs on the same CPUs would each measure the other.
+
+    ``flock`` on a file under ``bench/out``; the kernel drops it if the holder dies.
+    The file names the holder, so a second run can say whom it waits for.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a+")
+
+    def holder(self) -> str:
+        self._file.seek(0)
+        return self._file.read().strip() or "another run"
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
+        self._file.flush()
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()

@@ -83,21 +83,32 @@ def table_rows(
     summaries: dict[str, Summary],
     notes: dict[str, str],
     row_order: Sequence[str],
+    repeats: int,
 ) -> list[str]:
-    """Markdown lines for one workload: a measured line or a note per row."""
+    """Markdown lines for one workload: a measured line or a note per row.
+
+    A cell with fewer runs than asked for (a later run failed, or the time budget ran
+    out) shows its medians with the count and the note.
+    """
     lines = []
     nginx = summaries.get("nginx")
     for row in row_order:
-        if row in notes:
-            lines.append(f"| {workload.name} | {row} | {notes[row]} | | | | | |")
-            continue
         if row not in summaries:
+            if row in notes:
+                lines.append(f"| {workload.name} | {row} | {notes[row]} | | | | | |")
             continue
         s = summaries[row]
         digits = 2 if workload.unit == "MB" else 0
         throughput = f"{_number(s.throughput)} {_THROUGHPUT_UNIT[workload.unit]}"
+        remarks = []
+        if s.runs < repeats:
+            remarks.append(f"{s.runs} of {repeats} runs")
+        if row in notes:
+            remarks.append(notes[row])
         if s.errors:
-            throughput += f" ({s.errors} errors)"
+            remarks.append(f"{s.errors} errors")
+        if remarks:
+            throughput += f" ({'; '.join(remarks)})"
         cpu = "—" if s.cpu is None else f"{_number(s.cpu, digits)} {_CPU_UNIT[workload.unit]}"
         lines.append(
             f"| {workload.name} | {row} | {throughput} | {_number(s.p50_ms, 2)} "

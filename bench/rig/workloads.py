@@ -255,7 +255,11 @@ def run_load(command: Command, duration: int) -> LoadResult:
     if command.tool == "wrk":
         return parse_wrk(done.stdout)
     assert command.log_file is not None
-    return parse_h2load(done.stdout, command.log_file.read_text())
+    try:
+        log = command.log_file.read_text()
+    except OSError as error:
+        raise LoadError(f"h2load wrote no per-request log: {error}") from error
+    return parse_h2load(done.stdout, log)
 
 
 _DURATION_UNITS: Final = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
