@@ -44,6 +44,8 @@ class EventsTestCase(TestCase):
 
     deadline = 5.0
     limits = Limits()
+    # Which broker client the endpoint uses; every test class runs with each (below).
+    client = "grpcio"
 
     def setUp(self) -> None:
         self.broker, self.target = start_broker(self)
@@ -53,6 +55,7 @@ class EventsTestCase(TestCase):
         upstream = None if target is None else BrokerUpstream(
             target=target, tls=False, deadline=kwargs.pop("deadline", self.deadline)
         )
+        kwargs.setdefault("client", self.client)
         endpoint = EventsEndpoint(upstream, kwargs.pop("limits", self.limits), **kwargs)
         self.addCleanup(endpoint.close)
         return endpoint
@@ -482,3 +485,24 @@ class ShutdownTests(EventsTestCase):
         yield self.endpoint.close()
         writer = yield pending
         self.assertEqual(writer.status, 202)
+
+
+def _with_h2_client(case: type[EventsTestCase]) -> type[EventsTestCase]:
+    """The same tests, with the endpoint calling the broker over eventgw's own HTTP/2
+    client (eventgw.grpc_unary) instead of grpcio."""
+    return type("H2" + case.__name__, (case,), {
+        "client": "h2",
+        "__doc__": f"{case.__doc__} (HTTP/2 broker client)",
+        "__module__": __name__,
+    })
+
+
+H2PublishTests = _with_h2_client(PublishTests)
+H2BadEventTests = _with_h2_client(BadEventTests)
+H2LimitTests = _with_h2_client(LimitTests)
+H2BrokerErrorTests = _with_h2_client(BrokerErrorTests)
+H2HeaderTests = _with_h2_client(HeaderTests)
+H2QueryTests = _with_h2_client(QueryTests)
+H2MethodTests = _with_h2_client(MethodTests)
+H2AnnotatedMethodTests = _with_h2_client(AnnotatedMethodTests)
+H2ShutdownTests = _with_h2_client(ShutdownTests)

@@ -1,0 +1,374 @@
+# -*- test-case-name: tests.test_events -*-
+"""Unary gRPC calls to the Event Broker over the gateway's own HTTP/2 connections.
+
+Shell module: Twisted (Deferreds, timers) and :mod:`eventgw.grpc_upstream` (the pooled
+``h2`` client connections the gRPC relay uses); no grpcio.
+
+The alternative to grpcio's client (:class:`eventgw.broker.BrokerClient`, selected with
+``client="h2"``): everything happens on the reactor thread, so there is no thread hop
+per call and no future to wrap.  One call is, per the gRPC over HTTP/2 spec
+(``PROTOCOL-HTTP2.md``):
+
+* request: HEADERS (``:method POST``, ``:scheme``, ``:path /pkg.Service/Method``,
+  ``:authority``, ``content-type: application/grpc``, ``te: trailers``,
+  ``grpc-timeout`` from the deadline, the forwarded metadata), then one DATA frame
+  holding the 5-byte length prefix and the serialized message, with END_STREAM;
+* response: HEADERS (``:status 200``, ``content-type: application/grpc...``), one
+  length-prefixed message in DATA, trailers with ``grpc-status``, ``grpc-message``
+  (percent-encoded) and ``grpc-status-details-bin`` (base64); or a trailers-only
+  response (one HEADERS with END_STREAM carrying the status).
+
+The deadline is sent as ``grpc-timeout`` and enforced here too: when it passes, the
+stream is reset (CANCEL) and the call fails with DEADLINE_EXCEEDED.  Cancelling the
+Deferred resets the stream (CANCEL).  A broker that cannot be reached, or a connection
+lost mid-call, is UNAVAILABLE; an HTTP/2 reset maps to a status as the spec's table says.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote
+
+from google.protobuf.message import DecodeError, Message
+from twisted.internet.defer import Deferred, fail, succeed
+
+from eventgw.broker import BrokerCallFailed
+from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
+from eventgw.errors import GrpcStatus
+from eventgw.exchange import Headers
+from eventgw.grpc_upstream import GrpcConnectionPool, UpstreamStream
+from eventgw.transcode import HttpRoute
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["H2BrokerClient", "grpc_timeout"]
+
+# The broker's answers are small (ids); a larger one is a broken broker, not data.
+MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
+# Streams to the broker share few connections: HTTP/2 multiplexes them, and each extra
+# connection costs the broker a thread of attention for nothing.
+DEFAULT_MAX_CONNECTIONS: Final = 2
+# A dead broker connection is noticed within a minute even when no call is running.
+KEEPALIVE_INTERVAL: Final = 30.0
+# Connecting never takes longer than this, whatever the deadline (which bounds it too).
+MAX_CONNECT_TIMEOUT: Final = 5.0
+
+# RFC 9113 error codes, and the gRPC status each means (PROTOCOL-HTTP2.md, "Errors").
+_CANCEL: Final = 0x8
+_RESET_STATUS: Final = {
+    0x7: GrpcStatus.UNAVAILABLE,  # REFUSED_STREAM: never processed, safe to retry
+    0x8: GrpcStatus.CANCELLED,  # CANCEL
+    0xB: GrpcStatus.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
+    0xC: GrpcStatus.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+}
+# HTTP status of a response without grpc-status -> gRPC status (http-grpc-status-mapping.md).
+_HTTP_STATUS: Final = {
+    b"400": GrpcStatus.INTERNAL,
+    b"401": GrpcStatus.UNAUTHENTICATED,
+    b"403": GrpcStatus.PERMISSION_DENIED,
+    b"404": GrpcStatus.UNIMPLEMENTED,
+    b"429": GrpcStatus.UNAVAILABLE,
+    b"502": GrpcStatus.UNAVAILABLE,
+    b"503": GrpcStatus.UNAVAILABLE,
+    b"504": GrpcStatus.UNAVAILABLE,
+}
+_CONTENT_TYPE: Final = b"application/grpc"
+# grpc-timeout: at most 8 digits (PROTOCOL-HTTP2.md), so milliseconds up to ~27 hours.
+_MAX_TIMEOUT_DIGITS: Final = 99_999_999
+
+
+def grpc_timeout(seconds: float) -> bytes:
+    """The ``grpc-timeout`` value for a deadline ``seconds`` away (rounded up)."""
+    millis = -(-int(seconds * 1_000_000) // 1000)
+    if millis <= _MAX_TIMEOUT_DIGITS:
+        return b"%dm" % max(millis, 1)
+    return b"%dS" % min(-(-millis // 1000), _MAX_TIMEOUT_DIGITS)
+
+
+def _frame(message: bytes) -> bytes:
+    # The gRPC length prefix: uncompressed (0), then the length as 4 bytes big-endian.
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class _UnaryCall:
+    """One call: a :class:`~eventgw.grpc_upstream.StreamListener` and a Deferred.
+
+    Invariant: the Deferred fires at most once; after it fired (or was cancelled),
+    the stream is closed or reset and every further report is ignored.
+    """
+
+    __slots__ = (
+        "_body",
+        "_done",
+        "_http_status",
+        "_response_class",
+        "_size",
+        "_timer",
+        "deferred",
+        "stream",
+    )
+
+    def __init__(self, response_class: type[Message]) -> None:
+        self._response_class = response_class
+        self._body: list[bytes] = []
+        self._size = 0
+        self._http_status = b""
+        self._done = False
+        self._timer: IDelayedCall | None = None
+        self.stream: UpstreamStream | None = None
+        self.deferred: Deferred[Message] = Deferred(self._cancel)
+
+    # -- the end of a call ---------------------------------------------------------
+
+    def _finish(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        return True
+
+    def _fail(self, code: int, details: str, details_bin: bytes | None = None,
+              trailers: list[tuple[str, str | bytes]] | None = None) -> None:
+        if self._finish():
+            self.deferred.errback(BrokerCallFailed(code, details, details_bin, trailers or ()))
+
+    def _reset(self, code: int, details: str) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.reset(_CANCEL)
+        self._fail(code, details)
+
+    def _cancel(self, _: Deferred[Message]) -> None:
+        # The caller gave up: reset the stream; Deferred.cancel fails with CancelledError.
+        if self._finish() and self.stream is not None:
+            self.stream.reset(_CANCEL)
+
+    def expired(self) -> None:
+        self._timer = None
+        self._reset(GrpcStatus.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    # -- StreamListener ------------------------------------------------------------
+
+    def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
+        status = b""
+        content_type = b""
+        for name, value in headers:
+            if name == b":status":
+                status = value
+            elif name == b"content-type":
+                content_type = value
+        self._http_status = status
+        if end_stream:
+            self._trailers(headers)  # trailers-only
+            return
+        if status != b"200":
+            return  # decided when the stream ends: grpc-status wins, else the HTTP status
+        if not content_type.startswith(_CONTENT_TYPE):
+            self._reset(GrpcStatus.UNKNOWN,
+                        f"the broker answered with content-type {content_type!r}")
+
+    def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
+        stream = self.stream
+        if stream is not None and flow_length:
+            stream.acknowledge(flow_length)
+        if self._done:
+            return
+        self._size += len(data)
+        if self._size > MAX_RESPONSE_BYTES + 5:
+            self._reset(GrpcStatus.RESOURCE_EXHAUSTED,
+                        f"response larger than {MAX_RESPONSE_BYTES} bytes")
+            return
+        self._body.append(data)
+        if end_stream:
+            self._trailers([])
+
+    def upstream_trailers(self, trailers: Headers) -> None:
+        self._trailers(trailers)
+
+    def upstream_reset(self, error_code: int) -> None:
+        code = _RESET_STATUS.get(error_code, GrpcStatus.INTERNAL)
+        self._fail(code, f"stream reset by the broker (HTTP/2 error code {error_code})")
+
+    def upstream_failed(self, reason: str) -> None:
+        self._fail(GrpcStatus.UNAVAILABLE, reason)
+
+    def upstream_buffered(self, queued: int) -> None:
+        pass  # one small message: nothing to hold back
+
+    # -- the answer ----------------------------------------------------------------
+
+    def _trailers(self, trailers: Headers) -> None:
+        if self._done:
+            return
+        status: bytes | None = None
+        message = b""
+        details_bin: bytes | None = None
+        metadata: list[tuple[str, str | bytes]] = []
+        for name, value in trailers:
+            if name == b"grpc-status":
+                status = value
+            elif name == b"grpc-message":
+                message = value
+            elif name == b"grpc-status-details-bin":
+                details_bin = _unbase64(value)
+            elif not name.startswith(b":"):
+                key = name.decode("latin-1")
+                if key.endswith("-bin"):
+                    decoded = _unbase64(value)
+                    if decoded is not None:
+                        metadata.append((key, decoded))
+                else:
+                    metadata.append((key, value.decode("latin-1")))
+        if status is None:
+            code = (
+                _HTTP_STATUS.get(self._http_status, GrpcStatus.UNKNOWN)
+                if self._http_status != b"200"
+                else GrpcStatus.INTERNAL
+            )
+            self._fail(code, f"the broker ended the call without a grpc-status "
+                             f"(HTTP status {self._http_status.decode('latin-1') or '-'})")
+            return
+        try:
+            number = int(status)
+        except ValueError:
+            number = GrpcStatus.UNKNOWN
+        if number != GrpcStatus.OK:
+            if details_bin is not None:
+                metadata.append(("grpc-status-details-bin", details_bin))
+            details = unquote(message.decode("latin-1"), errors="replace") if message else ""
+            self._fail(number, details, details_bin, metadata)
+            return
+        self._answer()
+
+    def _answer(self) -> None:
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._body = []
+        if len(body) < 5:
+            self._fail(GrpcStatus.INTERNAL, "the broker sent no response message")
+            return
+        if body[0] != 0:
+            self._fail(GrpcStatus.INTERNAL, "the broker sent a compressed message unasked")
+            return
+        length = int.from_bytes(body[1:5], "big")
+        if length != len(body) - 5:
+            self._fail(GrpcStatus.INTERNAL, "the broker's response is not one whole message")
+            return
+        try:
+            response = self._response_class.FromString(body[5:])
+        except DecodeError as e:
+            self._fail(GrpcStatus.INTERNAL, f"cannot parse the broker's response: {e}")
+            return
+        if self._finish():
+            self.deferred.callback(response)
+
+
+def _unbase64(value: bytes) -> bytes | None:
+    # Binary metadata is base64, padding optional (PROTOCOL-HTTP2.md).
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+class H2BrokerClient:
+    """Calls into one Event Broker over pooled HTTP/2 connections, on the reactor thread.
+
+    Same interface and invariant as :class:`eventgw.broker.BrokerClient`: every Deferred
+    returned by :meth:`call` fires exactly once, with the response message or a
+    :class:`~eventgw.broker.BrokerCallFailed` (``CancelledError`` when cancelled).
+    """
+
+    def __init__(
+        self,
+        upstream: BrokerUpstream,
+        *,
+        reactor: IReactorTime | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        self._reactor: IReactorTime = reactor
+        self.upstream = upstream
+        self.deadline = upstream.deadline
+        host, port, _ = parse_grpc_target(upstream.target, "event_broker.grpc")
+        self._pool = GrpcConnectionPool(
+            GrpcUpstream(
+                host=host,
+                port=port,
+                tls=upstream.tls,
+                address=upstream.target,
+                ca_file=upstream.ca_file,
+                connect_timeout=min(MAX_CONNECT_TIMEOUT, upstream.deadline),
+                max_connections=max_connections,
+                keepalive_interval=KEEPALIVE_INTERVAL,
+            ),
+            reactor=reactor,
+        )
+        prefix: Headers = [
+            (b":method", b"POST"),
+            (b":scheme", self._pool.scheme),
+        ]
+        self._prefix = prefix
+        self._suffix: Headers = [
+            (b":authority", self._pool.authority),
+            (b"content-type", _CONTENT_TYPE),
+            (b"te", b"trailers"),
+        ]
+        self._timeouts: dict[float, bytes] = {}
+        self._paths: dict[str, bytes] = {}
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        """The broker's address, as configured."""
+        return self.upstream.target
+
+    def call(
+        self,
+        route: HttpRoute,
+        request: Message,
+        metadata: Headers = [],  # noqa: B006 -- never mutated
+        *,
+        timeout: float | None = None,
+    ) -> Deferred[Message]:
+        """Start a unary call; the Deferred fires on the reactor thread."""
+        if self._closed:
+            return fail(BrokerCallFailed(GrpcStatus.UNAVAILABLE, "event broker client closed"))
+        seconds = self.deadline if timeout is None else timeout
+        encoded = self._timeouts.get(seconds)
+        if encoded is None:
+            encoded = self._timeouts[seconds] = grpc_timeout(seconds)
+        path = self._paths.get(route.grpc_path)
+        if path is None:
+            path = self._paths[route.grpc_path] = route.grpc_path.encode("ascii")
+        headers = [
+            *self._prefix,
+            (b":path", path),
+            *self._suffix,
+            (b"grpc-timeout", encoded),
+            *metadata,
+        ]
+        call = _UnaryCall(route.response_class)
+        call._timer = self._reactor.callLater(seconds, call.expired)
+        stream = self._pool.open_stream(headers, call)
+        if not call._done:
+            call.stream = stream
+            stream.send(_frame(request.SerializeToString()), end=True)
+        return call.deferred
+
+    def close(self) -> Deferred[None]:
+        """Close the connections (calls still running end as UNAVAILABLE)."""
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        return self._pool.close()
