@@ -4,9 +4,20 @@
 Shell module.  The supervisor binds the listening sockets itself (so a port in use is
 reported once, naming the key) and starts each worker as a *fresh* process -- a new
 ``twistd eventgw`` with the same options plus ``--adopt-fds`` -- never as a ``fork()``
-of itself: grpcio's channels and threads do not survive a fork.  Every worker adopts
-the same listening sockets (``IReactorSocket.adoptStreamPort``) and the kernel hands
-each new connection to one of them.  The supervisor never accepts a connection.
+of itself: grpcio's channels and threads do not survive a fork.  The supervisor never
+accepts a connection.
+
+Each worker gets listening sockets of its own, all bound to the same ports with
+``SO_REUSEPORT``, so the kernel spreads new connections evenly over the workers (by a
+hash of the client's address and port).  One socket shared by every worker would not:
+the first worker to wake up accepts every connection waiting, and a burst of new
+connections (a load balancer's pool, a benchmark) can all land on one worker while
+the others idle.  The port-in-use check is a plain bind (without ``SO_REUSEPORT``)
+before the workers' sockets are made, so a port some other server listens on is still
+refused.  A worker's sockets live as long as the worker: when it dies they are closed
+(connections still queued on them are reset, new ones go to the live workers) and its
+replacement gets new ones.  Without ``SO_REUSEPORT`` (not Linux/BSD) all workers share
+one socket per port.
 
 A worker that dies is started again after a back-off.  SIGTERM to the supervisor
 (``stopService``) is passed to every worker, which drains its connections and exits;
@@ -29,7 +40,7 @@ from twisted.python.failure import Failure
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
 
-__all__ = ["WorkerSupervisor", "bind_listening_socket"]
+__all__ = ["REUSE_PORT", "WorkerSupervisor", "bind_listening_socket", "check_port_free"]
 
 # Restart back-off: a worker that crashes at start must not spin the CPU.
 RESTART_DELAY_MIN: Final = 0.5
@@ -44,12 +55,23 @@ CHILD_FD_TLS: Final = 3
 CHILD_FD_CLEARTEXT: Final = 4
 
 
-def bind_listening_socket(interface: str, port: int, key: str) -> socket.socket:
-    """A listening TCP socket, or a ConfigError naming ``key`` (port in use...)."""
+# Whether each worker can have sockets of its own on the shared ports.
+REUSE_PORT: Final = hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_listening_socket(
+    interface: str, port: int, key: str, *, reuse_port: bool = False
+) -> socket.socket:
+    """A listening TCP socket, or a ConfigError naming ``key`` (port in use...).
+
+    With ``reuse_port`` the socket joins the ``SO_REUSEPORT`` group of the port.
+    """
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((interface, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
@@ -57,6 +79,19 @@ def bind_listening_socket(interface: str, port: int, key: str) -> socket.socket:
         raise ConfigError(key, f"cannot listen on {interface}:{port}: {e.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def check_port_free(interface: str, port: int, key: str) -> int:
+    """Bind (without listening) a plain socket to see whether ``port`` is free; the
+    port number (the one chosen, for port 0), or a ConfigError naming ``key``."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
+        except OSError as e:
+            raise ConfigError(key, f"cannot listen on {interface}:{port}: {e.strerror}") from None
+        return int(probe.getsockname()[1])
 
 
 class _WorkerProcess(protocol.ProcessProtocol):
@@ -79,7 +114,14 @@ class WorkerSupervisor(service.Service):
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, worker_args: list[str], reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        worker_args: list[str],
+        reactor: Any = None,
+        *,
+        reuse_port: bool = REUSE_PORT,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -87,7 +129,13 @@ class WorkerSupervisor(service.Service):
         self.config = config
         self.worker_args = worker_args
         self.reactor = reactor
+        self.reuse_port = reuse_port
+        # The sockets every worker shares (without reuse_port).
         self.sockets: list[socket.socket] = []
+        # (key, port) of each listening port, TLS first.
+        self._listen: list[tuple[str, int]] = []
+        # With reuse_port: each worker's own sockets, by worker index.
+        self.worker_sockets: dict[int, list[socket.socket]] = {}
         self.processes: dict[int, _WorkerProcess] = {}
         self._delays: dict[int, float] = {}
         self._pending: dict[int, Any] = {}
@@ -95,41 +143,84 @@ class WorkerSupervisor(service.Service):
     def bind(self) -> None:
         """Bind the listening sockets (ConfigError naming the key on failure)."""
         listen = self.config.listen
-        self.sockets.append(bind_listening_socket(listen.interface, listen.tls, "listen.tls"))
+        wanted = [("listen.tls", listen.tls)]
         if listen.cleartext is not None:
+            wanted.append(("listen.cleartext", listen.cleartext))
+        if not self.reuse_port:
+            sockets: list[socket.socket] = []
             try:
-                self.sockets.append(
-                    bind_listening_socket(listen.interface, listen.cleartext, "listen.cleartext")
-                )
+                for key, port in wanted:
+                    sockets.append(bind_listening_socket(listen.interface, port, key))
             except ConfigError:
-                self.sockets[0].close()
-                self.sockets = []
+                for sock in sockets:
+                    sock.close()
                 raise
+            self.sockets = sockets
+            self._listen = [(key, int(s.getsockname()[1])) for (key, _), s in zip(
+                wanted, sockets, strict=True)]
+            return
+        self._listen = [
+            (key, check_port_free(listen.interface, port, key)) for key, port in wanted
+        ]
+        self._worker_sockets(0)  # the first worker's now: any bind error shows at start
+
+    def _worker_sockets(self, index: int) -> list[socket.socket]:
+        """Worker ``index``'s sockets: its own with reuse_port, else the shared ones."""
+        if not self.reuse_port:
+            return self.sockets
+        sockets = self.worker_sockets.get(index)
+        if sockets is not None:
+            return sockets
+        sockets = []
+        try:
+            for key, port in self._listen:
+                sockets.append(bind_listening_socket(
+                    self.config.listen.interface, port, key, reuse_port=True
+                ))
+        except ConfigError:
+            for sock in sockets:
+                sock.close()
+            raise
+        self.worker_sockets[index] = sockets
+        return sockets
+
+    def _close_worker_sockets(self, index: int) -> None:
+        for sock in self.worker_sockets.pop(index, []):
+            sock.close()
 
     @property
     def ports(self) -> list[int]:
-        return [int(s.getsockname()[1]) for s in self.sockets]
+        return [port for _, port in self._listen]
 
     def startService(self) -> None:
-        if not self.sockets:
+        if not self._listen:
             self.bind()
         service.Service.startService(self)
         self.log.info(
-            "eventgw supervisor: {workers} worker processes sharing {interface} ports {ports}",
+            "eventgw supervisor: {workers} worker processes sharing {interface} ports "
+            "{ports} ({how})",
             workers=self.config.workers,
             interface=self.config.listen.interface,
             ports=self.ports,
+            how="SO_REUSEPORT, a socket per worker" if self.reuse_port else "shared sockets",
         )
         for index in range(self.config.workers):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
         self._pending.pop(index, None)
+        try:
+            sockets = self._worker_sockets(index)
+        except ConfigError as e:
+            # Someone else took the port between two workers' lives: try again later.
+            self.log.error("worker {index}: {error}", index=index, error=str(e))
+            self._schedule_restart(index, lived=0.0)
+            return
         fds = [str(CHILD_FD_TLS)]
-        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, CHILD_FD_TLS: self.sockets[0].fileno()}
-        if len(self.sockets) > 1:
+        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, CHILD_FD_TLS: sockets[0].fileno()}
+        if len(sockets) > 1:
             fds.append(str(CHILD_FD_CLEARTEXT))
-            child_fds[CHILD_FD_CLEARTEXT] = self.sockets[1].fileno()
+            child_fds[CHILD_FD_CLEARTEXT] = sockets[1].fileno()
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "eventgw", *self.worker_args,
@@ -144,20 +235,26 @@ class WorkerSupervisor(service.Service):
     def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         if self.processes.get(worker.index) is worker:
             del self.processes[worker.index]
+            if self.reuse_port:
+                # Its queue would hold new connections until a restart; closed, the
+                # kernel sends them to the live workers meanwhile.
+                self._close_worker_sockets(worker.index)
         if not self.running:
             return
-        lived = self.reactor.seconds() - worker.started_at
-        delay = self._delays.get(worker.index, RESTART_DELAY_MIN)
-        if lived >= HEALTHY_AFTER_SECONDS:
-            delay = RESTART_DELAY_MIN
-        self._delays[worker.index] = min(delay * 2, RESTART_DELAY_MAX)
         self.log.warn(
-            "worker {index} exited ({reason}); starting it again in {delay:.1f}s",
+            "worker {index} exited ({reason})",
             index=worker.index,
             reason=reason.getErrorMessage(),
-            delay=delay,
         )
-        self._pending[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+        self._schedule_restart(worker.index, self.reactor.seconds() - worker.started_at)
+
+    def _schedule_restart(self, index: int, lived: float) -> None:
+        delay = self._delays.get(index, RESTART_DELAY_MIN)
+        if lived >= HEALTHY_AFTER_SECONDS:
+            delay = RESTART_DELAY_MIN
+        self._delays[index] = min(delay * 2, RESTART_DELAY_MAX)
+        self.log.info("starting worker {index} again in {delay:.1f}s", index=index, delay=delay)
+        self._pending[index] = self.reactor.callLater(delay, self._spawn, index)
 
     def signal_workers(self, signum: int) -> None:
         for worker in self.processes.values():
@@ -181,6 +278,8 @@ class WorkerSupervisor(service.Service):
         yield defer.DeferredList(ended)
         if killer.active():
             killer.cancel()
+        for index in list(self.worker_sockets):
+            self._close_worker_sockets(index)
         for sock in self.sockets:
             sock.close()
         self.sockets = []
