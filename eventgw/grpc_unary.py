@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
 from google.protobuf.message import DecodeError, Message
+from hpack import NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred, fail, succeed
 
 from eventgw.broker import BrokerCallFailed
@@ -103,6 +104,7 @@ class _UnaryCall:
     __slots__ = (
         "_body",
         "_done",
+        "_expiring",
         "_http_status",
         "_response_class",
         "_size",
@@ -111,8 +113,10 @@ class _UnaryCall:
         "stream",
     )
 
-    def __init__(self, response_class: type[Message]) -> None:
+    def __init__(self, response_class: type[Message], expiring: dict[_UnaryCall, float]
+                 ) -> None:
         self._response_class = response_class
+        self._expiring = expiring
         self._body: list[bytes] = []
         self._size = 0
         self._http_status = b""
@@ -128,7 +132,9 @@ class _UnaryCall:
             return False
         self._done = True
         timer = self._timer
-        if timer is not None:
+        if timer is None:
+            self._expiring.pop(self, None)
+        else:
             self._timer = None
             if timer.active():
                 timer.cancel()
@@ -152,6 +158,7 @@ class _UnaryCall:
 
     def expired(self) -> None:
         self._timer = None
+        self._expiring.pop(self, None)
         self._reset(GrpcStatus.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     # -- StreamListener ------------------------------------------------------------
@@ -324,8 +331,14 @@ class H2BrokerClient:
             (b"content-type", _CONTENT_TYPE),
             (b"te", b"trailers"),
         ]
-        self._timeouts: dict[float, bytes] = {}
+        self._timeout = grpc_timeout(self.deadline)
         self._paths: dict[str, bytes] = {}
+        # Calls with the default deadline, in the order they started -- which is the
+        # order they expire in -- with their expiry time.  One timer serves them all
+        # (a callLater per call, and its cancel, cost more than the rest of the
+        # bookkeeping); calls with their own timeout get their own timer.
+        self._expiring: dict[_UnaryCall, float] = {}
+        self._sweep: IDelayedCall | None = None
         self._closed = False
 
     @property
@@ -344,10 +357,6 @@ class H2BrokerClient:
         """Start a unary call; the Deferred fires on the reactor thread."""
         if self._closed:
             return fail(BrokerCallFailed(GrpcStatus.UNAVAILABLE, "event broker client closed"))
-        seconds = self.deadline if timeout is None else timeout
-        encoded = self._timeouts.get(seconds)
-        if encoded is None:
-            encoded = self._timeouts[seconds] = grpc_timeout(seconds)
         path = self._paths.get(route.grpc_path)
         if path is None:
             path = self._paths[route.grpc_path] = route.grpc_path.encode("ascii")
@@ -355,20 +364,47 @@ class H2BrokerClient:
             *self._prefix,
             (b":path", path),
             *self._suffix,
-            (b"grpc-timeout", encoded),
-            *metadata,
+            (b"grpc-timeout", self._timeout if timeout is None else grpc_timeout(timeout)),
+            # Per-request values (request ids, trace ids) never repeat: adding them to
+            # the HPACK dynamic table would only evict the entries that do.
+            *[NeverIndexedHeaderTuple(name, value) for name, value in metadata],
         ]
-        call = _UnaryCall(route.response_class)
-        call._timer = self._reactor.callLater(seconds, call.expired)
+        call = _UnaryCall(route.response_class, self._expiring)
+        if timeout is None:
+            self._expiring[call] = self._reactor.seconds() + self.deadline
+            if self._sweep is None:
+                self._sweep = self._reactor.callLater(self.deadline, self._expire)
+        else:
+            call._timer = self._reactor.callLater(timeout, call.expired)
         stream = self._pool.open_stream(headers, call)
         if not call._done:
             call.stream = stream
             stream.send(_frame(request.SerializeToString()), end=True)
         return call.deferred
 
+    def _expire(self) -> None:
+        self._sweep = None
+        now = self._reactor.seconds()
+        expiring = self._expiring
+        while expiring:
+            call, expiry = next(iter(expiring.items()))
+            if expiry > now:
+                self._sweep = self._reactor.callLater(expiry - now, self._expire)
+                return
+            call.expired()  # removes it from expiring
+
     def close(self) -> Deferred[None]:
         """Close the connections (calls still running end as UNAVAILABLE)."""
         if self._closed:
             return succeed(None)
         self._closed = True
-        return self._pool.close()
+        closed = self._pool.close()
+
+        def stop_sweeping(result: None) -> None:
+            # Every call has ended with its connection by now.
+            sweep, self._sweep = self._sweep, None
+            if sweep is not None and sweep.active():
+                sweep.cancel()
+            return result
+
+        return closed.addBoth(stop_sweeping)

@@ -572,13 +572,48 @@ def response_body(route: HttpRoute, response: Message) -> bytes:
     Fields without presence are printed even when empty (``{"ids":[]}``), so clients
     see the full shape of the answer.
     """
+    if not route.response_field:
+        fields = _string_fields(route.response_class)
+        if fields is not None:
+            # The broker's answers (ids): the same JSON as json_format's, built directly.
+            return _JSON.encode({
+                json_name: list(getattr(response, name)) if repeated
+                else getattr(response, name)
+                for name, json_name, repeated in fields
+            }).encode() + b"\n"
     document: Any = json_format.MessageToDict(
         response, always_print_fields_with_no_presence=True
     )
     if route.response_field:
         json_name = route.method.output_type.fields_by_name[route.response_field].json_name
         document = document.get(json_name)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _JSON.encode(document).encode() + b"\n"
+
+
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_StringFields = tuple[tuple[str, str, bool], ...]
+_STRING_FIELDS: dict[type[Message], _StringFields | None] = {}
+
+
+def _string_fields(message_class: type[Message]) -> _StringFields | None:
+    """``(name, json_name, repeated)`` of each field when every field is a string
+    without presence (singular proto3 or repeated), else ``None``; cached per class."""
+    try:
+        return _STRING_FIELDS[message_class]
+    except KeyError:
+        pass
+    descriptor = cast(Descriptor, message_class.DESCRIPTOR)
+    fields: _StringFields | None = tuple(
+        (f.name, f.json_name, _is_repeated(f)) for f in descriptor.fields
+    )
+    for f in descriptor.fields:
+        if f.type != FieldDescriptor.TYPE_STRING or (
+            not _is_repeated(f) and f.has_presence
+        ):
+            fields = None
+            break
+    _STRING_FIELDS[message_class] = fields
+    return fields
 
 
 def status_details(details_bin: bytes | None) -> list[dict[str, Any]]:

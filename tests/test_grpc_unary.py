@@ -230,6 +230,30 @@ class H2BrokerClientTests(TestCase):
         self.assertEqual(error.code, GrpcStatus.DEADLINE_EXCEEDED)
 
     @defer.inlineCallbacks
+    def test_default_deadline_for_each_call(self) -> Any:
+        """Calls started at different times under the default deadline all end with
+        DEADLINE_EXCEEDED (one timer serves them in turn)."""
+        from twisted.internet import reactor, task
+
+        self.server.answer = None
+        self.client.deadline = 0.2
+        first = self.failure_of()
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        second = self.failure_of()
+        errors = yield defer.gatherResults([first, second])
+        self.assertEqual([e.code for e in errors], [GrpcStatus.DEADLINE_EXCEEDED] * 2)
+
+    @defer.inlineCallbacks
+    def test_calls_in_flight_at_close(self) -> Any:
+        """close() ends the calls still waiting for an answer as UNAVAILABLE."""
+        self.server.answer = None
+        pending = self.failure_of()
+        yield wait_until(lambda: bool(self.server.requests))
+        yield self.client.close()
+        error = yield pending
+        self.assertEqual(error.code, GrpcStatus.UNAVAILABLE)
+
+    @defer.inlineCallbacks
     def test_cancel(self) -> Any:
         """Cancelling the Deferred fails it with CancelledError; the next call still works."""
         self.server.answer = None

@@ -10,6 +10,7 @@ import json
 from google.api import annotations_pb2
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -176,6 +177,23 @@ class EventBrokerRoutesTests(SynchronousTestCase):
             response_body(self.table.routes[0], eventbroker_pb2.PublishResponse(id="x")),
             b'{"id":"x"}\n',
         )
+
+    def test_response_json_as_json_format_writes_it(self) -> None:
+        """The string-fields shortcut gives exactly json_format's proto3 JSON."""
+        from google.protobuf import json_format
+
+        ids = ["", "x", 'quote " and \\ backslash', "é ☃ \U0001f600", "\n\t\x00"]
+        responses: list[Message] = [eventbroker_pb2.PublishResponse(id=value) for value in ids]
+        responses += [eventbroker_pb2.PublishBatchResponse(ids=ids),
+                      eventbroker_pb2.PublishBatchResponse()]
+        for response in responses:
+            route = self.table.routes[0 if isinstance(response,
+                                                      eventbroker_pb2.PublishResponse) else 1]
+            expected = json.dumps(
+                json_format.MessageToDict(response, always_print_fields_with_no_presence=True),
+                separators=(",", ":"), ensure_ascii=False,
+            ).encode() + b"\n"
+            self.assertEqual(response_body(route, response), expected)
 
 
 class AnnotatedMethodTests(SynchronousTestCase):

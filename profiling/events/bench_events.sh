@@ -1,6 +1,7 @@
 #!/bin/bash
 # Measure POST /events (binary mode) against the C++ broker from bench/build.
-# Usage: profiling/events/bench_events.sh [h1|h2c] [duration] [extra yaml file]
+# Usage: [EVENTGW_BROKER_CLIENT=grpcio|h2] [PYSPY=out.txt] \
+#        [BASE=exported-tree] profiling/events/bench_events.sh [h1|h2c|h1tls|h2tls] [duration]
 # Prints events/s and the gateway's CPU us per event (utime+stime from /proc).
 set -u
 MODE=${1:-h1}
@@ -29,6 +30,8 @@ log:
 YAML
 if [ -n "${EXTRA_YAML:-}" ]; then cat "$EXTRA_YAML" >>"$WORK/gw.yaml"; fi
 cd "$WORK"
+# BASE=dir: measure the eventgw package exported there (git archive REV | tar -x -C dir).
+if [ -n "${BASE:-}" ]; then export PYTHONPATH="$BASE"; fi
 taskset -c 0 "$ROOT/.venv/bin/python" "$HERE/twistd_with_client.py" -n --pidfile= eventgw --config "$WORK/gw.yaml" >"$WORK/gw.log" 2>&1 &
 GW=$!
 for i in $(seq 1 100); do
@@ -40,11 +43,16 @@ printf '%s' "$DATA" >"$WORK/body"
 check=$(curl -s -X POST $H --data-binary @"$WORK/body" "http://127.0.0.1:$CLEAR_PORT/events")
 echo "check: $check" >&2
 # warm-up
-taskset -c 1 h2load ${MODE/h1/--h1} ${MODE/h2c/} -c 16 -m 1 -D 2 -d "$WORK/body" \
+case "$MODE" in
+  h1) FLAGS="--h1 -c 16 -m 1"; URL="http://127.0.0.1:$CLEAR_PORT/events" ;;
+  h2c) FLAGS="-c 4 -m 16"; URL="http://127.0.0.1:$CLEAR_PORT/events" ;;
+  h1tls) FLAGS="--h1 -c 16 -m 1"; URL="https://127.0.0.1:$TLS_PORT/events" ;;
+  h2tls) FLAGS="-c 4 -m 16"; URL="https://127.0.0.1:$TLS_PORT/events" ;;
+esac
+taskset -c 1 h2load $FLAGS -D 2 -d "$WORK/body" \
   -H 'ce-specversion: 1.0' -H 'ce-id: bench-0001' -H 'ce-source: /bench/load' \
   -H 'ce-type: com.example.bench.measured' -H 'content-type: application/json' \
-  "http://127.0.0.1:$CLEAR_PORT/events" >/dev/null 2>&1
-if [ "$MODE" = h1 ]; then FLAGS="--h1 -c 16 -m 1"; else FLAGS="-c 4 -m 16"; fi
+  "$URL" >/dev/null 2>&1
 cpu() { awk '{print $14+$15}' /proc/$GW/stat; }
 c0=$(cpu)
 if [ -n "${PYSPY:-}" ]; then
@@ -54,7 +62,7 @@ fi
 taskset -c 1 h2load $FLAGS -D "$DUR" -d "$WORK/body" \
   -H 'ce-specversion: 1.0' -H 'ce-id: bench-0001' -H 'ce-source: /bench/load' \
   -H 'ce-type: com.example.bench.measured' -H 'content-type: application/json' \
-  "http://127.0.0.1:$CLEAR_PORT/events" >"$WORK/h2load.out" 2>&1
+  "$URL" >"$WORK/h2load.out" 2>&1
 c1=$(cpu)
 done_n=$(awk '/^requests:/{print $8}' "$WORK/h2load.out")
 succ=$(awk '/^status codes:/{print $3}' "$WORK/h2load.out")

@@ -1,17 +1,18 @@
 """Summarise a py-spy raw (collapsed stacks) file: self and inclusive samples per frame.
 
-Usage: python profiling/events/pyspy_summary.py FILE [N] [--thread-filter TEXT]
+Usage: python profiling/events/pyspy_summary.py FILE [N] [--by-function]
 """
 
 from __future__ import annotations
 
 import collections
+import re
 import sys
 
 
 def main() -> None:
     path = sys.argv[1]
-    top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    top = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 40
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
@@ -21,6 +22,8 @@ def main() -> None:
             stack, _, count_text = line.rstrip("\n").rpartition(" ")
             count = int(count_text)
             frames = stack.split(";")
+            if "--by-function" in sys.argv:
+                frames = [re.sub(r":\d+\)$", ")", frame) for frame in frames]
             total += count
             threads[frames[0]] += count
             own[frames[-1]] += count

@@ -13,10 +13,10 @@ import sys
 
 from eventgw import events_web
 
-client = os.environ.get("EVENTGW_BROKER_CLIENT", events_web.DEFAULT_CLIENT)
+client = os.environ.get("EVENTGW_BROKER_CLIENT", "grpcio")
 defaults = events_web.EventsEndpoint.__init__.__kwdefaults__
-assert defaults is not None
-defaults["client"] = client
+if defaults is not None and "client" in defaults:  # older trees have grpcio only
+    defaults["client"] = client
 
 from twisted.scripts.twistd import run  # noqa: E402
 
