@@ -36,7 +36,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -61,6 +60,7 @@ from twisted.python.failure import Failure
 
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
+from eventgw.h2limits import LeanH2Connection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -99,7 +99,7 @@ SHUTDOWN_GRACE: Final = 2.0
 _PING_DATA: Final = b"eventgw!"
 
 
-class _GracefulH2Connection(H2Connection):
+class _GracefulH2Connection(LeanH2Connection):
     """An h2 client connection that survives a GOAWAY from the server.
 
     h2 moves the whole connection to CLOSED when it receives GOAWAY and drops its

@@ -50,7 +50,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -99,6 +99,7 @@ from eventgw.h2limits import (
     RESET_RATE,
     STREAM_BURST_SLACK,
     STREAM_WINDOW,
+    LeanH2Connection,
     TokenBucket,
     WatermarkBuffer,
 )
@@ -354,7 +355,7 @@ class H2ServerProtocol(Protocol):
         self._max_header_bytes = limits.max_header_bytes
         self._hard_header_bytes = limits.max_header_bytes * HEADER_LIST_HARD_FACTOR
         self.peer = "-"
-        self.conn = H2Connection(
+        self.conn = LeanH2Connection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,

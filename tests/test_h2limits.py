@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hpack.hpack
+import hpack.table
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.exceptions import ProtocolError
+from hyperframe.frame import DataFrame, Frame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.h2limits import (
     HIGH_WATERMARK,
     LOW_WATERMARK,
+    LeanH2Connection,
     TokenBucket,
     WatermarkBuffer,
+    _SilentHpackLog,
     header_list_size,
 )
 
@@ -98,3 +108,119 @@ class HeaderListSizeTests(SynchronousTestCase):
         """Each field counts its name, its value and 32 octets (RFC 9113 6.5.2)."""
         self.assertEqual(header_list_size([(b":method", b"GET"), (b"a", b"")]), 7 + 3 + 32 + 33)
         self.assertEqual(header_list_size([]), 0)
+
+
+class LeanH2ConnectionTests(SynchronousTestCase):
+    """The h2 connection without per-frame debugging work behaves as h2 does."""
+
+    def pair(self, **config: object) -> tuple[LeanH2Connection, H2Connection]:
+        server = LeanH2Connection(
+            H2Configuration(client_side=False, header_encoding=None, **config)  # type: ignore[arg-type]
+        )
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        server.initiate_connection()
+        client.initiate_connection()
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())
+        return server, client
+
+    def test_request_events(self) -> None:
+        """HEADERS and DATA arrive as h2's usual events."""
+        server, client = self.pair()
+        client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"),
+                                (b":path", b"/x"), (b":authority", b"a")])
+        client.send_data(1, b"body", end_stream=True)
+        events = server.receive_data(client.data_to_send())
+        self.assertEqual(
+            [type(e) for e in events], [RequestReceived, DataReceived, StreamEnded]
+        )
+
+    def test_frame_on_reset_stream_answered_with_rst_stream(self) -> None:
+        """DATA for a stream we reset is a stream error: RST_STREAM, no exception."""
+        server, client = self.pair()
+        client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"),
+                                (b":path", b"/x"), (b":authority", b"a")])
+        server.receive_data(client.data_to_send())
+        server.reset_stream(1, ErrorCodes.CANCEL)
+        server.data_to_send()
+        client.send_data(1, b"late")
+        self.assertEqual(server.receive_data(client.data_to_send()), [])
+        frames = list(hyperframe_frames(server.data_to_send()))
+        self.assertEqual([type(f) for f in frames], [RstStreamFrame])
+        self.assertEqual(frames[0].error_code, ErrorCodes.STREAM_CLOSED)
+
+    def test_same_outcome_as_h2(self) -> None:
+        """Frames on ended, reset and unknown streams: the same events, bytes and
+        errors as h2's own connection."""
+        request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x"),
+                   (b":authority", b"a")]
+
+        def script(conn: H2Connection) -> list[object]:
+            client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+            client.initiate_connection()
+            conn.initiate_connection()
+            outcome: list[object] = []
+
+            def feed(data: bytes) -> None:
+                try:
+                    outcome.append([type(e).__name__ for e in conn.receive_data(data)])
+                except ProtocolError as exc:
+                    outcome.append(type(exc).__name__)
+                outcome.append(conn.data_to_send())
+
+            feed(client.data_to_send())
+            client.send_headers(1, request, end_stream=True)
+            client.send_headers(3, request)
+            feed(client.data_to_send())
+            conn.reset_stream(3, ErrorCodes.CANCEL)
+            late = DataFrame(3)
+            late.data = b"late"
+            feed(late.serialize())  # a stream we reset: RST_STREAM
+            after_end = DataFrame(1)
+            after_end.data = b"x"
+            feed(after_end.serialize())  # half-closed (remote): stream error
+            stray = DataFrame(99)
+            stray.data = b"x"
+            feed(stray.serialize())  # never opened: connection error
+            return outcome
+
+        config = {"client_side": False, "header_encoding": None}
+        self.assertEqual(
+            script(LeanH2Connection(H2Configuration(**config))),  # type: ignore[arg-type]
+            script(H2Connection(H2Configuration(**config))),  # type: ignore[arg-type]
+        )
+
+    def test_configured_logger_still_traces(self) -> None:
+        """With a real logger configured, h2's own frame traces are kept."""
+        lines: list[str] = []
+
+        class Recorder:
+            def debug(self, fmt: str, *args: object) -> None:
+                pass
+
+            def trace(self, fmt: str, *args: object) -> None:
+                lines.append(fmt % args)
+
+        server, client = self.pair(logger=Recorder())
+        client.ping(b"12345678")
+        server.receive_data(client.data_to_send())
+        self.assertTrue(any(line.startswith("Received frame: PingFrame") for line in lines))
+
+    def test_hpack_debug_lines_are_dropped(self) -> None:
+        """hpack's module loggers are the silent stand-in, which accepts its calls."""
+        self.assertIsInstance(hpack.hpack.log, _SilentHpackLog)
+        self.assertIsInstance(hpack.table.log, _SilentHpackLog)
+        self.assertIsNone(hpack.hpack.log.debug("Encoding %d with %d bits", 1, 2))
+
+
+def hyperframe_frames(data: bytes) -> list[Frame]:
+    """Split serialized frames back into hyperframe objects."""
+    frames = []
+    view = memoryview(data)
+    while view:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
