@@ -196,6 +196,17 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("| 4.00x | 0.50x |", lines[2])
         self.assertIn("| twisted-rp | check failed |", lines[1])
 
+    def test_disturbed_runs_are_flagged(self) -> None:
+        """A run during which other processes kept over 0.25 CPUs busy counts as disturbed."""
+        quiet = Run(LoadResult(1000, 0, 2.0, 0, None, None), 0.1, foreign_cpu_s=0.4)
+        busy = Run(LoadResult(1000, 0, 2.0, 0, None, None), 0.1, foreign_cpu_s=0.6)
+        self.assertFalse(quiet.disturbed)
+        self.assertTrue(busy.disturbed)
+        workload = _workload("h1-small-tls")
+        [line] = table_rows(workload, {"nginx": summarize(workload, [quiet, busy])}, {},
+                            ["nginx"], repeats=2)
+        self.assertIn("(1 disturbed)", line)
+
     def test_partial_cells_say_so(self) -> None:
         """A cell with fewer runs than asked shows its medians, the count and why."""
         workload = _workload("h1-small-tls")

@@ -5,8 +5,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from rig.workloads import LoadResult, Workload
+
+# Processes outside the rig that keep this many CPUs busy, on average, disturb a run:
+# the proxy and the load generator then share their CPUs with them.
+DISTURBED_CPUS: Final = 0.25
 
 
 @dataclass(frozen=True)
@@ -15,6 +20,10 @@ class Run:
     cpu_s: float | None  # the proxy's CPU time during the run; None without a proxy
     # CPU time used during the run by processes outside the rig (noise on the machine).
     foreign_cpu_s: float = 0.0
+
+    @property
+    def disturbed(self) -> bool:
+        return self.foreign_cpu_s > DISTURBED_CPUS * self.load.seconds
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,7 @@ class Summary:
     p99_ms: float | None
     cpu: float | None  # ms per 1,000 requests, or s per GB for streaming
     errors: int  # over all runs
+    disturbed: int = 0  # runs that other processes disturbed even when measured again
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -54,6 +64,7 @@ def summarize(workload: Workload, runs: Sequence[Run]) -> Summary:
         p99_ms=_median([run.load.p99_ms for run in runs]),
         cpu=_median(cpus),
         errors=sum(run.load.errors for run in runs),
+        disturbed=sum(run.disturbed for run in runs),
     )
 
 
@@ -107,6 +118,8 @@ def table_rows(
             remarks.append(notes[row])
         if s.errors:
             remarks.append(f"{s.errors} errors")
+        if s.disturbed:
+            remarks.append(f"{s.disturbed} disturbed")
         if remarks:
             throughput += f" ({'; '.join(remarks)})"
         cpu = "—" if s.cpu is None else f"{_number(s.cpu, digits)} {_CPU_UNIT[workload.unit]}"
