@@ -30,8 +30,8 @@ STREAM_SIZE: Final = 16 * 1024
 UNARY_MESSAGE_SIZE: Final = 100
 FIXED_RATE: Final = 500
 FIXED_RATE_CONNECTIONS: Final = 5
-# Fixed-rate runs last at least this long, so that p99 rests on 2,000 samples or more.
-FIXED_RATE_MIN_S: Final = 4
+# Fixed-rate runs last at least this long, so that p99 rests on 1,500 samples or more.
+FIXED_RATE_MIN_S: Final = 3
 
 
 @dataclass(frozen=True)
