@@ -22,10 +22,28 @@ __all__ = ["log_exchange", "log_protocol_error"]
 access = Logger(namespace="eventgw.access")
 errors = Logger(namespace="eventgw.protocol")
 
-_FORMAT: Final = (
-    "{peer} {method} {path} {protocol} -> {status} in={bytes_in} out={bytes_out} "
-    "{duration_ms:.1f}ms route={route} upstream={upstream} grpc_status={grpc_status}"
+# The text of an access line, for observers that render events (twistd's log file).
+# It is a %-format applied by _AccessText, not a ``{field}`` format: twisted.logger
+# renders ``{field}`` formats with ``string.Formatter``, which parses the format and
+# looks up every field on each event -- 27 us per line on the benchmark machine, 8% of
+# a relayed gRPC call's CPU.  The event's own format is the single call field
+# ``{access_text()}``, so rendering stays lazy (nothing is formatted unless an observer writes
+# the event out) and costs one %-format, about 2 us.  The fields themselves are all in
+# the event under their stable names, for observers that filter or aggregate.
+_TEXT: Final = (
+    "%s %s %s %s -> %s in=%s out=%s %.1fms route=%s upstream=%s grpc_status=%s"
 )
+_EVENT_FORMAT: Final = "{access_text()}"
+_NAMED: Final = frozenset({"route", "upstream", "grpc_status", "access_text"})
+
+
+class _AccessText(tuple[object, ...]):
+    """The values of one access line; calling it renders the line (see :data:`_TEXT`)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> str:
+        return _TEXT % self
 
 
 def log_exchange(
@@ -38,23 +56,39 @@ def log_exchange(
     """Emit the access event for one finished (or abandoned) exchange.
 
     ``status`` is the HTTP status sent, or a word (``"reset"``, ``"aborted"``) when no
-    complete response went out.
+    complete response went out.  The event's fields: ``peer``, ``method``, ``path``,
+    ``protocol``, ``status``, ``bytes_in``, ``bytes_out``, ``duration_ms``, ``route``,
+    ``upstream``, ``grpc_status`` (``"-"`` when the target set none) and every other
+    field the target put in ``head.log_fields``.
     """
     fields = head.log_fields
+    peer = head.peer
+    method = head.method.decode("latin-1")
+    path = head.target.decode("latin-1")
+    protocol = head.protocol
+    duration_ms = duration_s * 1000.0
+    route = fields.get("route", "-")
+    upstream = fields.get("upstream", "-")
+    grpc_status = fields.get("grpc_status", "-")
+    extra = {k: v for k, v in fields.items() if k not in _NAMED}
     access.info(
-        _FORMAT,
-        peer=head.peer,
-        method=head.method.decode("latin-1"),
-        path=head.target.decode("latin-1"),
-        protocol=head.protocol,
+        _EVENT_FORMAT,
+        access_text=_AccessText(
+            (peer, method, path, protocol, status, bytes_in, bytes_out, duration_ms,
+             route, upstream, grpc_status)
+        ),
+        peer=peer,
+        method=method,
+        path=path,
+        protocol=protocol,
         status=status,
         bytes_in=bytes_in,
         bytes_out=bytes_out,
-        duration_ms=duration_s * 1000.0,
-        route=fields.get("route", "-"),
-        upstream=fields.get("upstream", "-"),
-        grpc_status=fields.get("grpc_status", "-"),
-        **{k: v for k, v in fields.items() if k not in ("route", "upstream", "grpc_status")},
+        duration_ms=duration_ms,
+        route=route,
+        upstream=upstream,
+        grpc_status=grpc_status,
+        **extra,
     )
 
 
