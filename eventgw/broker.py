@@ -18,12 +18,13 @@ grpcio future, which sends RST_STREAM (CANCELLED) to the broker.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
-from os import urandom
-from typing import Any, Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
 
-import grpc
 import txaio.tx
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred, succeed
@@ -35,11 +36,15 @@ from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
 from eventgw.exchange import Headers
 from eventgw.transcode import HttpRoute
 
+if TYPE_CHECKING:
+    import grpc
+
 __all__ = [
     "FORWARDED_HEADERS",
     "BrokerCallFailed",
     "BrokerClient",
     "call_metadata",
+    "import_grpc",
     "new_request_id",
 ]
 
@@ -54,6 +59,26 @@ _KEEPALIVE_MS: Final = 30_000
 _MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 # Requests can be as large as the largest batch the gateway accepts.
 _MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+
+
+# grpcio's EventEngine client (the default since grpcio 1.6x) reads and writes on its own
+# threads and hands each completion to the polling thread: about seven context switches
+# and GIL hand-offs per call, which doubled the gateway's CPU per event.  With the
+# experiment off, the thread that waits for completions polls the sockets itself
+# (about one switch per call; measured in profiling/events/).  grpcio reads the
+# variable when it is imported, so it is set only if nobody imported grpc yet, and
+# never over a value the operator chose.
+GRPC_EXPERIMENTS: Final = "-event_engine_client"
+
+
+def import_grpc() -> ModuleType:
+    """``grpc``, imported with :data:`GRPC_EXPERIMENTS` unless already imported or set."""
+    if "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    import grpc
+
+    module: ModuleType = grpc
+    return module
 
 
 class BrokerCallFailed(GatewayError):
@@ -116,7 +141,7 @@ def call_metadata(headers: Headers) -> tuple[Headers, bytes]:
 
 def new_request_id() -> bytes:
     """A fresh request id: 128 random bits as 32 hex digits (cheaper than ``uuid4``)."""
-    return urandom(16).hex().encode("ascii")
+    return os.urandom(16).hex().encode("ascii")
 
 
 def _serialize(message: Message) -> bytes:
@@ -149,6 +174,7 @@ class BrokerClient:
         self._async = txaio.tx.with_config(loop=reactor)  # type: ignore[no-untyped-call]
         self.upstream = upstream
         self.deadline = upstream.deadline
+        grpcio = import_grpc()
         options = [
             ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
             ("grpc.max_receive_message_length", _MAX_RESPONSE_BYTES),
@@ -159,10 +185,10 @@ class BrokerClient:
             if upstream.ca_file is not None:
                 with open(upstream.ca_file, "rb") as f:
                     root = f.read()
-            credentials = grpc.ssl_channel_credentials(root_certificates=root)
-            self._channel = grpc.secure_channel(upstream.target, credentials, options)
+            credentials = grpcio.ssl_channel_credentials(root_certificates=root)
+            self._channel = grpcio.secure_channel(upstream.target, credentials, options)
         else:
-            self._channel = grpc.insecure_channel(upstream.target, options)
+            self._channel = grpcio.insecure_channel(upstream.target, options)
         self._callables: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._closed = False
 
@@ -246,6 +272,8 @@ class BrokerClient:
 
 
 def _failure_from(error: BaseException) -> BrokerCallFailed:
+    import grpc
+
     if isinstance(error, grpc.Call):
         code = error.code()
         details = error.details() or ""

@@ -466,6 +466,41 @@ class AnnotatedMethodTests(EventsTestCase):
         self.assertEqual(writer.status, 202)
 
 
+class GrpcImportTests(TestCase):
+    """grpcio is imported with its polling client unless the operator chose otherwise."""
+
+    def run_python(self, code: str, env: dict[str, str]) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+
+    def test_experiment_set_before_grpc_is_imported(self) -> None:
+        """A fresh process gets GRPC_EXPERIMENTS; an operator's own value is kept."""
+        import os
+
+        from eventgw.broker import GRPC_EXPERIMENTS
+
+        code = ("import os, sys; from eventgw.broker import import_grpc; import_grpc(); "
+                "print('grpc' in sys.modules, os.environ.get('GRPC_EXPERIMENTS'))")
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+        self.assertEqual(self.run_python(code, env), f"True {GRPC_EXPERIMENTS}")
+        self.assertEqual(self.run_python(code, {**env, "GRPC_EXPERIMENTS": "x"}), "True x")
+
+    def test_no_change_once_grpc_is_imported(self) -> None:
+        """Too late to matter once grpc is imported: the environment is left alone."""
+        import os
+
+        from eventgw.broker import import_grpc
+
+        saved = os.environ.pop("GRPC_EXPERIMENTS", None)
+        if saved is not None:
+            self.addCleanup(os.environ.__setitem__, "GRPC_EXPERIMENTS", saved)
+        self.assertIs(import_grpc(), grpc)
+        self.assertNotIn("GRPC_EXPERIMENTS", os.environ)
+
+
 class ShutdownTests(EventsTestCase):
     """close() drains and refuses."""
 

@@ -54,6 +54,9 @@ taskset -c 1 h2load $FLAGS -D 2 -d "$WORK/body" \
   -H 'ce-type: com.example.bench.measured' -H 'content-type: application/json' \
   "$URL" >/dev/null 2>&1
 cpu() { awk '{print $14+$15}' /proc/$GW/stat; }
+# context switches of every thread of the gateway (grpcio runs its own threads)
+switches() { cat /proc/$GW/task/*/status | awk '/ctxt_switches/{n+=$2} END{print n}'; }
+s0=$(switches)
 c0=$(cpu)
 if [ -n "${PYSPY:-}" ]; then
   "$ROOT/.venv/bin/py-spy" record -p $GW -d $((DUR - 1)) -r 200 --nonblocking -f raw -o "$PYSPY" >"$WORK/pyspy.log" 2>&1 &
@@ -64,13 +67,15 @@ taskset -c 1 h2load $FLAGS -D "$DUR" -d "$WORK/body" \
   -H 'ce-type: com.example.bench.measured' -H 'content-type: application/json' \
   "$URL" >"$WORK/h2load.out" 2>&1
 c1=$(cpu)
+s1=$(switches)
+threads=$(ls /proc/$GW/task | wc -l)
 done_n=$(awk '/^requests:/{print $8}' "$WORK/h2load.out")
 succ=$(awk '/^status codes:/{print $3}' "$WORK/h2load.out")
 rps=$(awk '/^finished in/{print $4}' "$WORK/h2load.out")
 ticks=$((c1 - c0))
 hz=$(getconf CLK_TCK)
 us=$(python3 -c "print(round($ticks/$hz*1e6/max($succ,1),1))")
-echo "mode=$MODE succeeded=$succ (2xx) done=$done_n rate=$rps cpu_s=$(python3 -c "print($ticks/$hz)") cpu_us_per_event=$us"
+echo "mode=$MODE succeeded=$succ (2xx) done=$done_n rate=$rps cpu_s=$(python3 -c "print($ticks/$hz)") cpu_us_per_event=$us threads=$threads switches_per_event=$(python3 -c "print(round(($s1-$s0)/max($succ,1),2))")"
 grep -E "^status codes|errored" "$WORK/h2load.out" >&2
 if [ -n "${PYSPY:-}" ]; then wait $SPY; tail -2 "$WORK/pyspy.log" >&2; fi
 kill $GW $BROKER; wait $GW $BROKER 2>/dev/null
