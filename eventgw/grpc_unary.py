@@ -59,6 +59,7 @@ MAX_CONNECT_TIMEOUT: Final = 5.0
 
 # RFC 9113 error codes, and the gRPC status each means (PROTOCOL-HTTP2.md, "Errors").
 _CANCEL: Final = 0x8
+_REFUSED_STREAM: Final = 0x7
 _RESET_STATUS: Final = {
     0x7: GrpcStatus.UNAVAILABLE,  # REFUSED_STREAM: never processed, safe to retry
     0x8: GrpcStatus.CANCELLED,  # CANCEL
@@ -105,16 +106,30 @@ class _UnaryCall:
         "_body",
         "_done",
         "_expiring",
+        "_headers",
         "_http_status",
+        "_message",
+        "_pool",
         "_response_class",
+        "_retried",
         "_size",
         "_timer",
         "deferred",
         "stream",
     )
 
-    def __init__(self, response_class: type[Message], expiring: dict[_UnaryCall, float]
-                 ) -> None:
+    def __init__(
+        self,
+        pool: GrpcConnectionPool,
+        headers: Headers,
+        message: bytes,
+        response_class: type[Message],
+        expiring: dict[_UnaryCall, float],
+    ) -> None:
+        self._pool = pool
+        self._headers = headers
+        self._message = message
+        self._retried = False
         self._response_class = response_class
         self._expiring = expiring
         self._body: list[bytes] = []
@@ -124,6 +139,13 @@ class _UnaryCall:
         self._timer: IDelayedCall | None = None
         self.stream: UpstreamStream | None = None
         self.deferred: Deferred[Message] = Deferred(self._cancel)
+
+    def start(self) -> None:
+        """Open the stream and send the request (HEADERS, then DATA with END_STREAM)."""
+        stream = self._pool.open_stream(self._headers, self)
+        if not self._done:  # the pool may fail a stream at once (e.g. in back-off)
+            self.stream = stream
+            stream.send(self._message, end=True)
 
     # -- the end of a call ---------------------------------------------------------
 
@@ -200,6 +222,16 @@ class _UnaryCall:
         self._trailers(trailers)
 
     def upstream_reset(self, error_code: int) -> None:
+        if error_code == _REFUSED_STREAM and not self._retried and not self._done:
+            # The broker did not process the request (RFC 9113 section 8.7; e.g. the
+            # streams past a GOAWAY): safe to send again, once, as gRPC clients do.
+            self._retried = True
+            self._body = []
+            self._size = 0
+            self._http_status = b""
+            self.stream = None
+            self.start()
+            return
         code = _RESET_STATUS.get(error_code, GrpcStatus.INTERNAL)
         self._fail(code, f"stream reset by the broker (HTTP/2 error code {error_code})")
 
@@ -369,17 +401,15 @@ class H2BrokerClient:
             # the HPACK dynamic table would only evict the entries that do.
             *[NeverIndexedHeaderTuple(name, value) for name, value in metadata],
         ]
-        call = _UnaryCall(route.response_class, self._expiring)
+        call = _UnaryCall(self._pool, headers, _frame(request.SerializeToString()),
+                          route.response_class, self._expiring)
         if timeout is None:
             self._expiring[call] = self._reactor.seconds() + self.deadline
             if self._sweep is None:
                 self._sweep = self._reactor.callLater(self.deadline, self._expire)
         else:
             call._timer = self._reactor.callLater(timeout, call.expired)
-        stream = self._pool.open_stream(headers, call)
-        if not call._done:
-            call.stream = stream
-            stream.send(_frame(request.SerializeToString()), end=True)
+        call.start()
         return call.deferred
 
     def _expire(self) -> None:

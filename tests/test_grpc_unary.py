@@ -223,6 +223,44 @@ class H2BrokerClientTests(TestCase):
             self.assertEqual(error.code, status, hex(error_code))
 
     @defer.inlineCallbacks
+    def test_refused_stream_sent_again_once(self) -> Any:
+        """REFUSED_STREAM (not processed) is sent again once; a second refusal is
+        UNAVAILABLE."""
+        refusals = [1]
+
+        def answer(conn: H2Connection, stream_id: int) -> None:
+            if refusals:
+                refusals.pop()
+                conn.reset_stream(stream_id, 0x7)
+            else:
+                answer_ok("second")(conn, stream_id)
+        self.server.answer = answer
+        response = yield self.call()
+        self.assertEqual(response, eventbroker_pb2.PublishResponse(id="second"))
+        self.assertEqual(len(self.server.requests), 2)
+        self.server.answer = lambda conn, stream_id: conn.reset_stream(stream_id, 0x7)
+        error = yield self.failure_of()
+        self.assertEqual(error.code, GrpcStatus.UNAVAILABLE)
+        self.assertEqual(len(self.server.requests), 4)
+
+    @defer.inlineCallbacks
+    def test_goaway_before_processing(self) -> Any:
+        """A call past the last stream of a GOAWAY goes out again on a new connection."""
+        went_away: list[int] = []
+
+        def answer(conn: H2Connection, stream_id: int) -> None:
+            if stream_id == 3 and not went_away:
+                went_away.append(stream_id)
+                conn.close_connection(last_stream_id=1)
+            else:
+                answer_ok("after")(conn, stream_id)
+        self.server.answer = answer
+        yield self.call()
+        response = yield self.call()
+        self.assertEqual(response, eventbroker_pb2.PublishResponse(id="after"))
+        self.assertEqual((went_away, len(self.server.requests)), ([3], 3))
+
+    @defer.inlineCallbacks
     def test_deadline_enforced_locally(self) -> Any:
         """A server that never answers: DEADLINE_EXCEEDED after the deadline."""
         self.server.answer = None
