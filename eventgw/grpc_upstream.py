@@ -60,7 +60,7 @@ from twisted.python.failure import Failure
 
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
-from eventgw.h2limits import LeanH2Connection
+from eventgw.h2limits import WRITES, LeanH2Connection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -188,7 +188,7 @@ class UpstreamStream:
         connection = self._connection
         if connection is not None:
             connection.write_pending(self)
-            connection.flush()
+            connection.flush_soon()
         return self.queued
 
     def reset(self, error_code: int) -> None:
@@ -321,12 +321,15 @@ class _UpstreamConnection(TwistedProtocol):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
+        # The client connections this read writes on flush once, at its end.
+        WRITES.hold()
         try:
             for event in events:
                 self._dispatch(event)
         finally:
             self._receiving = False
-        self.flush()
+            self.flush()
+            WRITES.release()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
@@ -351,6 +354,13 @@ class _UpstreamConnection(TwistedProtocol):
         data = self.h2.data_to_send()
         if data:
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Flush now, or at the end of the read being processed on any HTTP/2
+        connection (:class:`~eventgw.h2limits.WriteCoalescer`): a downstream read
+        carrying many calls then costs one write here."""
+        if not self._receiving and not WRITES.defer(self.flush):
+            self.flush()
 
     def has_capacity(self) -> bool:
         return (
@@ -409,12 +419,12 @@ class _UpstreamConnection(TwistedProtocol):
                 self.h2.reset_stream(stream.stream_id, error_code)
             except H2Error:
                 pass
-        self.flush()
+        self.flush_soon()
         self.pool.capacity_freed(self)
 
     def acknowledge(self, stream: UpstreamStream, size: int) -> None:
         self.h2.acknowledge_received_data(size, stream.stream_id)
-        self.flush()
+        self.flush_soon()
 
     def shut_down(self) -> None:
         """Close for good: GOAWAY, then drop the connection (abort it if the peer
@@ -627,7 +637,7 @@ class GrpcConnectionPool:
         for connection in self._connections:
             if connection.has_capacity():
                 connection.start_stream(stream)
-                connection.flush()
+                connection.flush_soon()
                 return stream
         self._enqueue(stream)
         return stream
@@ -717,7 +727,7 @@ class GrpcConnectionPool:
                 connection.start_stream(stream)
                 touched.add(connection)
         for connection in touched:
-            connection.flush()
+            connection.flush_soon()
         if not waiting or self._connecting or self._closing:
             return
         if len(self._connections) >= self.config.max_connections:

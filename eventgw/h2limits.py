@@ -13,6 +13,8 @@ What lives here:
 * :class:`WatermarkBuffer`, one stream's response bytes waiting for flow-control credit,
   with Envoy-style high/low watermarks that drive ``pause_producing``/``resume_producing``;
 * :func:`header_list_size`, the RFC 9113 section 6.5.2 size of a header list;
+* :class:`WriteCoalescer` (:data:`WRITES`): writes of every HTTP/2 connection held
+  until the read being processed is done, so one read costs one write per connection;
 * :class:`LeanH2Connection`, the ``H2Connection`` both sides of the gateway use: h2
   without the debugging work it does on every frame and every header even when nobody
   logs (see the class and :func:`_silence_hpack_debug_log` for what and why).
@@ -20,7 +22,7 @@ What lives here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 import hpack.hpack
@@ -50,9 +52,11 @@ __all__ = [
     "RESET_RATE",
     "STREAM_BURST_SLACK",
     "STREAM_WINDOW",
+    "WRITES",
     "LeanH2Connection",
     "TokenBucket",
     "WatermarkBuffer",
+    "WriteCoalescer",
     "header_list_size",
 ]
 
@@ -223,6 +227,58 @@ class WatermarkBuffer:
         """Drop everything (the stream is gone)."""
         self._data.clear()
         self.above_high = False
+
+
+class WriteCoalescer:
+    """Flushes held back while a read is being processed, then done once each.
+
+    One read from one connection makes the gateway write on others: a downstream read
+    of 16 gRPC requests opens 16 upstream streams, an upstream read of 16 responses
+    writes HEADERS, DATA and trailers on each client's connection.  Flushing every
+    time costs an ``h2.data_to_send()`` and a ``transport.write`` (through TLS, an
+    encryption call) per writer call.  Instead, the ``dataReceived`` of both HTTP/2
+    protocols runs between :meth:`hold` and :meth:`release`, and writer calls made
+    meanwhile :meth:`defer` their connection's flush: at the outermost release each
+    connection touched flushes once, in the same reactor turn as before, in the order
+    first touched.  Outside a read (a timer, a test calling a writer) :meth:`defer`
+    returns ``False`` and the caller flushes at once.
+
+    Invariant: flushes are pending only while :attr:`depth` is positive.
+    """
+
+    __slots__ = ("_pending", "depth")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._pending: dict[Callable[[], None], None] = {}
+
+    def hold(self) -> None:
+        """A read is being processed: hold flushes until the matching release."""
+        self.depth += 1
+
+    def release(self) -> None:
+        """End of a read: at the outermost one, run every pending flush once."""
+        self.depth -= 1
+        if self.depth:
+            return
+        pending = self._pending
+        while pending:
+            # A flush may defer others only through a new hold; take them all the same.
+            self._pending = {}
+            for flush in pending:
+                flush()
+            pending = self._pending
+
+    def defer(self, flush: Callable[[], None]) -> bool:
+        """Queue ``flush`` for the outermost release; ``False`` if nothing is held."""
+        if not self.depth:
+            return False
+        self._pending[flush] = None
+        return True
+
+
+# The process's coalescer: every connection is driven from the one reactor thread.
+WRITES: Final = WriteCoalescer()
 
 
 def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:

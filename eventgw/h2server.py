@@ -34,9 +34,10 @@ Theory of operation:
   buffers before it pauses us (about 64 KiB for TCP).  Targets that write without
   registering a producer are not bounded by us.
 * Writer calls made while a ``dataReceived`` batch is running are flushed once at its
-  end; calls from elsewhere (an upstream connection, a timer) flush at the end of the
-  call.  The TCP and TLS transports coalesce writes made in one reactor turn, so this
-  costs one ``transport.write`` per call, not one syscall.
+  end; calls made while an upstream connection's read is processed are flushed once
+  at the end of that read (:data:`eventgw.h2limits.WRITES`); calls from elsewhere (a
+  timer) flush at the end of the call.  So a read costs one ``transport.write`` per
+  connection it touched, not one per frame.
 * Errors: an h2 ``ProtocolError`` has already queued a GOAWAY with the right code; we
   flush it, tell every stream's handler ``connection_lost`` and close.  Abuse the
   library does not catch (rapid reset, control-frame floods, header blocks, idle and
@@ -99,6 +100,7 @@ from eventgw.h2limits import (
     RESET_RATE,
     STREAM_BURST_SLACK,
     STREAM_WINDOW,
+    WRITES,
     LeanH2Connection,
     TokenBucket,
     WatermarkBuffer,
@@ -448,6 +450,7 @@ class H2ServerProtocol(Protocol):
         if self._closing:
             return
         self._in_batch = True
+        WRITES.hold()
         try:
             try:
                 events = self.conn.receive_data(data)
@@ -481,6 +484,7 @@ class H2ServerProtocol(Protocol):
         finally:
             self._in_batch = False
             self.flush()
+            WRITES.release()  # upstream writes this read caused go out now
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
@@ -574,8 +578,9 @@ class H2ServerProtocol(Protocol):
             self.transport.write(data)
 
     def written(self) -> None:
-        """A writer call changed h2's state: flush now unless a batch will."""
-        if not self._in_batch:
+        """A writer call changed h2's state: flush now, unless this connection's read
+        or another connection's (see :class:`~eventgw.h2limits.WriteCoalescer`) will."""
+        if not self._in_batch and not WRITES.defer(self.flush):
             self.flush()
 
     def send_now(self, exchange: H2Exchange, data: bytes) -> bytes:

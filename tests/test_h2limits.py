@@ -18,6 +18,7 @@ from eventgw.h2limits import (
     LeanH2Connection,
     TokenBucket,
     WatermarkBuffer,
+    WriteCoalescer,
     _SilentHpackLog,
     header_list_size,
 )
@@ -224,3 +225,54 @@ def hyperframe_frames(data: bytes) -> list[Frame]:
         frames.append(frame)
         view = view[9 + length :]
     return frames
+
+
+class WriteCoalescerTests(SynchronousTestCase):
+    """Flushes deferred while a read is processed run once each at the outermost end."""
+
+    def test_not_held_means_flush_now(self) -> None:
+        """Outside a read, defer declines and the caller flushes itself."""
+        self.assertFalse(WriteCoalescer().defer(lambda: None))
+
+    def test_once_each_at_outermost_release(self) -> None:
+        """Each flush runs once, in first-deferred order, when the last hold ends."""
+        writes = WriteCoalescer()
+        ran: list[str] = []
+
+        def a() -> None:
+            ran.append("a")
+
+        def b() -> None:
+            ran.append("b")
+
+        writes.hold()
+        writes.hold()
+        self.assertTrue(writes.defer(b))
+        self.assertTrue(writes.defer(a))
+        self.assertTrue(writes.defer(b))
+        writes.release()
+        self.assertEqual(ran, [])
+        writes.release()
+        self.assertEqual(ran, ["b", "a"])
+        self.assertEqual(writes.depth, 0)
+        self.assertFalse(writes.defer(a))
+
+    def test_flush_that_defers_again(self) -> None:
+        """A flush that holds and defers another (a write that resumed a producer)
+        still has it run before the release returns."""
+        writes = WriteCoalescer()
+        ran: list[str] = []
+
+        def inner() -> None:
+            ran.append("inner")
+
+        def outer() -> None:
+            ran.append("outer")
+            writes.hold()
+            writes.defer(inner)
+            writes.release()
+
+        writes.hold()
+        writes.defer(outer)
+        writes.release()
+        self.assertEqual(ran, ["outer", "inner"])

@@ -59,6 +59,7 @@ from eventgw.h2limits import (
     MAX_PAUSED_OUTBOUND_BYTES,
     RESET_BURST,
     STREAM_WINDOW,
+    WRITES,
 )
 from eventgw.h2server import H2ServerProtocol, response_headers
 from tests.support import EchoTarget
@@ -659,6 +660,51 @@ class ExchangeTests(TestCase):
         peer.send()
         statuses = [e["status"] for e in access_events(observer)]
         self.assertEqual(sorted(map(str, statuses)), ["200", "reset"])
+
+
+class WriteCoalescingTests(TestCase):
+    """Writer calls made while another connection's read is processed (the relay
+    answering from an upstream read) are flushed once, at the end of that read."""
+
+    def test_one_write_per_read(self) -> None:
+        """A whole response written inside WRITES.hold() goes out in one write, at
+        the release; outside a hold every writer call writes at once."""
+        writes: list[bytes] = []
+
+        class CountingTransport(PausingTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                super().write(data)
+
+        target = RecordingTarget()
+        peer = Peer(target, transport=CountingTransport(
+            peerAddress=IPv4Address("TCP", "10.1.2.3", 40000)))
+        first = peer.request(b"POST", b"/pkg.S/M", b"x")
+        second = peer.request(b"POST", b"/pkg.S/M", b"y")
+        writes.clear()
+        one, two = (handler.writer for handler in target.handlers)
+        WRITES.hold()
+        try:
+            for writer in (one, two):
+                writer.write_head(200, [(b"content-type", b"application/grpc")])
+                writer.write_body(b"\x00\x00\x00\x00\x01z")
+                writer.end([(b"grpc-status", b"0")])
+            self.assertEqual(writes, [])
+        finally:
+            WRITES.release()
+        self.assertEqual(len(writes), 1)
+        peer.receive()
+        for stream_id in (first, second):
+            _headers, body, trailers, ended = peer.response(stream_id)
+            self.assertEqual((body, trailers, ended),
+                             (b"\x00\x00\x00\x00\x01z", [(b"grpc-status", b"0")], True))
+        third = peer.request(b"POST", b"/pkg.S/M", b"z")
+        writes.clear()
+        target.handlers[-1].writer.write_head(200, [(b"content-type", b"application/grpc")])
+        target.handlers[-1].writer.end([(b"grpc-status", b"0")])
+        self.assertEqual(len(writes), 2)
+        peer.receive()
+        self.assertTrue(peer.response(third)[3])
 
 
 class FlowControlTests(TestCase):
