@@ -59,6 +59,9 @@ PAUSE_S: Final = 0.2
 # measured again, up to this many attempts in all, after a pause.
 DISTURBED_ATTEMPTS: Final = 3
 DISTURBED_PAUSE_S: Final = 1.0
+# After this many disturbed attempts in a row the noise is not passing: measuring again
+# would only spend the budget, so runs are kept (and flagged) until one is quiet again.
+PERSISTENT_NOISE_ATTEMPTS: Final = 5
 TOOLS: Final = ("nginx", "wrk", "h2load", "taskset", "make", "g++", "protoc")
 
 
@@ -178,6 +181,7 @@ class Bench:
         self.foreign_cpu_s = 0.0
         self.measured_s = 0.0
         self.repeated_runs = 0
+        self.disturbed_in_a_row = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -306,8 +310,12 @@ class Bench:
                 return
             self.foreign_cpu_s += run.foreign_cpu_s
             self.measured_s += run.load.seconds
-            if not run.disturbed or attempt == DISTURBED_ATTEMPTS or not self._fits_budget(
-                workload
+            self.disturbed_in_a_row = self.disturbed_in_a_row + 1 if run.disturbed else 0
+            if (
+                not run.disturbed
+                or attempt == DISTURBED_ATTEMPTS
+                or self.disturbed_in_a_row >= PERSISTENT_NOISE_ATTEMPTS
+                or not self._fits_budget(workload)
             ):
                 break
             self.repeated_runs += 1
