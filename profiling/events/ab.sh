@@ -1,6 +1,6 @@
 #!/bin/bash
 # Interleaved A/B runs of bench_events.sh; prints each run and the medians per variant.
-# Usage: profiling/events/ab.sh MODE DURATION REPEATS label=BASE_DIR_OR_-:CLIENT ...
+# Usage: [RATE=N] profiling/events/ab.sh MODE DURATION REPEATS label=BASE_DIR_OR_-:CLIENT ...
 #   e.g. ab.sh h1tls 6 3 before=/tmp/evbase_orig:grpcio now=-:h2
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODE=$1; DUR=$2; REP=$3; shift 3

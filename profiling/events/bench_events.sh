@@ -62,7 +62,15 @@ if [ -n "${PYSPY:-}" ]; then
   "$ROOT/.venv/bin/py-spy" record -p $GW -d $((DUR - 1)) -r 200 --nonblocking -f raw -o "$PYSPY" >"$WORK/pyspy.log" 2>&1 &
   SPY=$!
 fi
-taskset -c 1 h2load $FLAGS -D "$DUR" -d "$WORK/body" \
+# RATE=N: a fixed N events/s in all (h2load --rps per connection, -n events) instead of
+# as many as the gateway takes; CPU per event then does not depend on batching.
+if [ -n "${RATE:-}" ]; then
+  conns=$(echo $FLAGS | sed 's/.*-c \([0-9]*\).*/\1/')
+  LOAD="--rps $((RATE / conns)) -n $((RATE * DUR))"
+else
+  LOAD="-D $DUR"
+fi
+taskset -c 1 timeout $((DUR * 3 + 10)) h2load $FLAGS $LOAD -d "$WORK/body" \
   -H 'ce-specversion: 1.0' -H 'ce-id: bench-0001' -H 'ce-source: /bench/load' \
   -H 'ce-type: com.example.bench.measured' -H 'content-type: application/json' \
   "$URL" >"$WORK/h2load.out" 2>&1
