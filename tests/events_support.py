@@ -128,16 +128,23 @@ class RecordingTopics(topics_pb2_grpc.TopicsServicer):
 
 
 def start_broker(
-    case: TestCase, broker: RecordingBroker | None = None, topics: RecordingTopics | None = None
+    case: TestCase,
+    broker: RecordingBroker | None = None,
+    topics: RecordingTopics | None = None,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[RecordingBroker, str]:
-    """Run a grpcio Event Broker on 127.0.0.1:0 until the test ends; return it and
-    its ``host:port``."""
+    """Run a grpcio Event Broker on 127.0.0.1:0 (TLS with ``credentials``) until the
+    test ends; return it and its ``host:port``."""
     broker = broker or RecordingBroker()
     server = grpc.server(ThreadPoolExecutor(max_workers=16))
     eventbroker_pb2_grpc.add_EventBrokerServicer_to_server(broker, server)  # type: ignore[no-untyped-call]
     if topics is not None:
         topics_pb2_grpc.add_TopicsServicer_to_server(topics, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
 
     def stop() -> None:

@@ -466,6 +466,46 @@ class AnnotatedMethodTests(EventsTestCase):
         self.assertEqual(writer.status, 202)
 
 
+class TlsBrokerTests(EventsTestCase):
+    """A ``grpcs://`` broker, verified against the configured CA file."""
+
+    def setUp(self) -> None:
+        from eventgw.tls import ensure_dev_certificate
+
+        dev = ensure_dev_certificate(self.mktemp())
+        with open(dev.cert_path, "rb") as f:
+            cert_pem = f.read()
+        with open(dev.key_path, "rb") as f:
+            key_pem = f.read()
+        self.ca_file = dev.cert_path
+        self.broker, self.target = start_broker(
+            self, credentials=grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+
+    def tls_endpoint(self, ca_file: str) -> EventsEndpoint:
+        endpoint = EventsEndpoint(
+            BrokerUpstream(target=self.target, tls=True, ca_file=ca_file, deadline=5.0),
+            self.limits, client=self.client)
+        self.addCleanup(endpoint.close)
+        return endpoint
+
+    @defer.inlineCallbacks
+    def test_published_over_tls(self) -> Any:
+        """The event reaches the TLS broker; 202."""
+        writer = yield exchange(self.tls_endpoint(self.ca_file), binary_headers("t-1"), b"{}")
+        self.assertEqual((writer.status, writer.json()), (202, {"id": "t-1"}))
+        self.assertEqual([event.id for event in self.broker.events], ["t-1"])
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate(self) -> Any:
+        """A broker whose certificate the CA file does not vouch for is unavailable: 503."""
+        from eventgw.tls import ensure_dev_certificate
+
+        other = ensure_dev_certificate(self.mktemp())
+        writer = yield exchange(self.tls_endpoint(other.cert_path), binary_headers(), b"{}")
+        self.assert_error(writer, 503, GrpcStatus.UNAVAILABLE)
+        self.assertEqual(self.broker.calls, [])
+
+
 class GrpcImportTests(TestCase):
     """grpcio is imported with its polling client unless the operator chose otherwise."""
 
@@ -541,3 +581,4 @@ H2QueryTests = _with_h2_client(QueryTests)
 H2MethodTests = _with_h2_client(MethodTests)
 H2AnnotatedMethodTests = _with_h2_client(AnnotatedMethodTests)
 H2ShutdownTests = _with_h2_client(ShutdownTests)
+H2TlsBrokerTests = _with_h2_client(TlsBrokerTests)
