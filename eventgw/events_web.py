@@ -1,8 +1,13 @@
 # -*- test-case-name: tests.test_events -*-
 """The ``/events`` target: CloudEvents over HTTP in, Event Broker gRPC calls out.
 
-Shell module: Twisted (Deferreds, logging) and :mod:`eventgw.broker`; the parsing and
+Shell module: Twisted (Deferreds, logging) and the broker clients; the parsing and
 transcoding are the core's (:mod:`eventgw.cloudevents`, :mod:`eventgw.transcode`).
+
+Two broker clients with one interface (``call(route, request, metadata)`` -> Deferred,
+``close()``), chosen with ``client=``: ``"grpcio"`` (:class:`eventgw.broker.BrokerClient`,
+the default) or ``"h2"`` (:class:`eventgw.grpc_unary.H2BrokerClient`, unary calls over
+the gateway's own HTTP/2 connections, on the reactor thread).
 
 Per exchange (:class:`EventExchange`):
 
@@ -102,7 +107,7 @@ class EventsEndpoint:
         self.client: BrokerClient | H2BrokerClient | None = None
         if broker is not None:
             if client == "h2":
-                self.client = H2BrokerClient(broker, reactor=reactor)  # type: ignore[arg-type]
+                self.client = H2BrokerClient(broker, reactor=reactor)
             else:
                 self.client = BrokerClient(broker, reactor=reactor)
         # CloudEvents intermediaries must pass events of 64 KiB, whatever the config says.

@@ -34,6 +34,7 @@ from urllib.parse import unquote
 from google.protobuf.message import DecodeError, Message
 from hpack import NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from eventgw.broker import BrokerCallFailed
 from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
@@ -43,7 +44,7 @@ from eventgw.grpc_upstream import GrpcConnectionPool, UpstreamStream
 from eventgw.transcode import HttpRoute
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
 
 __all__ = ["H2BrokerClient", "grpc_timeout"]
 
@@ -328,15 +329,17 @@ class H2BrokerClient:
         self,
         upstream: BrokerUpstream,
         *,
-        reactor: IReactorTime | None = None,
+        reactor: IReactorTime | IReactorFromThreads | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        assert reactor is not None
-        self._reactor: IReactorTime = reactor
+        # The gateway's reactor type says IReactorTime or IReactorFromThreads; timers
+        # are what this client needs (every real reactor provides both).
+        self._reactor: IReactorTime = IReactorTime(reactor)
+        reactor = self._reactor
         self.upstream = upstream
         self.deadline = upstream.deadline
         host, port, _ = parse_grpc_target(upstream.target, "event_broker.grpc")
