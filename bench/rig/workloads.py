@@ -249,7 +249,12 @@ def run_load(command: Command, duration: int) -> LoadResult:
         done = subprocess.run(command.argv, capture_output=True, text=True,
                               timeout=duration + RUN_SLACK_S)
     except subprocess.TimeoutExpired as error:
-        raise LoadError(f"{command.tool} did not finish in time") from error
+        seen = error.stdout.decode(errors="replace") if isinstance(error.stdout, bytes) else (
+            error.stdout or ""
+        )
+        tail = "\n".join(seen.strip().splitlines()[-4:])
+        message = f"{command.tool} did not finish in time; its last lines:\n{tail}"
+        raise LoadError(message) from error
     if done.returncode != 0:
         raise LoadError(f"{command.tool} exited {done.returncode}: {done.stderr.strip()}")
     if command.tool == "wrk":
