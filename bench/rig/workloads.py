@@ -22,6 +22,10 @@ from rig.rows import Endpoints, Row
 
 # A run that does not end within its duration plus this is killed and counted as failed.
 RUN_SLACK_S: Final = 20.0
+# h2load waits for a response forever by default; a connection silent this long is
+# dropped and its requests count as timeouts (errors), so one stuck response shows in
+# the table instead of stopping the run.
+H2LOAD_INACTIVITY_S: Final = 10
 GRPC_UNARY_PATH: Final = "/bench.echo.Echo/Unary"
 GRPC_STREAM_PATH: Final = "/bench.echo.Echo/Stream"
 PUBLISH_PATH: Final = "/eventbroker.v1.EventBroker/Publish"
@@ -207,7 +211,7 @@ def build_command(
     if body is not None:
         headers = GRPC_HEADERS if body in ("unary", "stream", "publish") else EVENT_HEADERS
     argv = ["h2load", "-t1", "-c", str(workload.connections), "-m", str(workload.streams),
-            "--log-file", str(log_file)]
+            "--log-file", str(log_file), "-N", str(H2LOAD_INACTIVITY_S)]
     if workload.fixed_rate is None:
         argv += ["-D", str(duration)]
     else:
