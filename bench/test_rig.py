@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig.processes import cpu_seconds, process_tree
-from rig.report import Run, summarize, table_rows
+from rig.report import Run, Summary, summarize, table_rows, targets_table
 from rig.rows import Endpoints, Row
 from rig.setup import BENCH_DIR, fill_template
 from rig.workloads import (
@@ -214,6 +214,26 @@ class ReportTests(SynchronousTestCase):
         [line] = table_rows(workload, summaries, {"eventgw": "skipped: time budget"},
                             ["eventgw"], repeats=3)
         self.assertIn("500 req/s (1 of 3 runs; skipped: time budget)", line)
+
+
+class TargetTests(SynchronousTestCase):
+    def test_targets_compare_the_eventgw_row(self) -> None:
+        """CPU and p99 targets are upper bounds, events/s a lower one; workers scale."""
+        def cell(workload: str, requests: int, cpu: float, p99: float = 1.0) -> Summary:
+            return summarize(_workload(workload),
+                             [Run(LoadResult(requests, 0, 1.0, 0, 0.5, p99), cpu)])
+
+        table = targets_table({
+            ("h1-small-tls", "eventgw"): cell("h1-small-tls", 1000, 0.2),
+            ("h1-small-tls", "eventgw-w2"): cell("h1-small-tls", 1800, 0.4),
+            ("lat-h1-tls", "eventgw"): cell("lat-h1-tls", 500, 0.2, p99=1.5),
+            ("events-tls", "eventgw"): cell("events-tls", 2000, 1.0),
+        })
+        self.assertIn("| HTTP/1.1 small GET, TLS: ≤ 150 ms/1k req | 200 | no |", table)
+        self.assertIn("| p99 at 500 req/s, HTTP/1.1: ≤ 2.0 ms | 1.50 | yes |", table)
+        self.assertIn("| POST /events: ≥ 2,500 events/s | 2,000 | no |", table)
+        self.assertIn("| 1.80x | yes |", table)
+        self.assertEqual(targets_table({}), "")
 
 
 class TemplateTests(SynchronousTestCase):

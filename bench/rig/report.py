@@ -130,3 +130,53 @@ def table_rows(
             f"| {_ratio(s.throughput, nginx.throughput if nginx else None)} |"
         )
     return lines
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one eventgw process on one workload (the performance issue's table)."""
+
+    workload: str
+    measure: str  # "cpu" (at most), "p99" (at most, ms) or "throughput" (at least)
+    limit: float
+    label: str
+
+
+TARGETS: Final = (
+    Target("h1-small-tls", "cpu", 150, "HTTP/1.1 small GET, TLS: ≤ 150 ms/1k req"),
+    Target("h1-16k-tls", "cpu", 180, "HTTP/1.1 16 KiB GET, TLS: ≤ 180 ms/1k req"),
+    Target("h2-small-tls", "cpu", 250, "HTTP/2 small GET, TLS: ≤ 250 ms/1k req"),
+    Target("grpc-unary-tls", "cpu", 400, "gRPC unary, TLS: ≤ 400 ms/1k req"),
+    Target("grpc-unary-h2c", "cpu", 380, "gRPC unary, h2c: ≤ 380 ms/1k req"),
+    Target("grpc-stream-tls", "cpu", 5.0, "gRPC server-streaming: ≤ 5 s/GB"),
+    Target("lat-h1-tls", "p99", 2.0, "p99 at 500 req/s, HTTP/1.1: ≤ 2.0 ms"),
+    Target("lat-grpc-tls", "p99", 2.5, "p99 at 500 req/s, gRPC: ≤ 2.5 ms"),
+    Target("events-tls", "throughput", 2500, "POST /events: ≥ 2,500 events/s"),
+)
+# --workers 2 must give this much of one process's throughput on HTTP/1.1 TLS.
+WORKERS_SCALING: Final = 1.7
+
+
+def targets_table(summaries: dict[tuple[str, str], Summary]) -> str:
+    """The eventgw row against the targets, for the cells that were measured."""
+    lines = ["| target | eventgw | met |", "|---|---:|---|"]
+    for target in TARGETS:
+        s = summaries.get((target.workload, "eventgw"))
+        if s is None:
+            continue
+        value = {"cpu": s.cpu, "p99": s.p99_ms, "throughput": s.throughput}[target.measure]
+        if value is None:
+            continue
+        met = value >= target.limit if target.measure == "throughput" else value <= target.limit
+        digits = 2 if target.measure == "p99" or target.limit < 10 else 0
+        lines.append(f"| {target.label} | {_number(value, digits)} | {'yes' if met else 'no'} |")
+    one, two = summaries.get(("h1-small-tls", "eventgw")), summaries.get(
+        ("h1-small-tls", "eventgw-w2")
+    )
+    if one is not None and two is not None and one.throughput:
+        scale = two.throughput / one.throughput
+        lines.append(
+            f"| --workers 2 throughput, HTTP/1.1 small TLS: ≥ {WORKERS_SCALING}x one process "
+            f"| {scale:.2f}x | {'yes' if scale >= WORKERS_SCALING else 'no'} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
