@@ -35,6 +35,9 @@ __all__ = [
     "load_config_file",
 ]
 
+# The Event Broker clients ``event_broker.client`` may name.
+BROKER_CLIENTS: Final = ("grpcio", "h2")
+
 # The CloudEvents HTTP binding: intermediaries must forward events of 64 KiB.
 MIN_EVENT_SIZE: Final = 64 * 1024
 
@@ -92,6 +95,9 @@ class BrokerUpstream:
     tls: bool
     ca_file: str | None = None
     deadline: float = 5.0
+    # "grpcio" (DESIGN.md's client) or "h2" (unary calls on the gateway's own HTTP/2
+    # upstream pool, all on the reactor thread).
+    client: str = "grpcio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +343,12 @@ def load_config(text: str, source: str = "<string>") -> GatewayConfig:
         )
 
     broker_raw = _mapping(top.get("event_broker"), "event_broker")
-    _check_keys(broker_raw, {"grpc", "ca_file", "deadline"}, "event_broker")
+    _check_keys(broker_raw, {"grpc", "ca_file", "deadline", "client"}, "event_broker")
+    client = broker_raw.get("client", "grpcio")
+    if client not in BROKER_CLIENTS:
+        raise ConfigError(
+            "event_broker.client", f"expected one of: {', '.join(BROKER_CLIENTS)}, got {client!r}"
+        )
     broker = None
     if broker_raw.get("grpc") is not None:
         host, port, use_tls = parse_grpc_target(broker_raw["grpc"], "event_broker.grpc")
@@ -348,6 +359,7 @@ def load_config(text: str, source: str = "<string>") -> GatewayConfig:
                 broker_raw["ca_file"], "event_broker.ca_file"
             ),
             deadline=_seconds(broker_raw.get("deadline", 5.0), "event_broker.deadline"),
+            client=client,
         )
     elif broker_raw:
         raise ConfigError("event_broker.grpc", "required when event_broker is given")

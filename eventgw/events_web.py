@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.broker import BrokerCallFailed, BrokerClient, call_metadata
-from eventgw.config import MIN_EVENT_SIZE, BrokerUpstream, Limits
+from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
 from eventgw.errors import GatewayError, GrpcStatus
 from eventgw.exchange import (
     Headers,
@@ -68,12 +68,12 @@ __all__ = ["BROKER_CLIENTS", "DEFAULT_CLIENT", "EVENT_BROKER_SERVICE", "EventExc
 
 EVENT_BROKER_SERVICE: Final = eventbroker_pb2.DESCRIPTOR.services_by_name["EventBroker"]
 
+# The broker client implementations (config key event_broker.client): grpcio
+# (DESIGN.md's), or unary calls over the gateway's own HTTP/2 connections
+# (eventgw.grpc_unary), one thread instead of grpcio's pool.
+DEFAULT_CLIENT: Final = "grpcio"
 # CloudEvents HTTP webhook spec, section 4.2: the rate a sender may use ("*": unlimited;
 # the broker pushes back with RESOURCE_EXHAUSTED -> 429 instead).
-# The broker client implementations: grpcio (DESIGN.md's), or unary calls over the
-# gateway's own HTTP/2 connections (eventgw.grpc_unary), which costs less CPU per event.
-BROKER_CLIENTS: Final = ("grpcio", "h2")
-DEFAULT_CLIENT: Final = "grpcio"
 _WEBHOOK_ALLOWED_RATE: Final = b"*"
 _EVENT_KINDS: Final = (BodyKind.CLOUDEVENT, BodyKind.CLOUDEVENT_BATCH)
 _DEFAULT_AUTH_CHALLENGE: Final = b'Bearer realm="eventgw"'

@@ -52,7 +52,10 @@ class Gateway:
         if config.master_api_http is not None:
             self.api = ApiProxy(config.master_api_http, config.limits, reactor=reactor)
         self.events: _ClosableTarget = EventsEndpoint(
-            config.event_broker, config.limits, reactor=reactor
+            config.event_broker,
+            config.limits,
+            reactor=reactor,
+            client=config.event_broker.client if config.event_broker else "grpcio",
         )
         self.grpc: _ClosableTarget = GrpcRelay(
             config.master_api_grpc,

@@ -74,6 +74,15 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.master_api_grpc.max_connections, 2)
         self.assertEqual(config.master_api_grpc.keepalive_interval, 5.0)
 
+    def test_broker_client(self) -> None:
+        """event_broker.client selects the broker client; grpcio by default."""
+        base = "master_api: {http: 'http://h:1'}\n"
+        default = load_config(base + "event_broker: {grpc: 'h:1'}")
+        chosen = load_config(base + "event_broker: {grpc: 'h:1', client: h2}")
+        assert default.event_broker is not None and chosen.event_broker is not None
+        self.assertEqual((default.event_broker.client, chosen.event_broker.client),
+                         ("grpcio", "h2"))
+
     def test_grpcs(self) -> None:
         """grpcs:// selects TLS towards the gRPC upstream."""
         config = load_config("master_api: {grpc: 'grpcs://api.internal:443'}")
@@ -111,6 +120,7 @@ class LoadConfigTests(SynchronousTestCase):
             ("limits: {idle_timeout: -1}\n" + base, "limits.idle_timeout"),
             ("event_broker: {deadline: 2}\n" + base, "event_broker.grpc"),
             ("log: {access: 'yes'}\n" + base, "log.access"),
+            ("event_broker: {grpc: 'h:1', client: grpc}\n" + base, "event_broker.client"),
             ("workers: 0\n" + base, "workers"),
         ]
         for text, key in cases:
