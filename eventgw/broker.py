@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 
+from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream
 from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
 from eventgw.exchange import Headers
@@ -164,14 +165,10 @@ class BrokerClient:
         *,
         reactor: IReactorTime | IReactorFromThreads | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
         # The gateway passes its reactor typed as IReactorTime; any real reactor also
         # provides IReactorFromThreads, which is what crossing threads needs.
-        self._reactor: IReactorFromThreads = IReactorFromThreads(reactor)
-        self._async = txaio.tx.with_config(loop=reactor)  # type: ignore[no-untyped-call]
+        self._reactor: IReactorFromThreads = IReactorFromThreads(default_reactor(reactor))
+        self._async = txaio.tx.with_config(loop=self._reactor)  # type: ignore[no-untyped-call]
         self.upstream = upstream
         self.deadline = upstream.deadline
         grpcio = import_grpc()

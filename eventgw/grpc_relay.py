@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import (
@@ -78,11 +79,7 @@ class GrpcRelay:
         reactor: IReactorTime | None = None,
         pool: GrpcConnectionPool | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
-        assert reactor is not None
+        reactor = default_reactor(reactor)
         self.reactor = reactor
         self.policy = policy
         if pool is None and upstream is not None:

@@ -36,6 +36,7 @@ from hpack import NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from eventgw._reactor import default_reactor
 from eventgw.broker import BrokerCallFailed
 from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
 from eventgw.errors import GrpcStatus
@@ -332,13 +333,9 @@ class H2BrokerClient:
         reactor: IReactorTime | IReactorFromThreads | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
         # The gateway's reactor type says IReactorTime or IReactorFromThreads; timers
         # are what this client needs (every real reactor provides both).
-        self._reactor: IReactorTime = IReactorTime(reactor)
+        self._reactor: IReactorTime = IReactorTime(default_reactor(reactor))
         reactor = self._reactor
         self.upstream = upstream
         self.deadline = upstream.deadline

@@ -58,6 +58,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
 from eventgw.h2limits import WRITES, LeanH2Connection
@@ -603,11 +604,7 @@ class GrpcConnectionPool:
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
-        assert reactor is not None
+        reactor = default_reactor(reactor)
         self.reactor = reactor
         self.config = config
         self.address = config.address

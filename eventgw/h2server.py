@@ -48,7 +48,7 @@ Theory of operation:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionState
@@ -75,6 +75,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from eventgw._reactor import default_reactor
 from eventgw.accesslog import log_exchange, log_protocol_error
 from eventgw.config import Limits
 from eventgw.exchange import (
@@ -344,10 +345,7 @@ class H2ServerProtocol(Protocol):
         reactor: IReactorTime | None = None,
         access_log: bool = True,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = cast(IReactorTime, default_reactor)
+        reactor = default_reactor(reactor)
         self._target = target
         self._limits = limits
         self._scheme = scheme

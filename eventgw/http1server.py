@@ -43,6 +43,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from eventgw._reactor import default_reactor
 from eventgw.accesslog import log_exchange, log_protocol_error
 from eventgw.config import Limits
 from eventgw.errors import error_body, grpc_code_for_http
@@ -330,10 +331,7 @@ class Http1ServerProtocol(TwistedProtocol):
         reactor: IReactorTime | None = None,
         access_log: bool = True,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = cast("IReactorTime", global_reactor)
+        reactor = default_reactor(reactor)
         self._target = target
         self._limits = limits
         self._scheme = scheme

@@ -43,6 +43,7 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream
 from eventgw.errors import ConfigError, GatewayError, GrpcStatus
 from eventgw.h1client import (
@@ -351,10 +352,7 @@ class UpstreamPool:
         max_waiting: int = MAX_WAITING,
         endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self.upstream = upstream
         self._reactor = reactor
         self._endpoint = endpoint or _upstream_endpoint(upstream, reactor)

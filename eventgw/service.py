@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
 from eventgw.listener import GatewayFactory
@@ -40,10 +41,7 @@ class GatewayService(service.Service):
     def __init__(
         self, config: GatewayConfig, reactor: Any = None, adopt_fds: list[int] | None = None
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self.config = config
         self.reactor = reactor
         self.ports: list[IListeningPort] = []

@@ -33,6 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream, Limits
 from eventgw.errors import GatewayError, PayloadTooLarge
 from eventgw.exchange import (
@@ -95,10 +96,7 @@ class ApiProxy:
         reactor: Reactor | None = None,
         pool: UpstreamPool | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self.upstream = upstream
         self.reactor = reactor
         self.pool = pool if pool is not None else UpstreamPool(upstream, reactor=reactor)

@@ -37,6 +37,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
 
@@ -122,10 +123,7 @@ class WorkerSupervisor(service.Service):
         *,
         reuse_port: bool = REUSE_PORT,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
+        reactor = default_reactor(reactor)
         self.config = config
         self.worker_args = worker_args
         self.reactor = reactor
