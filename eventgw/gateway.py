@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.defer import Deferred, DeferredList
 
 from eventgw.config import GatewayConfig
+from eventgw.events_web import EventsEndpoint
 from eventgw.exchange import (
     RequestHandler,
     RequestHead,
@@ -22,7 +23,9 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
+from eventgw.grpc_relay import GrpcRelay
 from eventgw.routing import MethodPolicy, Route, route_for
+from eventgw.webproxy import ApiProxy
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -43,10 +46,6 @@ class Gateway:
     """
 
     def __init__(self, config: GatewayConfig, reactor: IReactorTime) -> None:
-        from eventgw.events_web import EventsEndpoint
-        from eventgw.grpc_relay import GrpcRelay
-        from eventgw.webproxy import ApiProxy
-
         self.config = config
         self.api: _ClosableTarget | None = None
         if config.master_api_http is not None:

@@ -22,7 +22,9 @@ from twisted.logger import Logger
 from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
+from eventgw.gateway import Gateway
 from eventgw.listener import GatewayFactory
+from eventgw.tls import ensure_dev_certificate, server_context_factory
 
 __all__ = ["GatewayService", "gateway_service"]
 
@@ -58,8 +60,6 @@ class GatewayService(service.Service):
             self._tls_options = self._context_factory()
 
     def _context_factory(self) -> Any:
-        from eventgw.tls import ensure_dev_certificate, server_context_factory
-
         tls = self.config.tls
         if tls.cert is not None and tls.key is not None:
             return server_context_factory(tls.cert, tls.key)
@@ -114,8 +114,6 @@ class GatewayService(service.Service):
         self.factories.append(factory)
 
     def startService(self) -> None:
-        from eventgw.gateway import Gateway
-
         self.prepare()
         access = self.config.access_log
         limits = self.config.limits
