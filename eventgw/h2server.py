@@ -106,6 +106,7 @@ from eventgw.h2limits import (
     TokenBucket,
     WatermarkBuffer,
 )
+from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import is_grpc
 
 if TYPE_CHECKING:
@@ -119,12 +120,6 @@ PROTOCOL: Final = "HTTP/2"
 
 # h2's default initial connection window (RFC 9113 section 6.9.2); we add to it.
 _DEFAULT_WINDOW: Final = 65535
-
-# Connection-specific header fields (RFC 9113 section 8.2.2): never sent in HTTP/2.
-# ``te`` is allowed with the single value ``trailers``.
-_CONNECTION_SPECIFIC: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 # The status codes as :status values, built once (hpack would encode them anyway).
 _STATUS: Final = {code: str(code).encode("ascii") for code in range(100, 600)}
@@ -149,7 +144,7 @@ def response_headers(headers: Headers) -> Headers:
         (name, value)
         for name, value in headers
         if name
-        and name not in _CONNECTION_SPECIFIC
+        and name not in CONNECTION_SPECIFIC
         and name[0] != 58  # b":"
         and (name != b"te" or value == b"trailers")
     ]

@@ -48,6 +48,12 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+# Connection-specific fields (RFC 9113 section 8.2.2): never sent in HTTP/2.  ``te`` is
+# not here: HTTP/2 allows it with the single value ``trailers``.
+CONNECTION_SPECIFIC: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
 # Request headers that never go upstream as the client sent them.  ``host`` and
 # ``content-length`` are written by the client codec (``h1client``) from the upstream's
 # authority and the body framing; ``expect`` is handled by the gateway itself; the

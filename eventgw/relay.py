@@ -34,6 +34,7 @@ from typing import Final
 
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import CANCEL, Headers, RequestHead
+from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import MethodPolicy
 
 __all__ = [
@@ -100,17 +101,7 @@ _MAX_TIMEOUT_DIGITS: Final = 8
 # Connection-specific headers (RFC 9113 section 8.2.2) and ``host`` (":authority"
 # replaces it).  ``te`` is special: gRPC requires ``te: trailers`` and it is the one
 # value HTTP/2 permits, so it is kept when it says exactly that.
-_CONNECTION_SPECIFIC: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"http2-settings",
-    }
-)
+_CONNECTION_SPECIFIC: Final = CONNECTION_SPECIFIC | {b"host", b"http2-settings"}
 
 # gRPC's http-grpc-status-mapping.md: the status a client derives from a non-200
 # HTTP response.
