@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
 
+from eventgw.api.target import ApiProxy
 from eventgw.config import GatewayConfig
-from eventgw.events_web import EventsEndpoint
+from eventgw.events.target import EventsEndpoint
 from eventgw.exchange import (
     RequestHandler,
     RequestHead,
@@ -23,9 +24,8 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.grpc_relay import GrpcRelay
+from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy, Route, route_for
-from eventgw.webproxy import ApiProxy
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

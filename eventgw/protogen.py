@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_protos -*-
 """Regenerate the Python code for the gateway's protos: ``python -m eventgw.protogen``.
 
+Shell module: a development tool that runs ``grpc_tools.protoc``.
+
 Development tool, not imported by the gateway at run time (it needs ``grpcio-tools``, a
 development dependency).  It compiles
 

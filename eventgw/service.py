@@ -21,9 +21,9 @@ from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
+from eventgw.downstream.listener import GatewayFactory
 from eventgw.errors import ConfigError
 from eventgw.gateway import Gateway
-from eventgw.listener import GatewayFactory
 from eventgw.tls import ensure_dev_certificate, server_context_factory
 
 __all__ = ["GatewayService", "gateway_service"]

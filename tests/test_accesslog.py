@@ -14,7 +14,7 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.accesslog import log_exchange
+from eventgw.downstream.accesslog import log_exchange
 from tests.support import make_head
 
 

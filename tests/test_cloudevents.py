@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cloudevents -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.cloudevents: the CloudEvents HTTP binding, without sockets."""
+"""Tests for eventgw.events.cloudevents: the CloudEvents HTTP binding, without sockets."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.cloudevents import (
+from eventgw.events.cloudevents import (
     CloudEvent,
     ContentMode,
     InvalidEvent,

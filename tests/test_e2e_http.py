@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
-from eventgw.sniff import PREFACE
+from eventgw.downstream.sniff import PREFACE
 from tests.rig import (
     RunningGateway,
     free_port,

@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from eventgw._proto.cloudevents.v1.cloudevents_pb2 import CloudEvent
 from eventgw.config import MIN_EVENT_SIZE, BrokerUpstream, Limits
 from eventgw.errors import GrpcStatus, http_status_for_grpc
-from eventgw.events_web import EVENT_BROKER_SERVICE, EventsEndpoint
+from eventgw.events.target import EVENT_BROKER_SERVICE, EventsEndpoint
 from tests._proto.topics.v1 import topics_pb2
 from tests.events_support import (
     FinishingWriter,
@@ -520,9 +520,9 @@ class GrpcImportTests(TestCase):
         """A fresh process gets GRPC_EXPERIMENTS; an operator's own value is kept."""
         import os
 
-        from eventgw.broker import GRPC_EXPERIMENTS
+        from eventgw.events.broker import GRPC_EXPERIMENTS
 
-        code = ("import os, sys; from eventgw.broker import import_grpc; import_grpc(); "
+        code = ("import os, sys; from eventgw.events.broker import import_grpc; import_grpc(); "
                 "print('grpc' in sys.modules, os.environ.get('GRPC_EXPERIMENTS'))")
         env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
         self.assertEqual(self.run_python(code, env), f"True {GRPC_EXPERIMENTS}")
@@ -532,7 +532,7 @@ class GrpcImportTests(TestCase):
         """Too late to matter once grpc is imported: the environment is left alone."""
         import os
 
-        from eventgw.broker import import_grpc
+        from eventgw.events.broker import import_grpc
 
         saved = os.environ.pop("GRPC_EXPERIMENTS", None)
         if saved is not None:
@@ -564,7 +564,7 @@ class ShutdownTests(EventsTestCase):
 
 def _with_h2_client(case: type[EventsTestCase]) -> type[EventsTestCase]:
     """The same tests, with the endpoint calling the broker over eventgw's own HTTP/2
-    client (eventgw.grpc_unary) instead of grpcio."""
+    client (eventgw.events.h2broker) instead of grpcio."""
     return type("H2" + case.__name__, (case,), {
         "client": "h2",
         "__doc__": f"{case.__doc__} (HTTP/2 broker client)",

@@ -1,4 +1,4 @@
-"""End-to-end tests of the gRPC relay (eventgw.grpc_relay, eventgw.grpc_upstream).
+"""End-to-end tests of the gRPC relay (eventgw.grpc.target, eventgw.upstream.h2pool).
 
 Three kinds of peers, all on 127.0.0.1 port 0:
 
@@ -43,9 +43,9 @@ from twisted.trial.unittest import TestCase
 from demo.masterapi import grpc_client
 from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
 from demo.masterapi.grpc_server import MAX_MESSAGE_BYTES, ItemsServicer, serve
-from eventgw import h2limits
-from eventgw import relay as relay_core
+from eventgw import http2
 from eventgw.config import GrpcUpstream, Limits
+from eventgw.downstream.h2server import H2ServerProtocol
 from eventgw.exchange import (
     CANCEL,
     Headers,
@@ -55,11 +55,11 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.grpc_relay import GrpcRelay
-from eventgw.grpc_upstream import INITIAL_STREAM_WINDOW, GrpcConnectionPool
-from eventgw.h2server import H2ServerProtocol
+from eventgw.grpc import relay as relay_core
+from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy, is_grpc
 from eventgw.tls import ensure_dev_certificate, server_context_factory
+from eventgw.upstream.h2pool import INITIAL_STREAM_WINDOW, GrpcConnectionPool
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor
@@ -624,7 +624,7 @@ class GrpcEndToEndTests(GatewayFixture):
         self.assertEqual((reply.count, reply.total_bytes), (count, count * size))
         self.assertGreater(relay.peak_queued_upstream, relay_core.HIGH_WATERMARK)
         self.assertLessEqual(
-            relay.peak_queued_upstream, relay_core.HIGH_WATERMARK + h2limits.MAX_FRAME_SIZE
+            relay.peak_queued_upstream, relay_core.HIGH_WATERMARK + http2.MAX_FRAME_SIZE
         )
         figure(
             f"slow Master API: relay queued <= {relay.peak_queued_upstream} request bytes "
@@ -879,7 +879,7 @@ class GrpcEndToEndTests(GatewayFixture):
         # it, and at most one upstream stream window that arrived after the pause.
         self.assertLessEqual(
             peak_buffer,
-            h2limits.HIGH_WATERMARK + h2limits.MAX_FRAME_SIZE + INITIAL_STREAM_WINDOW,
+            http2.HIGH_WATERMARK + http2.MAX_FRAME_SIZE + INITIAL_STREAM_WINDOW,
         )
         figure(
             f"slow reader: Master API stalled after {stalled_at} of {count * size} bytes; "

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_grpc_unary -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests of eventgw.grpc_unary at the wire: a scripted HTTP/2 server on 127.0.0.1:0.
+"""Tests of eventgw.events.h2broker at the wire: a scripted HTTP/2 server on 127.0.0.1:0.
 
 The grpcio broker of tests.test_events covers the usual answers (each mode, each
 status, deadline, cancellation, broker down) for both clients; this scripted server
@@ -24,12 +24,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
-from eventgw.broker import BrokerCallFailed
 from eventgw.config import BrokerUpstream
 from eventgw.errors import GrpcStatus
-from eventgw.events_web import EVENT_BROKER_SERVICE
-from eventgw.grpc_unary import H2BrokerClient, grpc_timeout
-from eventgw.transcode import HttpRoute, RouteTable
+from eventgw.events.broker import BrokerCallFailed
+from eventgw.events.h2broker import H2BrokerClient, grpc_timeout
+from eventgw.events.target import EVENT_BROKER_SERVICE
+from eventgw.events.transcode import HttpRoute, RouteTable
 from tests.events_support import WAIT_TIMEOUT, wait_until
 
 Answer = Callable[[H2Connection, int], None]

@@ -1,5 +1,5 @@
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.h1client: request serialization and strict response parsing."""
+"""Tests for eventgw.upstream.h1client: request serialization and strict response parsing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.h1client import (
+from eventgw.upstream.h1client import (
     NEED_DATA,
     ClientConnection,
     Data,

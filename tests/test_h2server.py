@@ -1,4 +1,4 @@
-"""Tests for eventgw.h2server: a real h2 client drives H2ServerProtocol in memory."""
+"""Tests for eventgw.downstream.h2server: a real h2 client drives H2ServerProtocol in memory."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from eventgw.config import Limits
+from eventgw.downstream.h2server import H2ServerProtocol, response_headers
 from eventgw.exchange import (
     Headers,
     RequestHandler,
@@ -52,7 +53,7 @@ from eventgw.exchange import (
     ResponseWriter,
     StaticReply,
 )
-from eventgw.h2limits import (
+from eventgw.http2 import (
     CONNECTION_WINDOW,
     CONTROL_FRAME_BURST,
     HIGH_WATERMARK,
@@ -61,7 +62,6 @@ from eventgw.h2limits import (
     STREAM_WINDOW,
     WRITES,
 )
-from eventgw.h2server import H2ServerProtocol, response_headers
 from tests.support import EchoTarget
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_http1 -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.http1: the strict HTTP/1.1 request parser and response framing."""
+"""Tests for eventgw.downstream.http1: the strict HTTP/1.1 request parser and response framing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.errors import GatewayError
-from eventgw.http1 import (
+from eventgw.downstream.http1 import (
     MAX_CHUNK_EXTENSION_BYTES,
     MAX_HEADER_COUNT,
     MAX_REQUEST_LINE_BYTES,
@@ -31,6 +30,7 @@ from eventgw.http1 import (
     serialize_interim_response,
     serialize_response_head,
 )
+from eventgw.errors import GatewayError
 
 MAX_HEADER = 8192
 

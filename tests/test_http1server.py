@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_http1server -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.http1server: the downstream HTTP/1.1 protocol over StringTransport."""
+"""Tests for eventgw.downstream.http1server: the HTTP/1.1 protocol over StringTransport."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventgw.config import Limits
+from eventgw.downstream.http1server import (
+    DISCARD_BODY_LIMIT,
+    MAX_BUFFERED_BYTES,
+    Http1ServerProtocol,
+)
 from eventgw.exchange import Headers, RequestHead, ResponseWriter, StaticReply, send_error
-from eventgw.http1server import DISCARD_BODY_LIMIT, MAX_BUFFERED_BYTES, Http1ServerProtocol
 from tests.support import EchoTarget
 from tests.test_http1 import MAX_HEADER, REJECTED
 

@@ -9,8 +9,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.config import Limits
-from eventgw.listener import GatewayFactory, ProtocolSniffer
-from eventgw.sniff import PREFACE
+from eventgw.downstream.listener import GatewayFactory, ProtocolSniffer
+from eventgw.downstream.sniff import PREFACE
 from tests.support import EchoTarget
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for the gRPC relay's sans-IO bookkeeping (eventgw.relay): no sockets."""
+"""Unit tests for the gRPC relay's sans-IO bookkeeping (eventgw.grpc.relay): no sockets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import CANCEL, Headers, RequestHead
-from eventgw.relay import (
+from eventgw.grpc.relay import (
     HIGH_WATERMARK,
     LOW_WATERMARK,
     REFUSED_STREAM,

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.sniff import PREFACE, Protocol, by_alpn, by_first_bytes
+from eventgw.downstream.sniff import PREFACE, Protocol, by_alpn, by_first_bytes
 
 
 class ByAlpnTests(SynchronousTestCase):

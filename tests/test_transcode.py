@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_transcode -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.transcode: routes from google.api.http annotations, without sockets."""
+"""Tests for eventgw.events.transcode: routes from google.api.http annotations, without sockets."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
-from eventgw.cloudevents import InvalidEvent
 from eventgw.errors import BadRequest, GrpcStatus
-from eventgw.transcode import (
+from eventgw.events.cloudevents import InvalidEvent
+from eventgw.events.transcode import (
     BodyKind,
     MethodNotAllowed,
     PathTemplate,

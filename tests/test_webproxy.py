@@ -1,5 +1,5 @@
 # mypy: disable-error-code="no-untyped-call"
-"""End-to-end tests for the /api reverse proxy (webproxy + httppool + h1client).
+"""End-to-end tests for the /api reverse proxy (api.target + upstream.httppool + upstream.h1client).
 
 A real ``twisted.web.server.Site`` (and a few raw TCP servers for what Site cannot
 send) listens on 127.0.0.1 port 0; :class:`ApiProxy` is driven directly with
@@ -25,10 +25,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
+from eventgw.api.target import ApiProxy
 from eventgw.config import ApiUpstream, Limits
 from eventgw.errors import ConfigError
-from eventgw.httppool import UpstreamPool
-from eventgw.webproxy import ApiProxy
+from eventgw.upstream.httppool import UpstreamPool
 from tests.support import RecordingWriter, make_head
 
 Headers = list[tuple[bytes, bytes]]

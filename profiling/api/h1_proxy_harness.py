@@ -1,8 +1,8 @@
 """CPU cost of the ``/api`` reverse-proxy path over HTTP/1.1, in memory: no sockets, no TLS.
 
-A client's request bytes go into :class:`~eventgw.http1server.Http1ServerProtocol`,
-which hands the exchange to :class:`~eventgw.webproxy.ApiProxy`; the proxy's pooled
-:class:`~eventgw.httppool.UpstreamConnection` writes the upstream request into a
+A client's request bytes go into :class:`~eventgw.downstream.http1server.Http1ServerProtocol`,
+which hands the exchange to :class:`~eventgw.api.target.ApiProxy`; the proxy's pooled
+:class:`~eventgw.upstream.httppool.UpstreamConnection` writes the upstream request into a
 ``StringTransport`` and gets a canned nginx response back.  Time is a ``task.Clock``
 (advanced by 0 after each request so scheduled flushes run).  The whole loop is timed
 (the client and upstream sides are only byte copies), so the figure is the gateway's
@@ -34,11 +34,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher, textFileLogObserver
 
+from eventgw.api.target import ApiProxy
 from eventgw.config import ApiUpstream, Limits
+from eventgw.downstream.http1server import Http1ServerProtocol
 from eventgw.gateway import Gateway  # noqa: F401
-from eventgw.http1server import Http1ServerProtocol
-from eventgw.httppool import UpstreamPool
-from eventgw.webproxy import ApiProxy
+from eventgw.upstream.httppool import UpstreamPool
 
 REQUEST = (
     b"GET /api/small HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n"

@@ -1,7 +1,7 @@
 """CPU cost of ``/api`` GETs over HTTP/2 (h2server -> ApiProxy -> pool), in memory.
 
 An ``h2`` client sends ``--batch`` concurrent GETs per round on one connection to
-:class:`~eventgw.h2server.H2ServerProtocol`; the proxy's pooled upstream connections
+:class:`~eventgw.downstream.h2server.H2ServerProtocol`; the proxy's pooled upstream connections
 write into ``StringTransport``s and get canned nginx responses.  Only the gateway's
 own calls (``dataReceived`` on its connections, the clock's turns) are timed, so the
 figure is the gateway's CPU per request minus sockets and TLS.
@@ -31,10 +31,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from eventgw.api.target import ApiProxy
 from eventgw.config import ApiUpstream, Limits
-from eventgw.h2server import H2ServerProtocol
-from eventgw.httppool import UpstreamPool
-from eventgw.webproxy import ApiProxy
+from eventgw.downstream.h2server import H2ServerProtocol
+from eventgw.upstream.httppool import UpstreamPool
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 28 Nov 2026 12:00:00 GMT\r\n"

@@ -22,11 +22,11 @@ import grpc
 from twisted.internet import defer, reactor
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
-from eventgw.broker import BrokerClient, call_metadata
 from eventgw.config import BrokerUpstream
-from eventgw.events_web import EVENT_BROKER_SERVICE
-from eventgw.grpc_unary import H2BrokerClient
-from eventgw.transcode import RouteTable
+from eventgw.events.broker import BrokerClient, call_metadata
+from eventgw.events.h2broker import H2BrokerClient
+from eventgw.events.target import EVENT_BROKER_SERVICE
+from eventgw.events.transcode import RouteTable
 
 CONCURRENCY = 16
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -19,9 +19,9 @@ from google.protobuf.message import Message
 from twisted.internet.defer import Deferred, succeed
 
 from eventgw.config import BrokerUpstream, Limits
-from eventgw.events_web import EventsEndpoint
+from eventgw.events.target import EventsEndpoint
+from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers, RequestHead
-from eventgw.transcode import HttpRoute
 
 HEADERS: Headers = [
     (b"host", b"127.0.0.1:9080"),

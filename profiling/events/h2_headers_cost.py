@@ -1,4 +1,4 @@
-"""What one request HEADERS costs in h2, configured as eventgw.grpc_upstream does.
+"""What one request HEADERS costs in h2, configured as eventgw.upstream.h2pool does.
 
     .venv/bin/python profiling/events/h2_headers_cost.py
 """

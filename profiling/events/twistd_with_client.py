@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from eventgw import events_web
+from eventgw.events import target as events_web
 
 client = os.environ.get("EVENTGW_BROKER_CLIENT", "grpcio")
 defaults = events_web.EventsEndpoint.__init__.__kwdefaults__

@@ -1,8 +1,8 @@
 """CPU cost of the gRPC relay path (flow 3), in memory: no sockets, no TLS.
 
-A real ``h2`` client drives :class:`~eventgw.h2server.H2ServerProtocol`, whose gRPC
-streams go to :class:`~eventgw.grpc_relay.GrpcRelay`, whose upstream connection (the
-pool's :class:`~eventgw.grpc_upstream._UpstreamConnection`) talks to a real ``h2``
+A real ``h2`` client drives :class:`~eventgw.downstream.h2server.H2ServerProtocol`, whose gRPC
+streams go to :class:`~eventgw.grpc.target.GrpcRelay`, whose upstream connection (the
+pool's :class:`~eventgw.upstream.h2pool._UpstreamConnection`) talks to a real ``h2``
 server standing in for the Master API.  Bytes move through ``StringTransport``s; time
 is a ``task.Clock``.  Only the gateway's own calls (``dataReceived`` on both of its
 connections) are timed and, with ``--profile``, profiled: the two peers' work is
@@ -49,10 +49,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher, textFileLogObserver
 
 from eventgw.config import GrpcUpstream, Limits
-from eventgw.grpc_relay import GrpcRelay
-from eventgw.grpc_upstream import GrpcConnectionPool, _UpstreamConnection
-from eventgw.h2server import H2ServerProtocol
+from eventgw.downstream.h2server import H2ServerProtocol
+from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy
+from eventgw.upstream.h2pool import GrpcConnectionPool, _UpstreamConnection
 
 UNARY_PATH = b"/bench.echo.Echo/Unary"
 STREAM_PATH = b"/bench.echo.Echo/Stream"

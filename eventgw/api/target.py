@@ -3,7 +3,7 @@
 
 Shell module.  :class:`ApiProxy` is a :class:`~eventgw.exchange.RequestTarget`; each
 exchange becomes an :class:`ApiExchange` that takes a pooled connection from
-:class:`~eventgw.httppool.UpstreamPool`, sends the request head (and the body bytes
+:class:`~eventgw.upstream.httppool.UpstreamPool`, sends the request head (and the body bytes
 already received) in one write, streams the rest of the body, and streams the
 response's status, headers, body and trailers back through the
 :class:`~eventgw.exchange.ResponseWriter`.
@@ -43,9 +43,9 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.h1client import LocalProtocolError, ResponseError, ResponseHead
 from eventgw.headers import request_headers_for_upstream, response_headers_for_downstream
-from eventgw.httppool import (
+from eventgw.upstream.h1client import LocalProtocolError, ResponseError, ResponseHead
+from eventgw.upstream.httppool import (
     Reactor,
     UpstreamConnection,
     UpstreamPool,

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_events -*-
 """Unary gRPC calls to the Event Broker over the gateway's own HTTP/2 connections.
 
-Shell module: Twisted (Deferreds, timers) and :mod:`eventgw.grpc_upstream` (the pooled
+Shell module: Twisted (Deferreds, timers) and :mod:`eventgw.upstream.h2pool` (the pooled
 ``h2`` client connections the gRPC relay uses); no grpcio.
 
-The alternative to grpcio's client (:class:`eventgw.broker.BrokerClient`, selected with
+The alternative to grpcio's client (:class:`eventgw.events.broker.BrokerClient`, selected with
 ``client="h2"``): everything happens on the reactor thread, so there is no thread hop
 per call and no future to wrap.  One call is, per the gRPC over HTTP/2 spec
 (``PROTOCOL-HTTP2.md``):
@@ -37,12 +37,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from eventgw._reactor import default_reactor
-from eventgw.broker import BrokerCallFailed
 from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
 from eventgw.errors import GrpcStatus
+from eventgw.events.broker import BrokerCallFailed
+from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
-from eventgw.grpc_upstream import GrpcConnectionPool, UpstreamStream
-from eventgw.transcode import HttpRoute
+from eventgw.upstream.h2pool import GrpcConnectionPool, UpstreamStream
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
@@ -98,7 +98,7 @@ def _frame(message: bytes) -> bytes:
 
 
 class _UnaryCall:
-    """One call: a :class:`~eventgw.grpc_upstream.StreamListener` and a Deferred.
+    """One call: a :class:`~eventgw.upstream.h2pool.StreamListener` and a Deferred.
 
     Invariant: the Deferred fires at most once; after it fired (or was cancelled),
     the stream is closed or reset and every further report is ignored.
@@ -321,9 +321,9 @@ def _unbase64(value: bytes) -> bytes | None:
 class H2BrokerClient:
     """Calls into one Event Broker over pooled HTTP/2 connections, on the reactor thread.
 
-    Same interface and invariant as :class:`eventgw.broker.BrokerClient`: every Deferred
+    Same interface and invariant as :class:`eventgw.events.broker.BrokerClient`: every Deferred
     returned by :meth:`call` fires exactly once, with the response message or a
-    :class:`~eventgw.broker.BrokerCallFailed` (``CancelledError`` when cancelled).
+    :class:`~eventgw.events.broker.BrokerCallFailed` (``CancelledError`` when cancelled).
     """
 
     def __init__(

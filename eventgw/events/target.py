@@ -2,11 +2,11 @@
 """The ``/events`` target: CloudEvents over HTTP in, Event Broker gRPC calls out.
 
 Shell module: Twisted (Deferreds, logging) and the broker clients; the parsing and
-transcoding are the core's (:mod:`eventgw.cloudevents`, :mod:`eventgw.transcode`).
+transcoding are the core's (:mod:`eventgw.events.cloudevents`, :mod:`eventgw.events.transcode`).
 
 Two broker clients with one interface (``call(route, request, metadata)`` -> Deferred,
-``close()``), chosen with ``client=``: ``"grpcio"`` (:class:`eventgw.broker.BrokerClient`,
-the default) or ``"h2"`` (:class:`eventgw.grpc_unary.H2BrokerClient`, unary calls over
+``close()``), chosen with ``client=``: ``"grpcio"`` (:class:`eventgw.events.broker.BrokerClient`,
+the default) or ``"h2"`` (:class:`eventgw.events.h2broker.H2BrokerClient`, unary calls over
 the gateway's own HTTP/2 connections, on the reactor thread).
 
 Per exchange (:class:`EventExchange`):
@@ -38,19 +38,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
-from eventgw.broker import BrokerCallFailed, BrokerClient, call_metadata
 from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
 from eventgw.errors import GatewayError, GrpcStatus
-from eventgw.exchange import (
-    Headers,
-    RequestHandler,
-    RequestHead,
-    ResponseWriter,
-    StaticReply,
-    send_error,
-)
-from eventgw.grpc_unary import H2BrokerClient
-from eventgw.transcode import (
+from eventgw.events.broker import BrokerCallFailed, BrokerClient, call_metadata
+from eventgw.events.h2broker import H2BrokerClient
+from eventgw.events.transcode import (
     BodyKind,
     MethodNotAllowed,
     RouteMatch,
@@ -62,6 +54,14 @@ from eventgw.transcode import (
     response_body,
     status_body,
 )
+from eventgw.exchange import (
+    Headers,
+    RequestHandler,
+    RequestHead,
+    ResponseWriter,
+    StaticReply,
+    send_error,
+)
 
 __all__ = ["BROKER_CLIENTS", "DEFAULT_CLIENT", "EVENT_BROKER_SERVICE", "EventExchange",
            "EventsEndpoint"]
@@ -70,7 +70,7 @@ EVENT_BROKER_SERVICE: Final = eventbroker_pb2.DESCRIPTOR.services_by_name["Event
 
 # The broker client implementations (config key event_broker.client): grpcio
 # (DESIGN.md's), or unary calls over the gateway's own HTTP/2 connections
-# (eventgw.grpc_unary), one thread instead of grpcio's pool.
+# (eventgw.events.h2broker), one thread instead of grpcio's pool.
 DEFAULT_CLIENT: Final = "grpcio"
 # CloudEvents HTTP webhook spec, section 4.2: the rate a sender may use ("*": unlimited;
 # the broker pushes back with RESOURCE_EXHAUSTED -> 429 instead).

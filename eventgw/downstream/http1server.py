@@ -2,7 +2,7 @@
 """The downstream HTTP/1.1 protocol: one connection, its exchanges served in order.
 
 Shell module: it moves bytes and time between a Twisted transport and
-:mod:`eventgw.http1` (the codec) and the :class:`~eventgw.exchange.RequestTarget`
+:mod:`eventgw.downstream.http1` (the codec) and the :class:`~eventgw.exchange.RequestTarget`
 (the gateway).  All HTTP decisions -- what is a valid request, how a response is
 framed -- are made by the codec; this module owns buffering, back-pressure, timeouts,
 error replies and the access log.
@@ -44,19 +44,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from eventgw._reactor import default_reactor
-from eventgw.accesslog import log_exchange, log_protocol_error
 from eventgw.config import Limits
-from eventgw.errors import error_body, grpc_code_for_http
-from eventgw.exchange import (
-    INTERNAL_ERROR,
-    Headers,
-    Producer,
-    RequestHandler,
-    RequestHead,
-    RequestTarget,
-    StaticReply,
-)
-from eventgw.http1 import (
+from eventgw.downstream.accesslog import log_exchange, log_protocol_error
+from eventgw.downstream.http1 import (
     BodyData,
     BodyFraming,
     MessageEnded,
@@ -70,6 +60,16 @@ from eventgw.http1 import (
     serialize_error_response,
     serialize_interim_response,
     serialize_response_head,
+)
+from eventgw.errors import error_body, grpc_code_for_http
+from eventgw.exchange import (
+    INTERNAL_ERROR,
+    Headers,
+    Producer,
+    RequestHandler,
+    RequestHead,
+    RequestTarget,
+    StaticReply,
 )
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_webproxy -*-
 """Pooled keep-alive HTTP/1.1 connections (cleartext or verified TLS) to the Master API.
 
-Shell module: moves bytes and time for :mod:`eventgw.h1client`, which does all the
+Shell module: moves bytes and time for :mod:`eventgw.upstream.h1client`, which does all the
 HTTP.  One :class:`UpstreamPool` per :class:`~eventgw.config.ApiUpstream`:
 
 * at most ``max_connections`` connections (connected plus connecting); requests beyond
@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream
 from eventgw.errors import ConfigError, GatewayError, GrpcStatus
-from eventgw.h1client import (
+from eventgw.upstream.h1client import (
     MAX_RESPONSE_HEAD,
     NEED_DATA,
     ClientConnection,

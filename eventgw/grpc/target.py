@@ -5,8 +5,8 @@ to the Master API over a pooled HTTP/2 connection.
 Shell module.  :class:`GrpcRelay` is the :class:`~eventgw.exchange.RequestTarget` the
 gateway hands every HTTP/2 stream with a gRPC content type.  It sees the client only
 through the exchange interface (head, writer, handler); the decisions are made by
-:class:`eventgw.relay.RelayStream`, and this module only carries its actions out --
-on the writer, on the :class:`~eventgw.grpc_upstream.UpstreamStream` and on the
+:class:`eventgw.grpc.relay.RelayStream`, and this module only carries its actions out --
+on the writer, on the :class:`~eventgw.upstream.h2pool.UpstreamStream` and on the
 reactor's clock.
 
 Refusals are trailers-only answers: a method outside ``grpc.allow`` or inside
@@ -32,8 +32,7 @@ from eventgw.exchange import (
     ResponseWriter,
     StaticReply,
 )
-from eventgw.grpc_upstream import GrpcConnectionPool, UpstreamStream
-from eventgw.relay import (
+from eventgw.grpc.relay import (
     AbortResponse,
     Acknowledge,
     Action,
@@ -51,6 +50,7 @@ from eventgw.relay import (
     trailers_only,
 )
 from eventgw.routing import MethodPolicy
+from eventgw.upstream.h2pool import GrpcConnectionPool, UpstreamStream
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime

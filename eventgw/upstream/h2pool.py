@@ -2,7 +2,7 @@
 """Pooled HTTP/2 client connections to the Master API's gRPC port.
 
 Shell module: Twisted moves the bytes, ``h2`` frames them.  It knows nothing about
-gRPC beyond HTTP/2: the relay (:mod:`eventgw.grpc_relay`) opens an
+gRPC beyond HTTP/2: the relay (:mod:`eventgw.grpc.target`) opens an
 :class:`UpstreamStream` with a header list and a :class:`StreamListener`, sends
 request bytes on it and hears back headers, DATA, trailers, resets and failures.
 
@@ -61,7 +61,7 @@ from twisted.python.failure import Failure
 from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
-from eventgw.h2limits import WRITES, LeanH2Connection
+from eventgw.http2 import WRITES, LeanH2Connection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -358,7 +358,7 @@ class _UpstreamConnection(TwistedProtocol):
 
     def flush_soon(self) -> None:
         """Flush now, or at the end of the read being processed on any HTTP/2
-        connection (:class:`~eventgw.h2limits.WriteCoalescer`): a downstream read
+        connection (:class:`~eventgw.http2.WriteCoalescer`): a downstream read
         carrying many calls then costs one write here."""
         if not self._receiving and not WRITES.defer(self.flush):
             self.flush()

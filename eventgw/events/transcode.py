@@ -2,7 +2,7 @@
 """HTTP/JSON <-> gRPC transcoding driven by ``google.api.http`` annotations.
 
 Core module: imports the standard library, protobuf (descriptors, ``json_format``), the
-generated ``google.api``/``google.rpc`` messages and :mod:`eventgw.cloudevents`; never
+generated ``google.api``/``google.rpc`` messages and :mod:`eventgw.events.cloudevents`; never
 ``twisted``, ``grpc``, ``txaio`` or ``socket``.
 
 At start, :meth:`RouteTable.from_services` reads every method's ``google.api.http`` rule
@@ -51,8 +51,8 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from eventgw import cloudevents
 from eventgw.errors import BadRequest, GatewayError, GrpcStatus, error_body
+from eventgw.events import cloudevents
 
 __all__ = [
     "BodyKind",
@@ -423,7 +423,7 @@ def build_request(
     Precedence, as in grpc-gateway: the body first, then path variables, then query
     parameters (only for fields the body and path leave unbound).
 
-    :raises BadRequest: (or :class:`eventgw.cloudevents.InvalidEvent`) naming the
+    :raises BadRequest: (or :class:`eventgw.events.cloudevents.InvalidEvent`) naming the
         field, parameter or attribute at fault.
     """
     route = match.route

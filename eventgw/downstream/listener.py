@@ -3,7 +3,7 @@
 
 Shell module.  A new connection starts as a :class:`ProtocolSniffer`.  On the TLS
 port the ALPN result (known by the first ``dataReceived``) picks HTTP/2 or HTTP/1.1;
-on the cleartext port the first bytes do (:mod:`eventgw.sniff`).  The sniffer then
+on the cleartext port the first bytes do (:mod:`eventgw.downstream.sniff`).  The sniffer then
 builds the chosen protocol, connects it to the same transport, replays the bytes it
 has seen verbatim (preface included), and rebinds its own ``dataReceived`` and
 ``connectionLost`` to the chosen protocol's, so after the first read it costs nothing.
@@ -20,11 +20,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from eventgw import sniff
 from eventgw.config import Limits
+from eventgw.downstream import sniff
+from eventgw.downstream.h2server import H2ServerProtocol
+from eventgw.downstream.http1server import Http1ServerProtocol
 from eventgw.exchange import RequestTarget
-from eventgw.h2server import H2ServerProtocol
-from eventgw.http1server import Http1ServerProtocol
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress

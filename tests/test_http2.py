@@ -12,7 +12,7 @@ from h2.exceptions import ProtocolError
 from hyperframe.frame import DataFrame, Frame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.h2limits import (
+from eventgw.http2 import (
     HIGH_WATERMARK,
     LOW_WATERMARK,
     LeanH2Connection,

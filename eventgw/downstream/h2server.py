@@ -18,13 +18,13 @@ Theory of operation:
   (``acknowledge_received_data``, by ``flow_controlled_length``) only once the target
   has taken it; a target that calls ``pause_request_body`` gets its DATA queued, and
   the client gets no WINDOW_UPDATE for it, so the queue is bounded by the windows we
-  advertised (:data:`~eventgw.h2limits.STREAM_WINDOW` per stream,
-  :data:`~eventgw.h2limits.CONNECTION_WINDOW` per connection).
+  advertised (:data:`~eventgw.http2.STREAM_WINDOW` per stream,
+  :data:`~eventgw.http2.CONNECTION_WINDOW` per connection).
 * Outbound: ``write_body`` sends what the stream's and the connection's send windows
   allow, in frames of at most the client's MAX_FRAME_SIZE, and buffers the rest per
-  stream.  Past :data:`~eventgw.h2limits.HIGH_WATERMARK` buffered bytes the target's
+  stream.  Past :data:`~eventgw.http2.HIGH_WATERMARK` buffered bytes the target's
   registered producer is paused; WINDOW_UPDATEs drain the buffer and resume it at
-  :data:`~eventgw.h2limits.LOW_WATERMARK`.  While the transport has paused us (the
+  :data:`~eventgw.http2.LOW_WATERMARK`.  While the transport has paused us (the
   client is not reading) no DATA is written at all and every producer is paused.
 * Memory per connection is bounded: inbound, at most CONNECTION_WINDOW (4 MiB) of
   request body held for paused streams, plus h2's partial frame (16 KiB), one transport
@@ -35,15 +35,15 @@ Theory of operation:
   registering a producer are not bounded by us.
 * Writer calls made while a ``dataReceived`` batch is running are flushed once at its
   end; calls made while an upstream connection's read is processed are flushed once
-  at the end of that read (:data:`eventgw.h2limits.WRITES`); calls from elsewhere (a
+  at the end of that read (:data:`eventgw.http2.WRITES`); calls from elsewhere (a
   timer) flush at the end of the call.  So a read costs one ``transport.write`` per
   connection it touched, not one per frame.
 * Errors: an h2 ``ProtocolError`` has already queued a GOAWAY with the right code; we
   flush it, tell every stream's handler ``connection_lost`` and close.  Abuse the
   library does not catch (rapid reset, control-frame floods, header blocks, idle and
   slow clients) gets the same treatment with our own GOAWAY.  Every such close logs one
-  line through :func:`eventgw.accesslog.log_protocol_error`; every stream one access
-  event through :func:`eventgw.accesslog.log_exchange`.
+  line through :func:`eventgw.downstream.accesslog.log_protocol_error`; every stream one access
+  event through :func:`eventgw.downstream.accesslog.log_exchange`.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from eventgw._reactor import default_reactor
-from eventgw.accesslog import log_exchange, log_protocol_error
 from eventgw.config import Limits
+from eventgw.downstream.accesslog import log_exchange, log_protocol_error
 from eventgw.exchange import (
     INTERNAL_ERROR,
     Headers,
@@ -88,7 +88,8 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.h2limits import (
+from eventgw.headers import CONNECTION_SPECIFIC
+from eventgw.http2 import (
     ABORT_TIMEOUT,
     CONNECTION_WINDOW,
     CONTROL_FRAME_BURST,
@@ -106,7 +107,6 @@ from eventgw.h2limits import (
     TokenBucket,
     WatermarkBuffer,
 )
-from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import is_grpc
 
 if TYPE_CHECKING:
@@ -406,7 +406,7 @@ class H2ServerProtocol(Protocol):
         # h2 enforces these ceilings (its concurrent-stream check runs while it parses a
         # whole read; its header decoder must finish a block to keep HPACK in sync); the
         # SETTINGS frame below advertises the real limits, which we enforce per stream
-        # with REFUSED_STREAM and 431 (see eventgw.h2limits).
+        # with REFUSED_STREAM and 431 (see eventgw.http2).
         conn.local_settings = Settings(
             client=False,
             initial_values={
@@ -572,7 +572,7 @@ class H2ServerProtocol(Protocol):
 
     def written(self) -> None:
         """A writer call changed h2's state: flush now, unless this connection's read
-        or another connection's (see :class:`~eventgw.h2limits.WriteCoalescer`) will."""
+        or another connection's (see :class:`~eventgw.http2.WriteCoalescer`) will."""
         if not self._in_batch and not WRITES.defer(self.flush):
             self.flush()
 

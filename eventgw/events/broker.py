@@ -5,7 +5,7 @@ Shell module: imports grpcio, txaio and Twisted; the reactor is injected.
 
 One :class:`BrokerClient` holds one long-lived ``grpc.Channel`` to one broker address
 (grpcio multiplexes every call over it and reconnects by itself).  Calls are generic
-unary calls driven by the descriptors of :mod:`eventgw.transcode` -- the method path,
+unary calls driven by the descriptors of :mod:`eventgw.events.transcode` -- the method path,
 the request serializer and the response class all come from the route -- so a new
 annotated broker method needs no code here.
 
@@ -34,8 +34,8 @@ from twisted.logger import Logger
 from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream
 from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
+from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
-from eventgw.transcode import HttpRoute
 
 if TYPE_CHECKING:
     import grpc

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2limits -*-
+# -*- test-case-name: tests.test_http2 -*-
 """Sans-IO bookkeeping for the downstream HTTP/2 server: abuse budgets and send buffers.
 
 Core module: it holds numbers and byte buffers only.  It must not import ``twisted``,
@@ -7,7 +7,7 @@ depends on time takes ``now`` (seconds, any monotonic origin) from the caller.
 
 What lives here:
 
-* the named limits of :mod:`eventgw.h2server`, each with the reason for its value;
+* the named limits of :mod:`eventgw.downstream.h2server`, each with the reason for its value;
 * :class:`TokenBucket`, the rate limiter behind the rapid-reset (CVE-2023-44487) and
   control-frame flood (PING/SETTINGS, CVE-2019-9512/9515) defences;
 * :class:`WatermarkBuffer`, one stream's response bytes waiting for flow-control credit,
