@@ -14,7 +14,7 @@ __all__ = ["MethodPolicy", "Route", "is_grpc", "route_for"]
 
 
 class Route(enum.Enum):
-    """The flows of DESIGN.md, plus the local 404."""
+    """The three flows, plus the local 404."""
 
     API = "api"  # flow 2: reverse proxy to the Master API over HTTP
     EVENTS = "events"  # flow 1: CloudEvents to the Event Broker over gRPC
