@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.test_http1server -*-
 """The downstream HTTP/1.1 protocol: one connection, its exchanges served in order.
 
-Shell module: it moves bytes and time between a Twisted transport and
-:mod:`eventgw.downstream.http1` (the codec) and the :class:`~eventgw.exchange.RequestTarget`
-(the gateway).  All HTTP decisions -- what is a valid request, how a response is
-framed -- are made by the codec; this module owns buffering, back-pressure, timeouts,
-error replies and the access log.
+Shell module: it moves bytes and time between a Twisted transport, the codec
+(:mod:`eventgw.downstream.http1parse` for requests, :mod:`eventgw.downstream.http1write`
+for responses) and the :class:`~eventgw.exchange.RequestTarget` (the gateway).  All
+HTTP decisions -- what is a valid request, how a response is framed -- are made by the
+codec; this module owns buffering, back-pressure, timeouts, error replies and the
+access log.
 
 Flow of one exchange::
 
@@ -46,13 +47,15 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_exchange, log_protocol_error
-from eventgw.downstream.http1 import (
+from eventgw.downstream.http1parse import (
     BodyData,
-    BodyFraming,
     MessageEnded,
     RequestError,
     RequestHeadParsed,
     RequestParser,
+)
+from eventgw.downstream.http1write import (
+    BodyFraming,
     ResponsePlan,
     frame_chunk,
     last_chunk,
