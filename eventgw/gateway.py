@@ -3,8 +3,9 @@
 
 Shell module.  :class:`Gateway` is the :class:`~eventgw.exchange.RequestTarget`
 both downstream protocols hand their exchanges to.  It asks :mod:`eventgw.routing`
-which flow serves the request and passes the exchange on; it owns the three targets
-and closes them at shutdown.
+which flow serves the request and passes the exchange on.  It is given the three targets
+(:meth:`Gateway.from_config` builds them from the configuration) and closes them at
+shutdown.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from eventgw.routing import MethodPolicy, Route, route_for
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["Gateway"]
+__all__ = ["ClosableTarget", "Gateway"]
 
 
-class _ClosableTarget(RequestTarget, Protocol):
+class ClosableTarget(RequestTarget, Protocol):
+    """A flow's target: takes exchanges, and closes its upstream pools and channels."""
+
     def close(self) -> Deferred[None]: ...
 
 
@@ -45,22 +48,33 @@ class Gateway:
     :ivar grpc: the gRPC relay (it answers UNIMPLEMENTED/UNAVAILABLE itself).
     """
 
-    def __init__(self, config: GatewayConfig, reactor: IReactorTime) -> None:
-        self.config = config
-        self.api: _ClosableTarget | None = None
-        if config.master_api_http is not None:
-            self.api = ApiProxy(config.master_api_http, config.limits, reactor=reactor)
-        self.events: _ClosableTarget = EventsEndpoint(
+    def __init__(
+        self, *, api: ClosableTarget | None, events: ClosableTarget, grpc: ClosableTarget
+    ) -> None:
+        self.api = api
+        self.events = events
+        self.grpc = grpc
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, reactor: IReactorTime) -> Gateway:
+        """The three flows' targets built from ``config``, and the router over them."""
+        api = (
+            None
+            if config.master_api_http is None
+            else ApiProxy(config.master_api_http, config.limits, reactor=reactor)
+        )
+        events = EventsEndpoint(
             config.event_broker,
             config.limits,
             reactor=reactor,
             client=config.event_broker.client if config.event_broker else "grpcio",
         )
-        self.grpc: _ClosableTarget = GrpcRelay(
+        grpc = GrpcRelay(
             config.master_api_grpc,
             MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
             reactor=reactor,
         )
+        return cls(api=api, events=events, grpc=grpc)
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         http2 = head.protocol == "HTTP/2"

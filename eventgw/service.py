@@ -2,64 +2,86 @@
 """The running gateway as a Twisted service: listening ports plus the router.
 
 Shell module.  :func:`gateway_service` turns a :class:`~eventgw.config.GatewayConfig`
-into a ``MultiService``.  Ports bind in ``startService``; a port in use surfaces there
-as a :class:`~eventgw.errors.ConfigError` naming the key.  ``stopService`` stops
-accepting, asks open connections to drain (HTTP/2 GOAWAY, HTTP/1.1 close when idle),
-and closes the upstream pools and channels.
+into a ``MultiService``.  ``startService`` builds the pieces in dependency order, each
+given what it needs when it is made: the listening sockets (bound here, or inherited
+from the ``--workers`` supervisor), then the router with its upstream targets, then one
+connection factory per port serving that router, then the ports on those sockets.
+Binding comes first, so a port in use stops the start as a
+:class:`~eventgw.errors.ConfigError` naming the key before any upstream channel or pool
+exists.
+
+``stopService`` stops accepting, then gives the open connections one drain period
+(``drain_timeout``, :data:`~eventgw.http2.DRAIN_TIMEOUT` by default) for HTTP/1.1 and
+HTTP/2 alike: HTTP/2 sends GOAWAY and lets the open streams finish, HTTP/1.1 answers
+the request in flight with ``connection: close``.  Connections still open when the
+period is over are cut; the stop completes as soon as none is left, and then closes
+the upstream pools and channels.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
 from eventgw.downstream.listener import GatewayFactory
-from eventgw.errors import ConfigError
 from eventgw.gateway import Gateway
-from eventgw.tls import ensure_dev_certificate, server_context_factory
+from eventgw.http2 import DRAIN_TIMEOUT
+from eventgw.tls import DevCertificate, ensure_dev_certificate, server_context_factory
+from eventgw.workers import bind_listening_socket
 
 __all__ = ["GatewayService", "gateway_service"]
-
-# How long stopService waits for in-flight exchanges before closing connections.
-DRAIN_GRACE_SECONDS = 10.0
 
 
 class GatewayService(service.Service):
     """Owns the router, the listening ports and the open connections.
 
     :ivar ports: the listening ports once started, TLS first.
+    :ivar factories: the connection factory of each port, in the same order.
+    :ivar gateway: the router while the service runs.
+    :ivar dev_certificate: the generated development certificate, when no
+        ``tls.cert``/``tls.key`` is configured (set by :meth:`prepare`).
+    :ivar drain_timeout: how long in-flight work may run after ``stopService`` before
+        its connection is cut.
     """
 
     log = Logger()
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any = None, adopt_fds: list[int] | None = None
+        self,
+        config: GatewayConfig,
+        reactor: Any = None,
+        adopt_fds: list[int] | None = None,
+        *,
+        drain_timeout: float = DRAIN_TIMEOUT,
     ) -> None:
         reactor = default_reactor(reactor)
         self.config = config
         self.reactor = reactor
+        self.drain_timeout = drain_timeout
         self.ports: list[IListeningPort] = []
         self.factories: list[GatewayFactory] = []
-        self.gateway: Any = None
-        self.dev_certificate: Any = None
-        self._tls_options: Any = None
+        self.gateway: Gateway | None = None
+        self.dev_certificate: DevCertificate | None = None
+        self._tls_options: CertificateOptions | None = None
         # With --workers, listening sockets are inherited from the supervisor.
         self.adopt_fds = adopt_fds
 
-    def prepare(self) -> None:
+    def prepare(self) -> CertificateOptions:
         """Load (or generate) the certificate; raises ConfigError naming the key."""
         if self._tls_options is None:
             self._tls_options = self._context_factory()
+        return self._tls_options
 
-    def _context_factory(self) -> Any:
+    def _context_factory(self) -> CertificateOptions:
         tls = self.config.tls
         if tls.cert is not None and tls.key is not None:
             return server_context_factory(tls.cert, tls.key)
@@ -75,73 +97,75 @@ class GatewayService(service.Service):
         )
         return server_context_factory(dev.cert_path, dev.key_path)
 
-    def _listen(self, factory: GatewayFactory, port: int, key: str, tls_options: Any) -> None:
-        interface = self.config.listen.interface
+    def _listening_sockets(self) -> list[tuple[int, socket.socket | None]]:
+        """One listening file descriptor per port, TLS first, with the socket object
+        when it was bound here (closed once the port has adopted a copy).  A port that
+        cannot be bound raises ConfigError naming its key."""
+        listen = self.config.listen
         if self.adopt_fds is not None:
-            self._adopt(factory, self.adopt_fds[len(self.ports)], tls_options)
-            return
-        endpoint: Any
-        if tls_options is not None:
-            endpoint = SSL4ServerEndpoint(self.reactor, port, tls_options, interface=interface)
-        elif ":" in interface:
-            endpoint = TCP6ServerEndpoint(self.reactor, port, interface=interface)
-        else:
-            endpoint = TCP4ServerEndpoint(self.reactor, port, interface=interface)
-        d = endpoint.listen(factory)
-        result: list[Any] = []
-        d.addBoth(result.append)
-        value = result[0]
-        if IListeningPort.providedBy(value):
-            self.ports.append(value)
-            self.factories.append(factory)
-            return
-        error = value.value
-        if isinstance(error, CannotListenError):
-            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-            raise ConfigError(key, f"cannot listen on {interface}:{port}: {reason}")
-        value.raiseException()
-
-    def _adopt(self, factory: GatewayFactory, fd: int, tls_options: Any) -> None:
-        import socket
-
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        family = socket.AF_INET6 if ":" in self.config.listen.interface else socket.AF_INET
-        wrapped: Any = factory
-        if tls_options is not None:
-            wrapped = TLSMemoryBIOFactory(tls_options, False, factory)
-        self.ports.append(self.reactor.adoptStreamPort(fd, family, wrapped))
-        self.factories.append(factory)
+            count = 1 if listen.cleartext is None else 2
+            return [(fd, None) for fd in self.adopt_fds[:count]]
+        wanted = [(listen.tls, "listen.tls")]
+        if listen.cleartext is not None:
+            wanted.append((listen.cleartext, "listen.cleartext"))
+        bound: list[tuple[int, socket.socket | None]] = []
+        try:
+            for port, key in wanted:
+                sock = bind_listening_socket(listen.interface, port, key)
+                bound.append((sock.fileno(), sock))
+        except BaseException:
+            _close_sockets(bound)
+            raise
+        return bound
 
     def startService(self) -> None:
-        self.prepare()
-        access = self.config.access_log
-        limits = self.config.limits
-        # Bind first: a port in use must stop the start before any upstream
-        # channel or pool exists.  The router is attached to the factories after.
-        tls_factory = GatewayFactory(
-            None, limits, tls=True, reactor=self.reactor, access_log=access  # type: ignore[arg-type]
-        )
-        clear_factory = GatewayFactory(
-            None, limits, tls=False, reactor=self.reactor, access_log=access  # type: ignore[arg-type]
-        )
+        tls_options = self.prepare()
+        config = self.config
+        sockets = self._listening_sockets()
         try:
-            self._listen(tls_factory, self.config.listen.tls, "listen.tls", self._tls_options)
-            if self.config.listen.cleartext is not None:
-                self._listen(
-                    clear_factory, self.config.listen.cleartext, "listen.cleartext", None
+            gateway = Gateway.from_config(config, self.reactor)
+            factories = [
+                GatewayFactory(
+                    gateway,
+                    config.limits,
+                    tls=index == 0,
+                    reactor=self.reactor,
+                    access_log=config.access_log,
                 )
-        except BaseException:
-            for port in self.ports:
-                port.stopListening()
-            self.ports = []
-            self.factories = []
-            raise
-        self.gateway = Gateway(self.config, self.reactor)
-        for factory in self.factories:
-            factory.target = self.gateway
+                for index in range(len(sockets))
+            ]
+            ports = self._adopt(sockets, factories, tls_options, gateway)
+        finally:
+            # Each port listens on its own duplicate of the descriptor.
+            _close_sockets(sockets)
+        self.gateway = gateway
+        self.factories = factories
+        self.ports = ports
         service.Service.startService(self)
         self._log_startup()
+
+    def _adopt(
+        self,
+        sockets: list[tuple[int, socket.socket | None]],
+        factories: list[GatewayFactory],
+        tls_options: CertificateOptions,
+        gateway: Gateway,
+    ) -> list[IListeningPort]:
+        """A listening port per socket, serving its factory (behind TLS for the first)."""
+        family = socket.AF_INET6 if ":" in self.config.listen.interface else socket.AF_INET
+        ports: list[IListeningPort] = []
+        try:
+            for (fd, _), factory in zip(sockets, factories, strict=True):
+                wrapped: Any = factory
+                if factory.tls:
+                    wrapped = TLSMemoryBIOFactory(tls_options, False, factory)
+                ports.append(self.reactor.adoptStreamPort(fd, family, wrapped))
+        except BaseException:
+            for port in ports:
+                port.stopListening()
+            gateway.close()
+            raise
+        return ports
 
     def _log_startup(self) -> None:
         config = self.config
@@ -172,26 +196,35 @@ class GatewayService(service.Service):
         service.Service.stopService(self)
         ports, self.ports = self.ports, []
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
-        for factory in self.factories:
-            for connection in list(factory.connections):
-                connection.drain()
-        waited = 0.0
-        while any(f.connections for f in self.factories) and waited < DRAIN_GRACE_SECONDS:
-            yield _sleep(self.reactor, 0.05)
-            waited += 0.05
-        for factory in self.factories:
-            for connection in list(factory.connections):
-                if connection.transport is not None:
-                    connection.transport.abortConnection()  # type: ignore[attr-defined]
-        self.factories = []
-        if self.gateway is not None:
-            yield self.gateway.close()
+        factories, self.factories = self.factories, []
+        gateway, self.gateway = self.gateway, None
+        yield self._drain(factories)
+        if gateway is not None:
+            yield gateway.close()
+
+    def _drain(self, factories: list[GatewayFactory]) -> defer.Deferred[None]:
+        """Give every open connection one drain period, then cut those still open;
+        fires when none is left."""
+        period = self.drain_timeout
+        closed = defer.gatherResults([factory.drain(period) for factory in factories])
+
+        def cut() -> None:
+            for factory in factories:
+                factory.abort_connections()
+
+        deadline = self.reactor.callLater(period, cut)
+
+        def done(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+
+        return closed.addCallback(done)
 
 
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
+def _close_sockets(sockets: list[tuple[int, socket.socket | None]]) -> None:
+    for _, sock in sockets:
+        if sock is not None:
+            sock.close()
 
 
 def gateway_service(

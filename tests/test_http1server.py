@@ -30,7 +30,7 @@ from eventgw.downstream.http1server import (
 )
 from eventgw.exchange import Headers, RequestHead, ResponseWriter, StaticReply, send_error
 from tests.support import EchoTarget
-from tests.test_http1 import MAX_HEADER, REJECTED
+from tests.test_http1parse import MAX_HEADER, REJECTED
 
 CHUNKED_PREFIX = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
 GET = b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n"

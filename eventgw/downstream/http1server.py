@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.test_http1server -*-
 """The downstream HTTP/1.1 protocol: one connection, its exchanges served in order.
 
-Shell module: it moves bytes and time between a Twisted transport and
-:mod:`eventgw.downstream.http1` (the codec) and the :class:`~eventgw.exchange.RequestTarget`
-(the gateway).  All HTTP decisions -- what is a valid request, how a response is
-framed -- are made by the codec; this module owns buffering, back-pressure, timeouts,
-error replies and the access log.
+Shell module: it moves bytes and time between a Twisted transport, the codec
+(:mod:`eventgw.downstream.http1parse` for requests, :mod:`eventgw.downstream.http1write`
+for responses) and the :class:`~eventgw.exchange.RequestTarget` (the gateway).  All
+HTTP decisions -- what is a valid request, how a response is framed -- are made by the
+codec; this module owns buffering, back-pressure, timeouts, error replies and the
+access log.
 
 Flow of one exchange::
 
@@ -46,13 +47,15 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_exchange, log_protocol_error
-from eventgw.downstream.http1 import (
+from eventgw.downstream.http1parse import (
     BodyData,
-    BodyFraming,
     MessageEnded,
     RequestError,
     RequestHeadParsed,
     RequestParser,
+)
+from eventgw.downstream.http1write import (
+    BodyFraming,
     ResponsePlan,
     frame_chunk,
     last_chunk,
@@ -109,6 +112,46 @@ class _Transport(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
+class ExchangeChannel(Protocol):
+    """What an exchange may ask of the connection it runs on.
+
+    :class:`Http1ServerProtocol` implements it; an exchange sees its connection only
+    through these members, so the connection's buffering, pausing and closing stay its
+    own business.
+    """
+
+    @property
+    def log(self) -> Logger:
+        """The connection's logger."""
+
+    @property
+    def peer(self) -> str:
+        """The client address as text."""
+
+    @property
+    def output_paused(self) -> bool:
+        """Whether the transport has asked us to stop writing (the client is slow)."""
+
+    def closes_after(self, exchange: _Exchange) -> bool:
+        """Whether the connection closes after ``exchange``'s response (asked when its
+        head is written, so ``connection: close`` can be sent)."""
+
+    def send(self, data: bytes) -> None:
+        """Queue response bytes for the client; they are flushed in batches."""
+
+    def response_complete(self, exchange: _Exchange) -> None:
+        """``exchange``'s response has been fully written."""
+
+    def abort_exchange(self, exchange: _Exchange) -> None:
+        """``exchange``'s handler gave up on its response: close the connection."""
+
+    def pause_request_body(self) -> None:
+        """Stop reading and delivering the request body."""
+
+    def resume_request_body(self) -> None:
+        """Read and deliver the request body again."""
+
+
 class _Exchange:
     """The :class:`~eventgw.exchange.ResponseWriter` of one request on a connection.
 
@@ -140,7 +183,7 @@ class _Exchange:
 
     def __init__(
         self,
-        channel: Http1ServerProtocol,
+        channel: ExchangeChannel,
         request: RequestHeadParsed,
         head: RequestHead,
         started: float,
@@ -183,7 +226,7 @@ class _Exchange:
             return
         request = self.request
         plan = plan_response(
-            request, status, headers, ends_now=end, close=channel._must_close(self)
+            request, status, headers, ends_now=end, close=channel.closes_after(self)
         )
         try:
             data = serialize_response_head(status, headers, plan)
@@ -198,7 +241,7 @@ class _Exchange:
         self.plan = plan
         self.body_left = plan.body_length
         self.bytes_out += len(data)
-        channel._write(data)
+        channel.send(data)
         if end:
             self.end()
 
@@ -216,7 +259,7 @@ class _Exchange:
         except ValueError:
             return
         self.bytes_out += len(data)
-        self.channel._write(data)
+        self.channel.send(data)
 
     def _replace_with_error(self, status: int, message: str) -> None:
         body = error_body(grpc_code_for_http(status), message)
@@ -229,9 +272,9 @@ class _Exchange:
         self.status = status
         self.plan = plan
         self.bytes_out += len(data)
-        self.channel._write(data)
+        self.channel.send(data)
         self.response_ended = True
-        self.channel._response_ended(self)
+        self.channel.response_complete(self)
 
     def write_body(self, data: bytes) -> None:
         if self.closed or self.response_ended or not self.head_written or not data:
@@ -254,7 +297,7 @@ class _Exchange:
         elif framing is BodyFraming.NONE:
             return
         self.bytes_out += len(data)
-        self.channel._write(data)
+        self.channel.send(data)
 
     def end(self, trailers: Headers | None = None) -> None:
         if self.closed or self.response_ended:
@@ -273,36 +316,35 @@ class _Exchange:
             except ValueError:
                 data = last_chunk()
             self.bytes_out += len(data)
-            self.channel._write(data)
+            self.channel.send(data)
         elif plan.framing is BodyFraming.LENGTH and self.body_left:
             self.broken = True  # shorter than promised: only closing tells the client
         self.response_ended = True
-        self.channel._response_ended(self)
+        self.channel.response_complete(self)
 
     def abort(self, error_code: int = INTERNAL_ERROR) -> None:
         if self.closed or self.response_ended:
             return
         self.closed = True
-        self.channel._exchange_aborted(self)
+        self.channel.abort_exchange(self)
 
     def pause_request_body(self) -> None:
         if self.closed or self.request_paused or self.request_ended:
             return
         self.request_paused = True
-        self.channel._pause_reading("body")
+        self.channel.pause_request_body()
 
     def resume_request_body(self) -> None:
         if self.closed or not self.request_paused:
             return
         self.request_paused = False
-        self.channel._resume_reading("body")
-        self.channel._schedule_pump()
+        self.channel.resume_request_body()
 
     def register_producer(self, producer: Producer) -> None:
         if self.closed:
             return
         self.producer = producer
-        if self.channel._write_paused:
+        if self.channel.output_paused:
             producer.pause_producing()
 
     def unregister_producer(self) -> None:
@@ -540,9 +582,16 @@ class Http1ServerProtocol(TwistedProtocol):
             and not exchange.head_written
             and not exchange.closed
         ):
-            exchange._write_interim(100, [])
+            exchange.write_head(100, [])
 
-    def _must_close(self, exchange: _Exchange) -> bool:
+    # -- ExchangeChannel (what the exchange in flight may ask of its connection) -------
+
+    @property
+    def output_paused(self) -> bool:
+        """Whether the transport has paused us (the client is not reading)."""
+        return self._write_paused
+
+    def closes_after(self, exchange: _Exchange) -> bool:
         """Whether the connection closes after ``exchange``'s response (decided when
         its head is written, so ``connection: close`` can be sent)."""
         if self._draining:
@@ -557,7 +606,9 @@ class Http1ServerProtocol(TwistedProtocol):
 
     # -- output ----------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the client: flushed once per dataReceived, per reactor turn,
+        or as soon as :data:`FLUSH_THRESHOLD` bytes wait."""
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= FLUSH_THRESHOLD:
@@ -617,7 +668,18 @@ class Http1ServerProtocol(TwistedProtocol):
 
     # -- exchange outcomes -------------------------------------------------------------
 
-    def _response_ended(self, exchange: _Exchange) -> None:
+    def pause_request_body(self) -> None:
+        """The exchange's handler cannot take more body: stop reading the socket."""
+        self._pause_reading("body")
+
+    def resume_request_body(self) -> None:
+        """The exchange's handler takes body again: read and deliver what waits."""
+        self._resume_reading("body")
+        self._schedule_pump()
+
+    def response_complete(self, exchange: _Exchange) -> None:
+        """The exchange's response is fully written: finish the exchange, or read and
+        drop the rest of its request body, or close."""
         if exchange.closed:
             return
         if exchange.request_ended:
@@ -661,7 +723,7 @@ class Http1ServerProtocol(TwistedProtocol):
         if not self._receiving:
             self._flush()
 
-    def _exchange_aborted(self, exchange: _Exchange) -> None:
+    def abort_exchange(self, exchange: _Exchange) -> None:
         """The handler gave up on its response: close the connection."""
         self._log_exchange(exchange, "aborted")
         self._exchange = None
@@ -720,7 +782,7 @@ class Http1ServerProtocol(TwistedProtocol):
 
     def _write_error(self, status: int, message: str) -> int:
         data = serialize_error_response(status, message)
-        self._write(data)
+        self.send(data)
         return len(data)
 
     def _log_exchange(self, exchange: _Exchange, status: int | str) -> float:

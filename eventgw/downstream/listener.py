@@ -8,12 +8,18 @@ builds the chosen protocol, connects it to the same transport, replays the bytes
 has seen verbatim (preface included), and rebinds its own ``dataReceived`` and
 ``connectionLost`` to the chosen protocol's, so after the first read it costs nothing.
 This is ``twisted.web.http._GenericHTTPChannelProtocol``'s shape, plus h2c detection.
+
+At shutdown :meth:`GatewayFactory.drain` asks every open connection to finish what is
+in flight and close, with the same drain period for HTTP/2 (GOAWAY, then the open
+streams may finish) and HTTP/1.1 (the request in flight is answered with
+``connection: close``); :meth:`GatewayFactory.abort_connections` cuts what is left.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -90,23 +96,31 @@ class ProtocolSniffer(Protocol):
         chosen.dataReceived(data)
 
     def _chosen_connection_lost(self, reason: Failure | None = None) -> None:
-        self.gateway_factory.connections.discard(self)
+        self.gateway_factory.connection_closed(self)
         assert self.chosen is not None
         self.chosen.connectionLost(reason if reason is not None else Failure(ConnectionDone()))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.gateway_factory.connections.discard(self)
+        self.gateway_factory.connection_closed(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def drain(self) -> None:
-        """Ask the connection to finish what it is doing and close (shutdown)."""
-        drain = getattr(self.chosen, "drain", None)
-        if drain is not None:
-            drain()
+    def drain(self, timeout: float) -> None:
+        """Ask the connection to finish what it is doing and close (shutdown); an
+        HTTP/2 connection cuts the streams still open after ``timeout`` seconds."""
+        chosen = self.chosen
+        if isinstance(chosen, H2ServerProtocol):
+            chosen.drain(timeout)
+        elif isinstance(chosen, Http1ServerProtocol):
+            chosen.drain()
         elif self.transport is not None:
             self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close the connection now, whatever is in flight."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class GatewayFactory(Factory):
@@ -133,6 +147,40 @@ class GatewayFactory(Factory):
         self.access_log = access_log
         self.connections: set[ProtocolSniffer] = set()
         self.noisy = False
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def connection_closed(self, connection: ProtocolSniffer) -> None:
+        """``connection`` is gone; the last one to go fires :meth:`when_closed`."""
+        self.connections.discard(connection)
+        if not self.connections and self._closed_waiters:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once no connection of this port is open (at once if none is)."""
+        waiter: Deferred[None] = Deferred()
+        if self.connections:
+            self._closed_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Ask every open connection to finish and close; fires when all are closed.
+
+        :param timeout: the drain period, passed on to the protocols that enforce one
+            themselves (HTTP/2); the caller cuts what is left after it
+            (:meth:`abort_connections`).
+        """
+        for connection in list(self.connections):
+            connection.drain(timeout)
+        return self.when_closed()
+
+    def abort_connections(self) -> None:
+        """Close every open connection now (the drain period is over)."""
+        for connection in list(self.connections):
+            connection.abort()
 
     def buildProtocol(self, addr: IAddress | None) -> ProtocolSniffer:
         return ProtocolSniffer(self)
