@@ -9,21 +9,13 @@ stderr naming the key or file, and exit status 1, instead of a traceback.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.python import usage
 
 from eventgw import __version__
-from eventgw.config import (
-    BrokerUpstream,
-    GatewayConfig,
-    GrpcUpstream,
-    load_config_file,
-    parse_grpc_target,
-    parse_http_upstream,
-)
+from eventgw.config import GatewayConfig, Override, load_config, load_config_file
 from eventgw.errors import ConfigError
 
 __all__ = ["Options", "makeService"]
@@ -104,42 +96,28 @@ class Options(usage.Options):
     def build_config(self) -> GatewayConfig:
         """The configuration file with the command-line overrides applied."""
         path = self["config"]
+        overrides = self.overrides()
         if path is not None:
-            config = load_config_file(path)
-        elif self["master-api-http"] or self["master-api-grpc"]:
-            config = GatewayConfig(source="<command line>")
-        else:
-            raise ConfigError("--config", "no configuration file given (and no --master-api-*)")
-        listen = config.listen
-        if self["port"] is not None:
-            listen = replace(listen, tls=self["port"])
-        if self["cleartext-port"] is not None:
-            listen = replace(listen, cleartext=self["cleartext-port"])
-        if self["interface"] is not None:
-            listen = replace(listen, interface=self["interface"])
-        changes: dict[str, Any] = {"listen": listen}
-        if self["master-api-http"]:
-            changes["master_api_http"] = parse_http_upstream(
-                self["master-api-http"], "--master-api-http"
-            )
-        if self["master-api-grpc"]:
-            host, port, tls = parse_grpc_target(self["master-api-grpc"], "--master-api-grpc")
-            changes["master_api_grpc"] = GrpcUpstream(
-                host=host, port=port, tls=tls, address=f"{host}:{port}"
-            )
-        if self["event-broker-grpc"]:
-            host, port, tls = parse_grpc_target(self["event-broker-grpc"], "--event-broker-grpc")
-            changes["event_broker"] = BrokerUpstream(target=f"{host}:{port}", tls=tls)
-        if self["workers"] is not None:
-            if self["workers"] < 1:
-                raise ConfigError("--workers", "must be at least 1")
-            changes["workers"] = self["workers"]
-        if self["no-access-log"]:
-            changes["access_log"] = False
-        config = replace(config, **changes)
-        if config.master_api_http is None and config.master_api_grpc is None:
-            raise ConfigError("master_api.http", "required: the Master API's URL")
-        return config
+            return load_config_file(path, overrides)
+        if self["master-api-http"] or self["master-api-grpc"]:
+            return load_config("", "<command line>", overrides)
+        raise ConfigError("--config", "no configuration file given (and no --master-api-*)")
+
+    def overrides(self) -> list[Override]:
+        """The flags given, each as the key of the file it sets."""
+        given = [
+            Override("--port", "listen.tls", self["port"]),
+            Override("--cleartext-port", "listen.cleartext", self["cleartext-port"]),
+            Override("--interface", "listen.interface", self["interface"]),
+            Override("--master-api-http", "master_api.http", self["master-api-http"] or None),
+            Override("--master-api-grpc", "master_api.grpc", self["master-api-grpc"] or None),
+            Override(
+                "--event-broker-grpc", "event_broker.grpc", self["event-broker-grpc"] or None
+            ),
+            Override("--workers", "workers", self["workers"]),
+            Override("--no-access-log", "log.access", False if self["no-access-log"] else None),
+        ]
+        return [override for override in given if override.value is not None]
 
 
 def makeService(options: Options) -> service.IService:

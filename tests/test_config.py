@@ -1,13 +1,24 @@
-"""Configuration parsing: DESIGN.md's keys, defaults, and one-line errors naming the key."""
+"""Configuration: the documented keys and defaults, one-line errors naming the key, the schema."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.config import MIN_EVENT_SIZE, load_config, load_config_file
+from eventgw.config import (
+    MIN_EVENT_SIZE,
+    GatewayConfig,
+    Override,
+    load_config,
+    load_config_file,
+)
+from eventgw.config import schema as config_schema
 from eventgw.errors import ConfigError
 
 FULL = """
@@ -31,7 +42,7 @@ grpc:
 
 class LoadConfigTests(SynchronousTestCase):
     def test_design_example(self) -> None:
-        """The example of DESIGN.md parses into the documented meanings."""
+        """The documented example parses into the documented meanings."""
         config = load_config(FULL)
         self.assertEqual(config.listen.tls, 9001)
         self.assertEqual(config.listen.cleartext, 9080)
@@ -149,3 +160,188 @@ class LoadConfigTests(SynchronousTestCase):
                 f.write("tls: {cert: c.pem, key: k.pem}\nmaster_api: {http: 'http://h:1'}\n")
             config = load_config_file(path)
         self.assertEqual(config.tls.cert, os.path.join(folder, "c.pem"))
+
+
+BASE: dict[str, Any] = {"master_api": {"http": "http://127.0.0.1:8080"}}
+
+# A value of the wrong type for each JSON Schema type a key may have.
+WRONG_TYPED: dict[str, object] = {
+    "integer": "12",
+    "number": "fast",
+    "boolean": "yes",
+    "string": 12345,
+    "array": "/not-a-list",
+    "object": ["not", "a", "mapping"],
+}
+
+
+def schema_keys() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every key of the published schema, dotted, with its property schema."""
+    schema = config_schema.schema()
+    for name, prop in schema["properties"].items():
+        yield name, prop
+        for ref in (alt.get("$ref") for alt in prop.get("anyOf", [])):
+            if ref:
+                section = schema["$defs"][ref.rsplit("/", 1)[1]]
+                for key, inner in section["properties"].items():
+                    yield f"{name}.{key}", inner
+
+
+def json_type(prop: dict[str, Any]) -> str:
+    """The one non-null JSON type a key holds (``object`` for a section)."""
+    if "enum" in prop:
+        return "string"
+    types = {alt.get("type", "object") for alt in prop.get("anyOf", [prop])} - {"null"}
+    assert len(types) == 1, prop
+    return types.pop()
+
+
+def with_key(key: str, value: object) -> str:
+    """The base configuration, plus what a section needs, with ``key`` set to ``value``."""
+    document: dict[str, Any] = {"master_api": dict(BASE["master_api"])}
+    section, _, name = key.partition(".")
+    if name:
+        inner = document.setdefault(section, {})
+        if section == "event_broker":
+            inner["grpc"] = "127.0.0.1:50052"
+        inner[name] = value
+    else:
+        document[section] = value
+    return yaml.safe_dump(document)
+
+
+class ErrorLineTests(SynchronousTestCase):
+    """Every key's bad value is one line naming exactly that key."""
+
+    def error_line(self, text: str, **kwargs: Any) -> ConfigError:
+        with self.assertRaises(ConfigError) as caught:
+            load_config(text, **kwargs)
+        line = str(caught.exception)
+        self.assertNotIn("\n", line)
+        self.assertNotIn("pydantic", line.lower())
+        self.assertTrue(line.startswith(caught.exception.key + ": "), line)
+        return caught.exception
+
+    def test_every_key_of_the_schema_refuses_a_wrong_type(self) -> None:
+        """Each key of the schema, given a value of the wrong type, names itself."""
+        keys = dict(schema_keys())
+        self.assertGreater(len(keys), 30)
+        for key, prop in keys.items():
+            value = WRONG_TYPED[json_type(prop)]
+            error = self.error_line(with_key(key, value))
+            self.assertEqual(error.key, key, str(error))
+            expected = "expected a mapping" if json_type(prop) == "object" else "expected "
+            self.assertTrue(error.message.startswith(expected), str(error))
+            self.assertIn(repr(value), error.message)
+
+    def test_every_section_refuses_an_unknown_key(self) -> None:
+        """An unknown key in any section names itself and lists the known ones."""
+        for key, prop in schema_keys():
+            if json_type(prop) == "object":
+                error = self.error_line(with_key(f"{key}.tsl", 1))
+                self.assertEqual(error.key, f"{key}.tsl")
+                self.assertTrue(error.message.startswith("unknown key (known: "), str(error))
+
+    def test_list_items_are_indexed(self) -> None:
+        """A bad item of a list names the list and the item's index."""
+        error = self.error_line(with_key("grpc.allow", ["/", 5]))
+        self.assertEqual(
+            str(error), "grpc.allow[1]: expected a prefix starting with '/', got int 5"
+        )
+
+    def test_wording_of_common_errors(self) -> None:
+        """The lines people see most read as before, with the refused value."""
+        cases = [
+            ("master_api: {http: 'ftp://x'}",
+             "master_api.http: expected an http:// or https:// URL, got 'ftp://x'"),
+            (with_key("listen.tsl", 1),
+             "listen.tsl: unknown key (known: cleartext, interface, tls)"),
+            (with_key("listen.tls", 70000),
+             "listen.tls: expected a port number 0-65535, got int 70000"),
+            (with_key("limits.max_event_size", 1000),
+             "limits.max_event_size: must be at least 65536 "
+             "(CloudEvents intermediaries accept 64 KiB)"),
+            (with_key("event_broker.client", "grpc"),
+             "event_broker.client: expected one of: grpcio, h2, got 'grpc'"),
+            ("listen: {1: 2}\n" + with_key("workers", 1), "listen: keys must be strings, got 1"),
+            ("listen: {}",
+             "master_api.http: required: the Master API's URL (e.g. http://127.0.0.1:8080)"),
+        ]
+        for text, line in cases:
+            self.assertEqual(str(self.error_line(text)), line)
+
+    def test_strict_types(self) -> None:
+        """A quoted number is not a number, nor 1 a boolean; seconds may be integers."""
+        self.assertEqual(self.error_line(with_key("listen.tls", "9001")).key, "listen.tls")
+        self.assertEqual(self.error_line(with_key("log.access", 1)).key, "log.access")
+        config = load_config(with_key("limits.idle_timeout", 7))
+        self.assertEqual(config.limits.idle_timeout, 7.0)
+        self.assertIsInstance(config.limits.idle_timeout, float)
+
+    def test_defaults_are_the_runtime_defaults(self) -> None:
+        """The file's defaults give exactly the runtime dataclasses' defaults."""
+        config = load_config(yaml.safe_dump(BASE))
+        defaults = GatewayConfig()
+        for name in ("listen", "tls", "grpc_allow", "grpc_deny", "limits", "access_log",
+                     "workers", "event_broker"):
+            self.assertEqual(getattr(config, name), getattr(defaults, name), name)
+
+
+class OverrideTests(SynchronousTestCase):
+    """Command-line flags set single keys of the file and are validated with it."""
+
+    def test_override_keeps_the_rest_of_the_section(self) -> None:
+        """Setting master_api.grpc from a flag keeps the file's ca_file and pool size."""
+        text = "master_api: {http: 'http://h:1', ca_file: ca.pem, grpc_connections: 2}\n"
+        config = load_config(
+            text, overrides=[Override("--master-api-grpc", "master_api.grpc", "grpcs://g:443")]
+        )
+        assert config.master_api_grpc is not None
+        self.assertEqual(
+            (config.master_api_grpc.address, config.master_api_grpc.tls,
+             config.master_api_grpc.ca_file, config.master_api_grpc.max_connections),
+            ("g:443", True, "ca.pem", 2),
+        )
+
+    def test_override_fills_a_missing_section(self) -> None:
+        """A flag may give the one required key when there is no file at all."""
+        config = load_config(
+            "", "<command line>", [Override("--master-api-http", "master_api.http", "http://h:2")]
+        )
+        assert config.master_api_http is not None
+        self.assertEqual((config.master_api_http.port, config.source), (2, "<command line>"))
+
+    def test_a_bad_flag_is_named(self) -> None:
+        """A flag's bad value is reported under the flag's name."""
+        with self.assertRaises(ConfigError) as caught:
+            load_config(
+                yaml.safe_dump(BASE), overrides=[Override("--interface", "listen.interface", "x")]
+            )
+        self.assertEqual(str(caught.exception), "--interface: expected an IP address, got 'x'")
+
+
+class SchemaTests(SynchronousTestCase):
+    """The committed JSON Schema is what the models generate, and documents every key."""
+
+    def test_committed_schema_is_current(self) -> None:
+        """Regenerating the schema in memory gives exactly the committed file."""
+        with open(config_schema.SCHEMA_FILE, encoding="utf-8") as f:
+            committed = f.read()
+        self.assertEqual(
+            committed, config_schema.schema_text(),
+            "gateway.schema.json is stale; run "
+            "`python -m eventgw.config.schema > eventgw/config/gateway.schema.json`",
+        )
+
+    def test_schema_is_json_and_names_its_dialect(self) -> None:
+        """The schema is JSON Schema 2020-12 and refuses unknown top-level keys."""
+        schema = json.loads(config_schema.schema_text())
+        self.assertEqual(schema["$schema"], "https://json-schema.org/draft/2020-12/schema")
+        self.assertIs(schema["additionalProperties"], False)
+        self.assertEqual(schema["required"], ["master_api"])
+
+    def test_every_key_is_described(self) -> None:
+        """Each key of a section carries a description (what an editor shows)."""
+        for key, prop in schema_keys():
+            if "." in key or json_type(prop) != "object":
+                self.assertTrue(prop.get("description"), key)

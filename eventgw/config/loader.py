@@ -1,0 +1,259 @@
+"""Loading the configuration: YAML text -> mapping -> validated models -> runtime objects.
+
+Core module: imports PyYAML, pydantic and the standard library.  It reads a file only
+in :func:`load_config_file`, and looks at the file system only to ask whether ``source``
+exists (relative certificate paths are resolved against its folder).
+
+Each step is a small function: :func:`read_yaml` (text -> mapping), :func:`apply_overrides`
+(command-line flags set single keys of that mapping), :func:`validate` (mapping ->
+:class:`~eventgw.config.model.GatewayFile`, the first failure as one
+:class:`~eventgw.errors.ConfigError` naming the dotted key, or the flag that set it) and
+:func:`to_config` (models -> :class:`~eventgw.config.runtime.GatewayConfig`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from eventgw.config.addresses import split_grpc_target, split_http_url
+from eventgw.config.model import (
+    ERROR_TYPE,
+    SECTIONS,
+    EventBrokerSection,
+    GatewayFile,
+    GrpcSection,
+    LimitsSection,
+    ListenSection,
+    LogSection,
+    MasterApiSection,
+    TlsSection,
+    describe,
+)
+from eventgw.config.runtime import (
+    ApiUpstream,
+    BrokerUpstream,
+    GatewayConfig,
+    GrpcUpstream,
+    Limits,
+    ListenConfig,
+    TlsConfig,
+)
+from eventgw.errors import ConfigError
+
+__all__ = [
+    "Override",
+    "apply_overrides",
+    "config_error",
+    "load_config",
+    "load_config_file",
+    "read_yaml",
+    "to_config",
+    "validate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A command-line flag setting one key of the file (``--port`` sets ``listen.tls``)."""
+
+    flag: str
+    key: str
+    value: object
+
+
+# --- the steps -----------------------------------------------------------------------
+
+
+def read_yaml(text: str, source: str) -> Mapping[str, Any]:
+    """The top-level mapping of a YAML document (empty for an empty document)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(where, f"invalid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, f"expected a mapping, got {describe(raw)}")
+    return raw
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[Override]) -> dict[str, Any]:
+    """A copy of ``raw`` with each override's key set (sections are copied, not changed)."""
+    merged = dict(raw)
+    for override in overrides:
+        section, _, name = override.key.rpartition(".")
+        if not section:
+            merged[name] = override.value
+            continue
+        inner = merged.get(section)
+        if inner is None:
+            inner = {}
+        elif not isinstance(inner, Mapping):
+            continue  # validation reports the section itself
+        merged[section] = {**inner, name: override.value}
+    return merged
+
+
+def validate(
+    raw: Mapping[str, Any], source: str, flags: Mapping[str, str] | None = None
+) -> GatewayFile:
+    """The validated file; a failure is :func:`config_error` of its first error."""
+    try:
+        return GatewayFile.model_validate(raw)
+    except ValidationError as e:
+        raise config_error(e, source, flags or {}) from None
+
+
+def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
+    """The runtime objects of a validated file; relative cert paths are joined to ``base``."""
+    api = file.master_api or MasterApiSection()
+    grpc = file.grpc or GrpcSection()
+    return GatewayConfig(
+        listen=ListenConfig(**(file.listen or ListenSection()).model_dump()),
+        tls=_tls(file.tls or TlsSection(), base),
+        master_api_http=_api_http(api),
+        master_api_grpc=_api_grpc(api),
+        event_broker=_broker(file.event_broker or EventBrokerSection()),
+        grpc_allow=tuple(grpc.allow),
+        grpc_deny=tuple(grpc.deny),
+        limits=Limits(**(file.limits or LimitsSection()).model_dump()),
+        access_log=(file.log or LogSection()).access,
+        workers=file.workers,
+        source=source,
+    )
+
+
+def load_config(
+    text: str, source: str = "<string>", overrides: Iterable[Override] = ()
+) -> GatewayConfig:
+    """Parse and validate YAML text; raise :class:`ConfigError` naming the bad key."""
+    overrides = tuple(overrides)
+    raw = apply_overrides(read_yaml(text, source), overrides)
+    file = validate(raw, source, {o.key: o.flag for o in overrides})
+    base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else "."
+    return to_config(file, source, base)
+
+
+def load_config_file(path: str, overrides: Iterable[Override] = ()) -> GatewayConfig:
+    """Read and parse a YAML file; an unreadable file is a :class:`ConfigError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, f"cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "config file is not UTF-8 text") from None
+    return load_config(text, source=path, overrides=overrides)
+
+
+# --- models -> runtime objects -------------------------------------------------------
+
+
+def _tls(section: TlsSection, base: str) -> TlsConfig:
+    return TlsConfig(
+        cert=None if section.cert is None else os.path.join(base, section.cert),
+        key=None if section.key is None else os.path.join(base, section.key),
+        dev_cert_dir=section.dev_cert_dir,
+    )
+
+
+def _api_http(api: MasterApiSection) -> ApiUpstream | None:
+    if api.http is None:
+        return None
+    scheme, host, port, url = split_http_url(api.http)
+    return ApiUpstream(
+        scheme=scheme,
+        host=host,
+        port=port,
+        url=url,
+        ca_file=api.ca_file,
+        connect_timeout=api.connect_timeout,
+        response_timeout=api.response_timeout,
+        max_connections=api.max_connections,
+    )
+
+
+def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
+    if api.grpc is None:
+        return None
+    host, port, tls = split_grpc_target(api.grpc)
+    return GrpcUpstream(
+        host=host,
+        port=port,
+        tls=tls,
+        address=f"{host}:{port}",
+        ca_file=api.ca_file,
+        connect_timeout=api.connect_timeout,
+        max_connections=api.grpc_connections,
+        keepalive_interval=api.keepalive_interval,
+    )
+
+
+def _broker(section: EventBrokerSection) -> BrokerUpstream | None:
+    if section.grpc is None:
+        return None
+    host, port, tls = split_grpc_target(section.grpc)
+    return BrokerUpstream(
+        target=f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+        tls=tls,
+        ca_file=section.ca_file,
+        deadline=section.deadline,
+        client=section.client,
+    )
+
+
+# --- pydantic's ValidationError -> one line naming the key ---------------------------
+
+_NOT_A_MAPPING = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def config_error(
+    error: ValidationError, source: str, flags: Mapping[str, str] | None = None
+) -> ConfigError:
+    """The first error of ``error`` as one line: the dotted key (or the flag), a short reason."""
+    first = error.errors(include_url=False)[0]
+    loc, message = _located_message(first)
+    key = _dotted(loc)
+    if not key:
+        return ConfigError(source, message)
+    return ConfigError((flags or {}).get(key, key), message)
+
+
+def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if kind == ERROR_TYPE:
+        below = context.get("key")
+        return (*loc, *below.split(".")) if below else loc, str(context["message"])
+    if kind == "invalid_key":
+        return loc[:-1], f"keys must be strings, got {loc[-1]!r}"
+    if kind == "extra_forbidden":
+        section = SECTIONS.get(_dotted(loc[:-1]))
+        known = ", ".join(sorted(section.model_fields)) if section else ""
+        return loc, f"unknown key (known: {known})" if known else "unknown key"
+    if kind in _NOT_A_MAPPING:
+        return loc, f"expected a mapping, got {describe(error.get('input'))}"
+    # A failure no field words itself: pydantic's own short message, on one line.
+    return loc, error["msg"].splitlines()[0]
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """``("grpc", "allow", 1)`` -> ``grpc.allow[1]``."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key = f"{key}.{part}" if key else part
+    return key

@@ -1,0 +1,367 @@
+"""The configuration file as declared pydantic models: what each key may hold.
+
+Core module: imports pydantic and the standard library, and reads no file.
+
+One model per section of the YAML file, each ``extra="forbid"`` (an unknown key is an
+error), ``frozen`` and ``strict``: YAML already gives integers, booleans and strings, so
+``"5"`` is not a port and ``yes`` in quotes is not a boolean; only a number of seconds
+may be written as an integer.  Every leaf type says in a few words what it expects, and a
+value it refuses fails as ``expected <that>, got <what it was>``;
+:mod:`eventgw.config.loader` turns the first failure into the one-line
+:class:`~eventgw.errors.ConfigError` naming the dotted key.  The field descriptions,
+defaults and bounds are also what the published JSON Schema says
+(:mod:`eventgw.config.schema`); the defaults come from the runtime dataclasses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from eventgw.config.addresses import BadAddress, split_grpc_target, split_http_url
+from eventgw.config.runtime import (
+    MIN_EVENT_SIZE,
+    ApiUpstream,
+    BrokerUpstream,
+    GatewayConfig,
+    GrpcUpstream,
+    Limits,
+    ListenConfig,
+    TlsConfig,
+)
+
+__all__ = [
+    "SECTIONS",
+    "EventBrokerSection",
+    "GatewayFile",
+    "GrpcSection",
+    "LimitsSection",
+    "ListenSection",
+    "LogSection",
+    "MasterApiSection",
+    "TlsSection",
+    "describe",
+]
+
+#: The error type of every failure this module words itself; ``ctx["message"]`` is the
+#: line, and ``ctx["key"]`` (when present) the key below the failing model it is about.
+ERROR_TYPE: Final = "eventgw"
+
+
+def describe(value: object) -> str:
+    """A refused value as an error line shows it: ``int 70000``, ``nothing``."""
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"
+
+
+def failure(message: str, key: str | None = None) -> PydanticCustomError:
+    """A validation failure worded here (``key``: a key below the model failing)."""
+    context: dict[str, Any] = {"message": message}
+    if key is not None:
+        context["key"] = key
+    return PydanticCustomError(ERROR_TYPE, "{message}", context)
+
+
+def _expect(phrase: str, show: Callable[[object], str] = describe) -> WrapValidator:
+    """Reword any refusal of the value itself as ``expected <phrase>, got <value>``."""
+
+    def check(value: object, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as e:
+            if any(error["loc"] for error in e.errors()):
+                raise  # about an item inside the value: keep its own location
+            raise failure(f"expected {phrase}, got {show(value)}") from None
+
+    return WrapValidator(check)
+
+
+def _at_least(minimum: int, why: str = "") -> AfterValidator:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise failure(f"must be at least {minimum}{why}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _ip_address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise failure(f"expected an IP address, got {text!r}") from None
+    return text
+
+
+def _address(split: Callable[[str], object]) -> AfterValidator:
+    def check(text: str) -> str:
+        try:
+            split(text)
+        except BadAddress as e:
+            raise failure(str(e)) from None
+        return text
+
+    return AfterValidator(check)
+
+
+Port = Annotated[int, Field(ge=0, le=65535), _expect("a port number 0-65535")]
+PositiveInt = Annotated[int, Field(gt=0), _expect("a positive integer")]
+Seconds = Annotated[float, Field(gt=0), _expect("a positive number of seconds")]
+Text = Annotated[str, Field(min_length=1), _expect("a non-empty string")]
+Switch = Annotated[bool, _expect("true or false")]
+IpAddress = Annotated[Text, AfterValidator(_ip_address)]
+HttpUrl = Annotated[
+    Text,
+    _address(split_http_url),
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+/?$"}),
+]
+GrpcTarget = Annotated[Text, _address(split_grpc_target)]
+MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
+MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
+BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
+
+_LISTEN: Final = ListenConfig()
+_TLS: Final = TlsConfig()
+_HTTP: Final = ApiUpstream(scheme="", host="", port=0, url="")
+_GRPC: Final = GrpcUpstream(host="", port=0, tls=False, address="")
+_BROKER: Final = BrokerUpstream(target="", tls=False)
+_LIMITS: Final = Limits()
+_TOP: Final = GatewayConfig()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ListenSection(_Section):
+    """The gateway's own listening ports."""
+
+    tls: Port = Field(
+        default=_LISTEN.tls, description="TLS port: ALPN h2 and http/1.1 (the --port flag wins)."
+    )
+    cleartext: Port | None = Field(
+        default=_LISTEN.cleartext,
+        description="Optional cleartext port: HTTP/1.1 and h2c with prior knowledge.",
+    )
+    interface: IpAddress = Field(default=_LISTEN.interface, description="The IP address to bind.")
+
+
+class TlsSection(_Section):
+    """The gateway's certificate; omit cert and key for a generated development one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"dependentRequired": {"cert": ["key"], "key": ["cert"]}}
+    )
+
+    cert: Text | None = Field(
+        default=_TLS.cert,
+        description="PEM certificate chain, leaf first; relative to the configuration file.",
+    )
+    key: Text | None = Field(
+        default=_TLS.key, description="PEM private key of cert; relative to the configuration file."
+    )
+    dev_cert_dir: Text = Field(
+        default=_TLS.dev_cert_dir,
+        description="Where the development certificate is written when cert and key are "
+        "not given.",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            raise failure(
+                "tls.cert and tls.key go together; give both or neither",
+                key="key" if self.key is None else "cert",
+            )
+        return self
+
+
+class MasterApiSection(_Section):
+    """The Master API: /api is proxied to its HTTP URL, gRPC calls relayed to its address."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["http"]}, {"required": ["grpc"]}]}
+    )
+
+    http: HttpUrl | None = Field(
+        default=None,
+        description="Base URL http(s)://host[:port] that /api requests are proxied to, "
+        "path and query kept as sent.",
+        examples=["http://127.0.0.1:8080"],
+    )
+    grpc: GrpcTarget | None = Field(
+        default=None,
+        description="Address gRPC calls are relayed to: host:port (h2c) or "
+        "grpcs://host:port (TLS).",
+        examples=["127.0.0.1:50051"],
+    )
+    ca_file: Text | None = Field(
+        default=None,
+        description="CA bundle for https:// and grpcs:// upstreams (default: the system's).",
+    )
+    connect_timeout: Seconds = Field(
+        default=_HTTP.connect_timeout,
+        description="Seconds to connect; a down upstream is 502 / UNAVAILABLE.",
+    )
+    response_timeout: Seconds = Field(
+        default=_HTTP.response_timeout,
+        description="Seconds to the response head, and between body reads (504 beyond).",
+    )
+    max_connections: PositiveInt = Field(
+        default=_HTTP.max_connections,
+        description="Pooled keep-alive HTTP/1.1 connections to master_api.http.",
+    )
+    grpc_connections: PositiveInt = Field(
+        default=_GRPC.max_connections,
+        description="HTTP/2 connections to master_api.grpc (streams are multiplexed).",
+    )
+    keepalive_interval: Seconds = Field(
+        default=_GRPC.keepalive_interval,
+        description="Seconds between PINGs on an idle gRPC upstream connection.",
+    )
+
+
+class EventBrokerSection(_Section):
+    """The Event Broker: /events requests are transcoded to gRPC calls to it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "dependentRequired": {"ca_file": ["grpc"], "deadline": ["grpc"], "client": ["grpc"]}
+        }
+    )
+
+    grpc: GrpcTarget | None = Field(
+        default=None,
+        description="The broker's gRPC address: host:port (h2c) or grpcs://host:port (TLS); "
+        "required when event_broker is given.",
+        examples=["127.0.0.1:50052"],
+    )
+    ca_file: Text | None = Field(
+        default=_BROKER.ca_file,
+        description="CA bundle for a grpcs:// broker (default: the system's).",
+    )
+    deadline: Seconds = Field(
+        default=_BROKER.deadline, description="Seconds allowed for every broker call (504 beyond)."
+    )
+    client: BrokerClient = Field(
+        default="grpcio",
+        description="grpcio, or h2: unary calls on the gateway's own HTTP/2 upstream pool.",
+    )
+
+    @model_validator(mode="after")
+    def _target_given(self) -> EventBrokerSection:
+        if self.grpc is None and self.model_fields_set:
+            raise failure("required when event_broker is given", key="grpc")
+        return self
+
+
+class GrpcSection(_Section):
+    """Which gRPC methods are relayed to the Master API."""
+
+    allow: MethodPrefixes = Field(
+        default=list(_TOP.grpc_allow),
+        description='Method prefixes ("/pkg.Service/Method") relayed to the Master API.',
+    )
+    deny: MethodPrefixes = Field(
+        default=list(_TOP.grpc_deny),
+        description="Method prefixes refused (grpc-status 12); checked before allow.",
+    )
+
+
+class LimitsSection(_Section):
+    """Bounds on what a client may make the gateway hold."""
+
+    max_request_body: PositiveInt = Field(
+        default=_LIMITS.max_request_body, description="Bytes of an /api request body (413 beyond)."
+    )
+    max_event_size: Annotated[
+        PositiveInt,
+        _at_least(MIN_EVENT_SIZE, " (CloudEvents intermediaries accept 64 KiB)"),
+        Field(json_schema_extra={"minimum": MIN_EVENT_SIZE}),
+    ] = Field(
+        default=_LIMITS.max_event_size,
+        description=f"Bytes of an /events body (413 beyond); never below {MIN_EVENT_SIZE}.",
+    )
+    max_header_bytes: Annotated[
+        PositiveInt, _at_least(1024), Field(json_schema_extra={"minimum": 1024})
+    ] = Field(
+        default=_LIMITS.max_header_bytes,
+        description="Bytes of a request head (431 / HTTP/2 stream error beyond).",
+    )
+    max_concurrent_streams: PositiveInt = Field(
+        default=_LIMITS.max_concurrent_streams,
+        description="Concurrent streams per HTTP/2 connection.",
+    )
+    idle_timeout: Seconds = Field(
+        default=_LIMITS.idle_timeout, description="Seconds an idle client connection is kept."
+    )
+    header_timeout: Seconds = Field(
+        default=_LIMITS.header_timeout,
+        description="Seconds a client may take to send a request head.",
+    )
+
+
+class LogSection(_Section):
+    """Logging."""
+
+    access: Switch = Field(
+        default=_TOP.access_log, description="One structured access-log event per request."
+    )
+
+
+class GatewayFile(_Section):
+    """eventgw's configuration file: only master_api.http or master_api.grpc is required."""
+
+    model_config = ConfigDict(
+        title="eventgw configuration", json_schema_extra={"required": ["master_api"]}
+    )
+
+    listen: ListenSection | None = None
+    tls: TlsSection | None = None
+    master_api: MasterApiSection | None = None
+    event_broker: EventBrokerSection | None = Field(
+        default=None, description="Without it, /events answers 503."
+    )
+    grpc: GrpcSection | None = None
+    limits: LimitsSection | None = None
+    log: LogSection | None = None
+    workers: PositiveInt = Field(
+        default=_TOP.workers, description="Processes sharing the ports (the --workers flag wins)."
+    )
+
+    @model_validator(mode="after")
+    def _master_api_given(self) -> GatewayFile:
+        api = self.master_api
+        if api is None or (api.http is None and api.grpc is None):
+            raise failure(
+                "required: the Master API's URL (e.g. http://127.0.0.1:8080)",
+                key="master_api.http",
+            )
+        return self
+
+
+#: Each section's model by its dotted key (``""``: the top level), for error wording.
+SECTIONS: Final[dict[str, type[BaseModel]]] = {
+    "": GatewayFile,
+    "listen": ListenSection,
+    "tls": TlsSection,
+    "master_api": MasterApiSection,
+    "event_broker": EventBrokerSection,
+    "grpc": GrpcSection,
+    "limits": LimitsSection,
+    "log": LogSection,
+}

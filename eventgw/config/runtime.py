@@ -1,0 +1,120 @@
+"""The configuration the gateway runs with: frozen dataclasses, one per section.
+
+Core module: imports only the standard library.
+
+These are the objects the rest of the package reads (``config.listen.tls``,
+``config.master_api_http.host``, ``limits.max_event_size`` on every request).  They are
+built by :mod:`eventgw.config.loader` from the validated file, and tests and profiling
+harnesses build them directly; :func:`dataclasses.replace` derives variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+__all__ = [
+    "BROKER_CLIENTS",
+    "MIN_EVENT_SIZE",
+    "ApiUpstream",
+    "BrokerUpstream",
+    "GatewayConfig",
+    "GrpcUpstream",
+    "Limits",
+    "ListenConfig",
+    "TlsConfig",
+]
+
+# The Event Broker clients ``event_broker.client`` may name.
+BROKER_CLIENTS: Final = ("grpcio", "h2")
+
+# The CloudEvents HTTP binding: intermediaries must forward events of 64 KiB.
+MIN_EVENT_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    tls: int = 9001
+    cleartext: int | None = None
+    interface: str = "0.0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``cert``/``key`` paths, or both ``None`` for a generated development certificate."""
+
+    cert: str | None = None
+    key: str | None = None
+    # Where the development certificate is written when none is configured.
+    dev_cert_dir: str = "./run/dev-cert"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiUpstream:
+    """``master_api.http``: where ``/api`` is proxied."""
+
+    scheme: str
+    host: str
+    port: int
+    url: str
+    ca_file: str | None = None
+    connect_timeout: float = 5.0
+    response_timeout: float = 30.0
+    max_connections: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcUpstream:
+    """``master_api.grpc``: where allowed gRPC calls are relayed."""
+
+    host: str
+    port: int
+    tls: bool
+    address: str
+    ca_file: str | None = None
+    connect_timeout: float = 5.0
+    max_connections: int = 4
+    keepalive_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUpstream:
+    """``event_broker.grpc``: where ``/events`` calls go."""
+
+    target: str
+    tls: bool
+    ca_file: str | None = None
+    deadline: float = 5.0
+    # "grpcio" (the grpcio client) or "h2" (unary calls on the gateway's own HTTP/2
+    # upstream pool, all on the reactor thread).
+    client: str = "grpcio"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a client may make the gateway hold (``limits:``)."""
+
+    max_request_body: int = 64 * 1024 * 1024
+    max_event_size: int = 1024 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_concurrent_streams: int = 100
+    idle_timeout: float = 120.0
+    header_timeout: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    master_api_http: ApiUpstream | None = None
+    master_api_grpc: GrpcUpstream | None = None
+    event_broker: BrokerUpstream | None = None
+    grpc_allow: tuple[str, ...] = ("/",)
+    grpc_deny: tuple[str, ...] = ("/eventbroker.",)
+    limits: Limits = field(default_factory=Limits)
+    access_log: bool = True
+    workers: int = 1
+    source: str = "<defaults>"
+
+    def with_overrides(self, **changes: Any) -> GatewayConfig:
+        return replace(self, **changes)
