@@ -44,6 +44,7 @@ from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool
+from eventgw.upstream.trust import load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
@@ -353,6 +354,7 @@ class H2BrokerClient:
                 keepalive_interval=KEEPALIVE_INTERVAL,
             ),
             reactor=reactor,
+            trust=load_trust(upstream.ca_file, "event_broker.ca_file") if upstream.tls else None,
         )
         prefix: Headers = [
             (b":method", b"POST"),

@@ -8,10 +8,11 @@ connection (frames, streams, flow control, GOAWAY, keepalive) is
 :class:`~eventgw.upstream.h2client.StreamListener` and never sees a connection.
 
 * One or more connections per address (h2c, or TLS with ALPN ``h2`` for
-  ``grpcs://``, verified with service-identity against ``ca_file`` or the platform's
-  trust store); streams are multiplexed, the peer's SETTINGS_MAX_CONCURRENT_STREAMS
-  is respected by opening another connection (up to ``max_connections``) or queueing
-  (bounded by :data:`MAX_WAITING_STREAMS`).
+  ``grpcs://``, verified with service-identity against every certificate of
+  ``ca_file`` or the platform's trust store -- :mod:`eventgw.upstream.trust`, read
+  once when the pool is built); streams are multiplexed, the peer's
+  SETTINGS_MAX_CONCURRENT_STREAMS is respected by opening another connection (up to
+  ``max_connections``) or queueing (bounded by :data:`MAX_WAITING_STREAMS`).
 * A connection counts as ready only once the server's SETTINGS arrived, all within
   ``connect_timeout``; until then streams wait, and if it fails they fail with it.
 * After a failed connect, new calls fail at once until the back-off delay has passed
@@ -24,7 +25,7 @@ connection (frames, streams, flow control, GOAWAY, keepalive) is
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory
@@ -34,10 +35,18 @@ from twisted.python.failure import Failure
 from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
+from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h2client import H2ClientConnection, StreamListener, UpstreamStream
+from eventgw.upstream.trust import UpstreamTrust, client_tls_options, load_trust
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import (
+        IAddress,
+        IDelayedCall,
+        IOpenSSLClientConnectionCreator,
+        IReactorTime,
+        IStreamClientEndpoint,
+    )
 
 __all__ = [
     "INITIAL_BACKOFF",
@@ -67,11 +76,14 @@ class _ConnectionFactory(Factory):
 
 
 class GrpcConnectionPool:
-    """The HTTP/2 connections to one Master API gRPC address.
+    """The HTTP/2 connections to one gRPC upstream address.
 
     :ivar address: ``host:port`` (for logs).
     :ivar authority: the ``:authority`` sent upstream.
     :ivar scheme: ``b"http"`` or ``b"https"``.
+    :param trust: the CAs a ``grpcs://`` upstream is verified against; by default
+        ``config.ca_file`` (read now, a bad file being a ``ConfigError`` naming
+        ``master_api.ca_file``), or the platform's store without one.
     """
 
     log = Logger()
@@ -83,16 +95,21 @@ class GrpcConnectionPool:
         reactor: IReactorTime | None = None,
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
+        trust: UpstreamTrust | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.reactor = reactor
         self.config = config
         self.address = config.address
-        host = config.host.encode("idna") if ":" not in config.host else b"[%s]" % (
-            config.host.encode("ascii")
-        )
-        self.authority = b"%s:%d" % (host, config.port)
+        address = UpstreamAddress(config.host, config.port)
+        self.authority = address.authority
         self.scheme = b"https" if config.tls else b"http"
+        # Built once, so the CA file is read (and checked) now, not per connection.
+        self._tls: IOpenSSLClientConnectionCreator | None = None
+        if config.tls:
+            if trust is None:
+                trust = load_trust(config.ca_file, "master_api.ca_file")
+            self._tls = client_tls_options(address, trust, [b"h2"])
         self._connections: list[H2ClientConnection] = []
         self._draining: list[H2ClientConnection] = []
         self._connecting = 0
@@ -225,7 +242,7 @@ class GrpcConnectionPool:
         for stream in waiting:
             stream.fail(reason)
 
-    def _endpoint(self) -> object:
+    def _endpoint(self) -> IStreamClientEndpoint:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
         endpoint = HostnameEndpoint(
@@ -234,33 +251,15 @@ class GrpcConnectionPool:
             self.config.port,
             timeout=self.config.connect_timeout,
         )
-        if not self.config.tls:
+        if self._tls is None:
             return endpoint
-        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-
-        trust: object
-        if self.config.ca_file is not None:
-            with open(self.config.ca_file, "rb") as f:
-                trust = Certificate.loadPEM(f.read())
-        else:
-            trust = platformTrust()
-        options = optionsForClientTLS(
-            self.config.host,
-            trustRoot=trust,  # type: ignore[arg-type]
-            acceptableProtocols=[b"h2"],
-        )
-        return wrapClientTLS(options, endpoint)
+        return wrapClientTLS(self._tls, endpoint)
 
     def _connect(self) -> None:
         self._connecting += 1
-        try:
-            endpoint = self._endpoint()
-        except OSError as e:
-            self._connecting -= 1
-            self._connect_failed(f"cannot read {self.config.ca_file}: {e.strerror}")
-            return
-        attempt: Deferred[H2ClientConnection] = endpoint.connect(  # type: ignore[attr-defined]
-            _ConnectionFactory(self, self.reactor)
+        attempt = cast(
+            "Deferred[H2ClientConnection]",
+            self._endpoint().connect(_ConnectionFactory(self, self.reactor)),
         )
         self._pending_connects.append(attempt)
 
