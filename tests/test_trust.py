@@ -42,6 +42,7 @@ from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EventsEndpoint
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy
+from eventgw.tls import server_context_factory
 from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h2pool import GrpcConnectionPool
 from eventgw.upstream.httppool import UpstreamPool
@@ -188,7 +189,7 @@ class Hello(resource.Resource):
 
 
 def grpc_frame(message: Any) -> bytes:
-    payload = message.SerializeToString()
+    payload: bytes = message.SerializeToString()
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
@@ -383,6 +384,8 @@ class UpstreamAddressTests(SynchronousTestCase):
 
 
 class BundleTestCase(TestCase):
+    """Each test gets a fresh two-CA bundle (``self.certs``)."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -393,9 +396,12 @@ class ApiProxyBundleTests(BundleTestCase):
     """``/api`` to an ``https://`` Master API signed by the bundle's second CA."""
 
     def start_backend(self) -> int:
-        options = ssl.PrivateCertificate.loadPEM(self.certs.cert_pem + self.certs.key_pem)
-        port = reactor.listenSSL(0, server.Site(Hello()), options.options(),
-                                 interface="127.0.0.1")
+        folder = self.mktemp()
+        options = server_context_factory(
+            write(folder, "server.pem", self.certs.cert_pem),
+            write(folder, "server.key", self.certs.key_pem),
+        )
+        port = reactor.listenSSL(0, server.Site(Hello()), options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
