@@ -59,7 +59,8 @@ from eventgw.grpc import relay as relay_core
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy, is_grpc
 from eventgw.tls import ensure_dev_certificate, server_context_factory
-from eventgw.upstream.h2pool import INITIAL_STREAM_WINDOW, GrpcConnectionPool
+from eventgw.upstream.h2client import INITIAL_STREAM_WINDOW
+from eventgw.upstream.h2pool import GrpcConnectionPool
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor

@@ -113,3 +113,17 @@ class StartFailureTests(SynchronousTestCase):
                         f"listen: {{tls: {port}, interface: 127.0.0.1}}\n"
                         f"tls: {{dev_cert_dir: {folder}}}\n")
             self.assertOneLine(run_twistd("--config", path), "listen.tls")
+
+    def test_garbage_broker_ca_file(self) -> None:
+        """An event_broker.ca_file that holds no certificate stops the start, named."""
+        folder = tempfile.mkdtemp()
+        ca_file = os.path.join(folder, "ca.pem")
+        with open(ca_file, "w") as f:
+            f.write("not a certificate\n")
+        path = os.path.join(folder, "gateway.yaml")
+        with open(path, "w") as f:
+            f.write("master_api: {http: 'http://127.0.0.1:1'}\n"
+                    "listen: {tls: 0, interface: 127.0.0.1}\n"
+                    f"tls: {{dev_cert_dir: {folder}}}\n"
+                    f"event_broker: {{grpc: 'grpcs://127.0.0.1:1', ca_file: {ca_file}}}\n")
+        self.assertOneLine(run_twistd("--config", path), "event_broker.ca_file")

@@ -36,6 +36,7 @@ from eventgw.config import BrokerUpstream
 from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
+from eventgw.upstream.trust import load_trust
 
 if TYPE_CHECKING:
     import grpc
@@ -178,10 +179,8 @@ class BrokerClient:
             ("grpc.max_send_message_length", _MAX_REQUEST_BYTES),
         ]
         if upstream.tls:
-            root = None
-            if upstream.ca_file is not None:
-                with open(upstream.ca_file, "rb") as f:
-                    root = f.read()
+            # Every certificate of the CA file, read and checked now (None: grpcio's roots).
+            root = load_trust(upstream.ca_file, "event_broker.ca_file").pem
             credentials = grpcio.ssl_channel_credentials(root_certificates=root)
             self._channel = grpcio.secure_channel(upstream.target, credentials, options)
         else:

@@ -42,7 +42,9 @@ from eventgw.errors import GrpcStatus
 from eventgw.events.broker import BrokerCallFailed
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
-from eventgw.upstream.h2pool import GrpcConnectionPool, UpstreamStream
+from eventgw.upstream.h2client import UpstreamStream
+from eventgw.upstream.h2pool import GrpcConnectionPool
+from eventgw.upstream.trust import load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
@@ -98,7 +100,7 @@ def _frame(message: bytes) -> bytes:
 
 
 class _UnaryCall:
-    """One call: a :class:`~eventgw.upstream.h2pool.StreamListener` and a Deferred.
+    """One call: a :class:`~eventgw.upstream.h2client.StreamListener` and a Deferred.
 
     Invariant: the Deferred fires at most once; after it fired (or was cancelled),
     the stream is closed or reset and every further report is ignored.
@@ -352,6 +354,7 @@ class H2BrokerClient:
                 keepalive_interval=KEEPALIVE_INTERVAL,
             ),
             reactor=reactor,
+            trust=load_trust(upstream.ca_file, "event_broker.ca_file") if upstream.tls else None,
         )
         prefix: Headers = [
             (b":method", b"POST"),

@@ -6,7 +6,7 @@ Shell module.  :class:`GrpcRelay` is the :class:`~eventgw.exchange.RequestTarget
 gateway hands every HTTP/2 stream with a gRPC content type.  It sees the client only
 through the exchange interface (head, writer, handler); the decisions are made by
 :class:`eventgw.grpc.relay.RelayStream`, and this module only carries its actions out --
-on the writer, on the :class:`~eventgw.upstream.h2pool.UpstreamStream` and on the
+on the writer, on the :class:`~eventgw.upstream.h2client.UpstreamStream` and on the
 reactor's clock.
 
 Refusals are trailers-only answers: a method outside ``grpc.allow`` or inside
@@ -50,7 +50,8 @@ from eventgw.grpc.relay import (
     trailers_only,
 )
 from eventgw.routing import MethodPolicy
-from eventgw.upstream.h2pool import GrpcConnectionPool, UpstreamStream
+from eventgw.upstream.h2client import UpstreamStream
+from eventgw.upstream.h2pool import GrpcConnectionPool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime

@@ -1,88 +1,60 @@
 # -*- test-case-name: tests.test_grpc_relay -*-
-"""Pooled HTTP/2 client connections to the Master API's gRPC port.
+"""Pooled HTTP/2 client connections to a gRPC upstream (the Master API, or the broker).
 
-Shell module: Twisted moves the bytes, ``h2`` frames them.  It knows nothing about
-gRPC beyond HTTP/2: the relay (:mod:`eventgw.grpc.target`) opens an
-:class:`UpstreamStream` with a header list and a :class:`StreamListener`, sends
-request bytes on it and hears back headers, DATA, trailers, resets and failures.
+Shell module: connecting, TLS and the choice of connection; the HTTP/2 of each
+connection (frames, streams, flow control, GOAWAY, keepalive) is
+:mod:`eventgw.upstream.h2client`.  The relay (:mod:`eventgw.grpc.target`) opens an
+:class:`~eventgw.upstream.h2client.UpstreamStream` with a header list and a
+:class:`~eventgw.upstream.h2client.StreamListener` and never sees a connection.
 
 * One or more connections per address (h2c, or TLS with ALPN ``h2`` for
-  ``grpcs://``, verified with service-identity against ``ca_file`` or the platform's
-  trust store); streams are multiplexed, the peer's SETTINGS_MAX_CONCURRENT_STREAMS
-  is respected by opening another connection (up to ``max_connections``) or queueing
-  (bounded by :data:`MAX_WAITING_STREAMS`).
+  ``grpcs://``, verified with service-identity against every certificate of
+  ``ca_file`` or the platform's trust store -- :mod:`eventgw.upstream.trust`, read
+  once when the pool is built); streams are multiplexed, the peer's
+  SETTINGS_MAX_CONCURRENT_STREAMS is respected by opening another connection (up to
+  ``max_connections``) or queueing (bounded by :data:`MAX_WAITING_STREAMS`).
 * A connection counts as ready only once the server's SETTINGS arrived, all within
   ``connect_timeout``; until then streams wait, and if it fails they fail with it.
 * After a failed connect, new calls fail at once until the back-off delay has passed
   (doubling up to :data:`MAX_BACKOFF`), so a down Master API costs a client one
   connect timeout at most, not one per call.
-* GOAWAY: in-flight streams the server accepted finish; the others are reset as
-  REFUSED_STREAM (UNAVAILABLE for the client); new streams go to a new connection.
-* Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
-  no answer within another interval aborts the connection.  gRPC servers with their
-  default ping policy answer the third PING on a connection without calls with
-  GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"); the pool then lets that idle
-  connection go and opens a new one on the next call.
-* Flow control: response DATA is acknowledged only when the relay says so
-  (:meth:`UpstreamStream.acknowledge`); request bytes beyond the peer's window are
-  queued on the stream and reported through :meth:`StreamListener.upstream_buffered`.
-* ``data_to_send`` is flushed once per ``dataReceived`` and once per call from the
-  relay.
+* A connection that received GOAWAY drains: its accepted streams finish, new streams
+  go to a new connection.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, cast
 
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    PingAckReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import Frame, GoAwayFrame
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
-from eventgw.http2 import WRITES, LeanH2Connection
+from eventgw.upstream.address import UpstreamAddress
+from eventgw.upstream.h2client import H2ClientConnection, StreamListener, UpstreamStream
+from eventgw.upstream.trust import UpstreamTrust, client_tls_options, load_trust
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import (
+        IAddress,
+        IDelayedCall,
+        IOpenSSLClientConnectionCreator,
+        IReactorTime,
+        IStreamClientEndpoint,
+    )
 
 __all__ = [
-    "INITIAL_STREAM_WINDOW",
+    "INITIAL_BACKOFF",
     "MAX_BACKOFF",
     "MAX_WAITING_STREAMS",
     "GrpcConnectionPool",
-    "StreamListener",
-    "UpstreamStream",
 ]
 
-# The window each upstream stream gets.  It is what a stalled client can make the
-# gateway hold per stream on the response side (the relay stops acknowledging once
-# the client stops reading), so it is the memory bound; 256 KiB still moves 4 MiB
-# messages at loopback speed.
-INITIAL_STREAM_WINDOW: Final = 256 * 1024
-# The connection window, shared by all streams: large, so one stalled stream never
-# starves the others (64 stalled streams fit before it closes).
-CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 # Streams waiting for a connection slot; beyond it calls fail (UNAVAILABLE) rather
 # than pile up without bound.
 MAX_WAITING_STREAMS: Final = 1000
@@ -90,489 +62,6 @@ MAX_WAITING_STREAMS: Final = 1000
 # delay doubles up to MAX_BACKOFF.  Short, because a waiting client holds a call.
 INITIAL_BACKOFF: Final = 0.1
 MAX_BACKOFF: Final = 5.0
-# Response header blocks (and trailers) the Master API may send: gRPC's own default
-# limit for metadata is 8 KiB; 64 KiB leaves room for large -bin details.
-MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
-# How long a connection being shut down may take to close cleanly (TLS close_notify
-# included) before it is aborted.
-SHUTDOWN_GRACE: Final = 2.0
-# The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
-_PING_DATA: Final = b"eventgw!"
-
-
-class _GracefulH2Connection(LeanH2Connection):
-    """An h2 client connection that survives a GOAWAY from the server.
-
-    h2 moves the whole connection to CLOSED when it receives GOAWAY and drops its
-    outbound buffer, so the frames of streams the server still finishes -- often in the
-    same read as the GOAWAY -- raise ProtocolError (python-hyper/h2 #1181).  RFC 9113
-    section 6.8 lets streams up to the last stream id complete; the pool opens no new
-    streams on a connection after GOAWAY, so only the event is kept.
-    """
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
-        event = ConnectionTerminated()
-        event.error_code = _error_code(frame.error_code)
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
-def _error_code(value: int) -> ErrorCodes | int:
-    try:
-        return ErrorCodes(value)
-    except ValueError:
-        return value
-
-
-class StreamListener(Protocol):
-    """What an :class:`UpstreamStream` reports to (the relay's per-call object)."""
-
-    def upstream_headers(self, headers: Headers, end_stream: bool) -> None: ...
-
-    def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None: ...
-
-    def upstream_trailers(self, trailers: Headers) -> None: ...
-
-    def upstream_reset(self, error_code: int) -> None: ...
-
-    def upstream_failed(self, reason: str) -> None: ...
-
-    def upstream_buffered(self, queued: int) -> None: ...
-
-
-class UpstreamStream:
-    """One request to the Master API, before and after it has a connection.
-
-    Invariant: it reports exactly one ending to its listener (trailers, END_STREAM,
-    reset or failure) unless the relay reset it first, and nothing after that.
-
-    :ivar queued: request bytes accepted but not yet written to a connection.
-    """
-
-    __slots__ = (
-        "_connection",
-        "_end_queued",
-        "_pending",
-        "closed",
-        "headers",
-        "listener",
-        "local_ended",
-        "pool",
-        "queued",
-        "stream_id",
-    )
-
-    def __init__(
-        self, pool: GrpcConnectionPool, headers: Headers, listener: StreamListener
-    ) -> None:
-        self.pool = pool
-        self.headers = headers
-        self.listener = listener
-        self._connection: _UpstreamConnection | None = None
-        self.stream_id = 0
-        self._pending: deque[bytes] = deque()
-        self._end_queued = False
-        self.local_ended = False
-        self.queued = 0
-        self.closed = False
-
-    def send(self, data: bytes, end: bool = False) -> int:
-        """Queue request bytes (and the end of the request); return what is queued."""
-        if self.closed or self._end_queued:
-            return self.queued
-        if data:
-            self._pending.append(data)
-            self.queued += len(data)
-        if end:
-            self._end_queued = True
-        connection = self._connection
-        if connection is not None:
-            connection.write_pending(self)
-            connection.flush_soon()
-        return self.queued
-
-    def reset(self, error_code: int) -> None:
-        """Cancel the request (RST_STREAM when it is on a connection)."""
-        if self.closed:
-            return
-        self.closed = True
-        self._pending.clear()
-        self.queued = 0
-        connection = self._connection
-        if connection is None:
-            self.pool.forget(self)
-        else:
-            connection.reset_stream(self, error_code)
-
-    def acknowledge(self, size: int) -> None:
-        """The relay passed ``size`` flow-controlled response bytes on: reopen the window."""
-        connection = self._connection
-        if connection is not None and size:
-            connection.acknowledge(self, size)
-
-    # -- called by the connection ----------------------------------------------------
-
-    def attach(self, connection: _UpstreamConnection, stream_id: int) -> None:
-        self._connection = connection
-        self.stream_id = stream_id
-
-    def take_pending(self, window: int) -> tuple[list[bytes], bool]:
-        """Up to ``window`` queued bytes, and whether the request ends after them."""
-        chunks: list[bytes] = []
-        pending = self._pending
-        while pending and window > 0:
-            data = pending[0]
-            if len(data) <= window:
-                pending.popleft()
-            else:
-                pending[0] = data[window:]
-                data = data[:window]
-            chunks.append(data)
-            window -= len(data)
-            self.queued -= len(data)
-        return chunks, self._end_queued and not pending and not self.local_ended
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending) or (self._end_queued and not self.local_ended)
-
-    def fail(self, reason: str) -> None:
-        """The connection or the connect attempt failed."""
-        if self.closed:
-            return
-        self.closed = True
-        self._pending.clear()
-        self.queued = 0
-        self.listener.upstream_failed(reason)
-
-
-class _UpstreamConnection(TwistedProtocol):
-    """One HTTP/2 client connection to the Master API.
-
-    Invariant: ``streams`` holds exactly the h2 streams that are not closed, so its
-    length is what counts against the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
-    """
-
-    log = Logger()
-
-    def __init__(self, pool: GrpcConnectionPool, reactor: IReactorTime) -> None:
-        self.pool = pool
-        self.reactor = reactor
-        self.h2 = _GracefulH2Connection(
-            H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                # The relay builds request headers from a validated downstream head,
-                # and filters what comes back: h2 need not check them twice.
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-            )
-        )
-        self.streams: dict[int, UpstreamStream] = {}
-        self.ready = False
-        self.draining = False
-        self.lost = False
-        self._receiving = False
-        self._blocked: set[UpstreamStream] = set()
-        self._last_received = 0.0
-        self._ping_outstanding = False
-        self._keepalive: IDelayedCall | None = None
-        self._abort_timer: IDelayedCall | None = None
-        self.closed: Deferred[None] = Deferred()
-
-    # -- Twisted -------------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        # gRPC frames are small and latency-bound (a lone RST_STREAM or WINDOW_UPDATE
-        # must not wait for a delayed ACK): disable Nagle, as grpcio itself does.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        h2 = self.h2
-        h2.local_settings = Settings(
-            client=True,
-            initial_values={
-                SettingCodes.ENABLE_PUSH: 0,
-                SettingCodes.MAX_CONCURRENT_STREAMS: 0,
-                SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_RESPONSE_HEADER_BYTES,
-            },
-        )
-        h2.initiate_connection()
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._last_received = self.reactor.seconds()
-        self.flush()
-        self._schedule_keepalive()
-
-    def dataReceived(self, data: bytes) -> None:
-        self._last_received = self.reactor.seconds()
-        self._ping_outstanding = False
-        self._receiving = True
-        try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as e:
-            self.log.warn(
-                "{upstream} protocol error: {error}", upstream=self.pool.address, error=e
-            )
-            self._receiving = False
-            self.flush()
-            if self.transport is not None:
-                self.transport.loseConnection()
-            return
-        # The client connections this read writes on flush once, at its end.
-        WRITES.hold()
-        try:
-            for event in events:
-                self._dispatch(event)
-        finally:
-            self._receiving = False
-            self.flush()
-            WRITES.release()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost = True
-        for timer in (self._keepalive, self._abort_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._keepalive = self._abort_timer = None
-        streams = list(self.streams.values())
-        self.streams.clear()
-        message = "connection lost" if self.ready else "connection failed"
-        for stream in streams:
-            stream.fail(message)
-        self.pool.connection_lost(self, reason)
-        self.closed.callback(None)
-
-    # -- used by UpstreamStream --------------------------------------------------------
-
-    def flush(self) -> None:
-        """Write what h2 has queued (deferred to the end of ``dataReceived``)."""
-        if self._receiving or self.transport is None:
-            return
-        data = self.h2.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    def flush_soon(self) -> None:
-        """Flush now, or at the end of the read being processed on any HTTP/2
-        connection (:class:`~eventgw.http2.WriteCoalescer`): a downstream read
-        carrying many calls then costs one write here."""
-        if not self._receiving and not WRITES.defer(self.flush):
-            self.flush()
-
-    def has_capacity(self) -> bool:
-        return (
-            self.ready
-            and not self.draining
-            and not self.lost
-            and len(self.streams) < self.h2.remote_settings.max_concurrent_streams
-        )
-
-    def start_stream(self, stream: UpstreamStream) -> None:
-        """Open ``stream`` on this connection and send what it has queued."""
-        stream_id = self.h2.get_next_available_stream_id()
-        stream.attach(self, stream_id)
-        self.streams[stream_id] = stream
-        self.h2.send_headers(stream_id, stream.headers)
-        self.write_pending(stream)
-
-    def write_pending(self, stream: UpstreamStream) -> None:
-        """Send as much of ``stream``'s queue as the windows allow."""
-        if not stream.has_pending or stream.closed:
-            return
-        h2 = self.h2
-        stream_id = stream.stream_id
-        before = stream.queued
-        try:
-            window = h2.local_flow_control_window(stream_id)
-            frame = h2.max_outbound_frame_size
-            chunks, end = stream.take_pending(window)
-            for index, chunk in enumerate(chunks):
-                last = end and index == len(chunks) - 1
-                for start in range(0, len(chunk), frame):
-                    piece = chunk[start : start + frame]
-                    h2.send_data(
-                        stream_id, piece, end_stream=last and start + frame >= len(chunk)
-                    )
-            if end and not chunks:
-                h2.end_stream(stream_id)
-                stream.local_ended = True
-            elif end:
-                stream.local_ended = True
-        except H2Error:
-            # The stream closed under us (the peer reset it); the reset event tells
-            # the relay.
-            return
-        if stream.has_pending:
-            self._blocked.add(stream)
-        else:
-            self._blocked.discard(stream)
-        if stream.queued != before:
-            stream.listener.upstream_buffered(stream.queued)
-
-    def reset_stream(self, stream: UpstreamStream, error_code: int) -> None:
-        self._blocked.discard(stream)
-        if self.streams.pop(stream.stream_id, None) is not None:
-            try:
-                self.h2.reset_stream(stream.stream_id, error_code)
-            except H2Error:
-                pass
-        self.flush_soon()
-        self.pool.capacity_freed(self)
-
-    def acknowledge(self, stream: UpstreamStream, size: int) -> None:
-        self.h2.acknowledge_received_data(size, stream.stream_id)
-        self.flush_soon()
-
-    def shut_down(self) -> None:
-        """Close for good: GOAWAY, then drop the connection (abort it if the peer
-        does not let it close within :data:`SHUTDOWN_GRACE`)."""
-        self.draining = True
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
-        if self.transport is None or self.lost:
-            return
-        try:
-            self.h2.close_connection()
-        except H2Error:
-            pass
-        self.flush()
-        transport = self.transport
-        if self.pool.config.tls:
-            # The GOAWAY already says goodbye; waiting for the peer's TLS close_notify
-            # (which gRPC servers do not always send) would only stall shutdown, so
-            # close the TCP connection under TLS once the bytes are written.
-            transport = getattr(transport, "transport", None) or transport
-        transport.loseConnection()
-        self._abort_timer = self.reactor.callLater(SHUTDOWN_GRACE, self._abort)
-
-    def _abort(self) -> None:
-        self._abort_timer = None
-        if not self.lost and self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    # -- h2 events ---------------------------------------------------------------------
-
-    def _dispatch(self, event: object) -> None:
-        if isinstance(event, DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                # A stream the relay already let go: give the window back.
-                self.h2.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id
-                )
-                return
-            stream.listener.upstream_data(
-                event.data, event.flow_controlled_length, event.stream_ended is not None
-            )
-        elif isinstance(event, ResponseReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.listener.upstream_headers(
-                    event.headers,
-                    event.stream_ended is not None,
-                )
-        elif isinstance(event, TrailersReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.listener.upstream_trailers(event.headers)
-        elif isinstance(event, StreamEnded):
-            self._remote_ended(event.stream_id)
-        elif isinstance(event, StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                self._blocked.discard(stream)
-                stream.closed = True
-                stream.listener.upstream_reset(int(event.error_code or 0))
-                self.pool.capacity_freed(self)
-        elif isinstance(event, WindowUpdated):
-            self._window_opened(event.stream_id)
-        elif isinstance(event, RemoteSettingsChanged):
-            if not self.ready:
-                self.ready = True
-                self.pool.connection_ready(self)
-            elif SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                self._window_opened(0)
-            if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
-                self.pool.capacity_freed(self)
-        elif isinstance(event, ConnectionTerminated):
-            self._goaway(event.last_stream_id, event.error_code)
-        elif isinstance(event, PingAckReceived):
-            self._ping_outstanding = False
-
-    def _remote_ended(self, stream_id: int) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if not stream.local_ended:
-            # The response finished before the request did (an early error): end
-            # our side too, so the stream closes and frees its slot.
-            stream.closed = True
-            stream.local_ended = True
-            self._blocked.discard(stream)
-            try:
-                self.h2.end_stream(stream_id)
-            except H2Error:
-                pass
-        del self.streams[stream_id]
-        self.pool.capacity_freed(self)
-
-    def _window_opened(self, stream_id: int) -> None:
-        if stream_id:
-            stream = self.streams.get(stream_id)
-            if stream is not None and stream in self._blocked:
-                self.write_pending(stream)
-            return
-        for stream in list(self._blocked):
-            self.write_pending(stream)
-
-    def _goaway(self, last_stream_id: int | None, error_code: object) -> None:
-        self.draining = True
-        self.log.info(
-            "{upstream} sent GOAWAY ({error_code}, last stream {last_stream_id})",
-            upstream=self.pool.address,
-            error_code=error_code,
-            last_stream_id=last_stream_id,
-        )
-        last = last_stream_id if last_stream_id is not None else 2**31
-        for stream_id in [sid for sid in self.streams if sid > last]:
-            stream = self.streams.pop(stream_id)
-            self._blocked.discard(stream)
-            stream.closed = True
-            # Never processed by the server: tell the client it may retry.
-            stream.listener.upstream_reset(ErrorCodes.REFUSED_STREAM)
-        self.pool.connection_draining(self)
-        if not self.streams and self.transport is not None:
-            self.transport.loseConnection()
-
-    # -- keepalive ------------------------------------------------------------------------
-
-    def _schedule_keepalive(self) -> None:
-        interval = self.pool.config.keepalive_interval
-        self._keepalive = self.reactor.callLater(interval, self._keepalive_due)
-
-    def _keepalive_due(self) -> None:
-        self._keepalive = None
-        if self.lost or self.draining or self.transport is None:
-            return
-        interval = self.pool.config.keepalive_interval
-        idle = self.reactor.seconds() - self._last_received
-        if idle >= interval:
-            if self._ping_outstanding:
-                self.log.warn(
-                    "{upstream} did not answer a keepalive PING; closing",
-                    upstream=self.pool.address,
-                )
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-                return
-            self._ping_outstanding = True
-            self.h2.ping(_PING_DATA)
-            self.flush()
-        self._schedule_keepalive()
 
 
 class _ConnectionFactory(Factory):
@@ -582,16 +71,19 @@ class _ConnectionFactory(Factory):
         self.pool = pool
         self.reactor = reactor
 
-    def buildProtocol(self, addr: IAddress | None) -> _UpstreamConnection:
-        return _UpstreamConnection(self.pool, self.reactor)
+    def buildProtocol(self, addr: IAddress | None) -> H2ClientConnection:
+        return H2ClientConnection(self.pool, self.reactor)
 
 
 class GrpcConnectionPool:
-    """The HTTP/2 connections to one Master API gRPC address.
+    """The HTTP/2 connections to one gRPC upstream address.
 
     :ivar address: ``host:port`` (for logs).
     :ivar authority: the ``:authority`` sent upstream.
     :ivar scheme: ``b"http"`` or ``b"https"``.
+    :param trust: the CAs a ``grpcs://`` upstream is verified against; by default
+        ``config.ca_file`` (read now, a bad file being a ``ConfigError`` naming
+        ``master_api.ca_file``), or the platform's store without one.
     """
 
     log = Logger()
@@ -603,18 +95,23 @@ class GrpcConnectionPool:
         reactor: IReactorTime | None = None,
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
+        trust: UpstreamTrust | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.reactor = reactor
         self.config = config
         self.address = config.address
-        host = config.host.encode("idna") if ":" not in config.host else b"[%s]" % (
-            config.host.encode("ascii")
-        )
-        self.authority = b"%s:%d" % (host, config.port)
+        address = UpstreamAddress(config.host, config.port)
+        self.authority = address.authority
         self.scheme = b"https" if config.tls else b"http"
-        self._connections: list[_UpstreamConnection] = []
-        self._draining: list[_UpstreamConnection] = []
+        # Built once, so the CA file is read (and checked) now, not per connection.
+        self._tls: IOpenSSLClientConnectionCreator | None = None
+        if config.tls:
+            if trust is None:
+                trust = load_trust(config.ca_file, "master_api.ca_file")
+            self._tls = client_tls_options(address, trust, [b"h2"])
+        self._connections: list[H2ClientConnection] = []
+        self._draining: list[H2ClientConnection] = []
         self._connecting = 0
         self._waiting: deque[UpstreamStream] = deque()
         self._backoff = initial_backoff
@@ -623,8 +120,8 @@ class GrpcConnectionPool:
         self._retry_at = 0.0
         self._last_error = ""
         self._closing = False
-        self._pending_connects: list[Deferred[_UpstreamConnection]] = []
-        self._handshaking: dict[_UpstreamConnection, IDelayedCall] = {}
+        self._pending_connects: list[Deferred[H2ClientConnection]] = []
+        self._handshaking: dict[H2ClientConnection, IDelayedCall] = {}
 
     # -- the relay's side -------------------------------------------------------------
 
@@ -667,7 +164,7 @@ class GrpcConnectionPool:
 
     # -- connections' side ------------------------------------------------------------
 
-    def connection_ready(self, connection: _UpstreamConnection) -> None:
+    def connection_ready(self, connection: H2ClientConnection) -> None:
         self._handshake_over(connection)
         self._backoff = self._initial_backoff
         self._retry_at = 0.0
@@ -678,13 +175,13 @@ class GrpcConnectionPool:
         self.log.debug("{upstream} connected", upstream=self.address)
         self._drain_waiting()
 
-    def capacity_freed(self, connection: _UpstreamConnection) -> None:
+    def capacity_freed(self, connection: H2ClientConnection) -> None:
         if self._waiting:
             self._drain_waiting()
         if connection.draining and not connection.streams and connection.transport:
             connection.transport.loseConnection()
 
-    def connection_draining(self, connection: _UpstreamConnection) -> None:
+    def connection_draining(self, connection: H2ClientConnection) -> None:
         if connection in self._connections:
             self._connections.remove(connection)
             self._draining.append(connection)
@@ -692,7 +189,7 @@ class GrpcConnectionPool:
             self._drain_waiting()
 
     def connection_lost(
-        self, connection: _UpstreamConnection, reason: Failure | None
+        self, connection: H2ClientConnection, reason: Failure | None
     ) -> None:
         if self._handshake_over(connection) and not self._closing:
             why = reason.getErrorMessage() if reason is not None else "closed"
@@ -717,7 +214,7 @@ class GrpcConnectionPool:
 
     def _drain_waiting(self) -> None:
         waiting = self._waiting
-        touched: set[_UpstreamConnection] = set()
+        touched: set[H2ClientConnection] = set()
         for connection in self._connections:
             while waiting and connection.has_capacity():
                 stream = waiting.popleft()
@@ -745,7 +242,7 @@ class GrpcConnectionPool:
         for stream in waiting:
             stream.fail(reason)
 
-    def _endpoint(self) -> object:
+    def _endpoint(self) -> IStreamClientEndpoint:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
         endpoint = HostnameEndpoint(
@@ -754,37 +251,19 @@ class GrpcConnectionPool:
             self.config.port,
             timeout=self.config.connect_timeout,
         )
-        if not self.config.tls:
+        if self._tls is None:
             return endpoint
-        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-
-        trust: object
-        if self.config.ca_file is not None:
-            with open(self.config.ca_file, "rb") as f:
-                trust = Certificate.loadPEM(f.read())
-        else:
-            trust = platformTrust()
-        options = optionsForClientTLS(
-            self.config.host,
-            trustRoot=trust,  # type: ignore[arg-type]
-            acceptableProtocols=[b"h2"],
-        )
-        return wrapClientTLS(options, endpoint)
+        return wrapClientTLS(self._tls, endpoint)
 
     def _connect(self) -> None:
         self._connecting += 1
-        try:
-            endpoint = self._endpoint()
-        except OSError as e:
-            self._connecting -= 1
-            self._connect_failed(f"cannot read {self.config.ca_file}: {e.strerror}")
-            return
-        attempt: Deferred[_UpstreamConnection] = endpoint.connect(  # type: ignore[attr-defined]
-            _ConnectionFactory(self, self.reactor)
+        attempt = cast(
+            "Deferred[H2ClientConnection]",
+            self._endpoint().connect(_ConnectionFactory(self, self.reactor)),
         )
         self._pending_connects.append(attempt)
 
-        def connected(connection: _UpstreamConnection) -> None:
+        def connected(connection: H2ClientConnection) -> None:
             self._pending_connects.remove(attempt)
             if connection.ready or connection.lost:
                 self._connecting -= 1
@@ -807,14 +286,14 @@ class GrpcConnectionPool:
 
         attempt.addCallbacks(connected, failed)
 
-    def _handshake_timeout(self, connection: _UpstreamConnection) -> None:
+    def _handshake_timeout(self, connection: H2ClientConnection) -> None:
         self._handshaking.pop(connection, None)
         self._connecting -= 1
         self._connect_failed("no HTTP/2 SETTINGS within the connect timeout")
         if connection.transport is not None:
             connection.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def _handshake_over(self, connection: _UpstreamConnection) -> bool:
+    def _handshake_over(self, connection: H2ClientConnection) -> bool:
         """Settle a connection's handshake; ``True`` if it was still pending."""
         timer = self._handshaking.pop(connection, None)
         if timer is None:

@@ -17,8 +17,9 @@ HTTP.  One :class:`UpstreamPool` per :class:`~eventgw.config.ApiUpstream`:
   takes longer than ``connect_timeout`` is :class:`UpstreamTimeout` (504) -- nginx's
   mapping;
 * ``https://`` upstreams are verified with service-identity
-  (``optionsForClientTLS``) against ``ca_file`` when configured, else the platform's
-  trust store.
+  (``optionsForClientTLS``) against every certificate of ``ca_file`` when configured,
+  else the platform's trust store (:mod:`eventgw.upstream.trust`; the file is read
+  once, when the pool is built, and a bad one is a ``ConfigError`` then).
 
 The request that uses a connection attaches itself as the connection's
 :class:`ResponseSink` and gets the parsed response events; back-pressure runs through
@@ -45,7 +46,8 @@ from twisted.python.failure import Failure
 
 from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream
-from eventgw.errors import ConfigError, GatewayError, GrpcStatus
+from eventgw.errors import GatewayError, GrpcStatus
+from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import (
     MAX_RESPONSE_HEAD,
     NEED_DATA,
@@ -55,6 +57,7 @@ from eventgw.upstream.h1client import (
     ResponseError,
     ResponseHead,
 )
+from eventgw.upstream.trust import client_tls_options, load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -272,26 +275,6 @@ class _ConnectionFactory(protocol.Factory):
         return UpstreamConnection(self.pool)
 
 
-def _load_trust_root(path: str) -> Any:
-    """All certificates of a PEM file, as a trust root for ``optionsForClientTLS``."""
-    from twisted.internet import ssl
-
-    try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise ConfigError("master_api.ca_file", f"cannot read {path}: {e.strerror}") from None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
-    try:
-        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception:
-        raise ConfigError("master_api.ca_file", f"{path} is not a PEM certificate file") from None
-    if not certificates:
-        raise ConfigError("master_api.ca_file", f"no certificate in {path}")
-    return ssl.trustRootFromCertificates(certificates)
-
-
 def _upstream_endpoint(upstream: ApiUpstream, reactor: Reactor) -> IStreamClientEndpoint:
     host = upstream.host
     # The endpoint's own timeout is a backstop; UpstreamPool applies connect_timeout to
@@ -305,13 +288,10 @@ def _upstream_endpoint(upstream: ApiUpstream, reactor: Reactor) -> IStreamClient
     else:
         endpoint = HostnameEndpoint(reactor, host, upstream.port, timeout=timeout)
     if upstream.scheme == "https":
-        from twisted.internet import ssl
-
-        trust = _load_trust_root(upstream.ca_file) if upstream.ca_file else None
-        creator = ssl.optionsForClientTLS(
-            host, trustRoot=trust, acceptableProtocols=[b"http/1.1"]
-        )
-        endpoint = wrapClientTLS(creator, endpoint)
+        # Read (and checked) here, when the gateway is built; connections share it.
+        trust = load_trust(upstream.ca_file, "master_api.ca_file")
+        address = UpstreamAddress.for_http(upstream.scheme, host, upstream.port)
+        endpoint = wrapClientTLS(client_tls_options(address, trust, [b"http/1.1"]), endpoint)
     return endpoint
 
 

@@ -1,4 +1,4 @@
-"""What one request HEADERS costs in h2, configured as eventgw.upstream.h2pool does.
+"""What one request HEADERS costs in h2, configured as eventgw.upstream.h2client does.
 
     .venv/bin/python profiling/events/h2_headers_cost.py
 """

@@ -2,7 +2,7 @@
 
 A real ``h2`` client drives :class:`~eventgw.downstream.h2server.H2ServerProtocol`, whose gRPC
 streams go to :class:`~eventgw.grpc.target.GrpcRelay`, whose upstream connection (the
-pool's :class:`~eventgw.upstream.h2pool._UpstreamConnection`) talks to a real ``h2``
+pool's :class:`~eventgw.upstream.h2client.H2ClientConnection`) talks to a real ``h2``
 server standing in for the Master API.  Bytes move through ``StringTransport``s; time
 is a ``task.Clock``.  Only the gateway's own calls (``dataReceived`` on both of its
 connections) are timed and, with ``--profile``, profiled: the two peers' work is
@@ -52,7 +52,8 @@ from eventgw.config import GrpcUpstream, Limits
 from eventgw.downstream.h2server import H2ServerProtocol
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy
-from eventgw.upstream.h2pool import GrpcConnectionPool, _UpstreamConnection
+from eventgw.upstream.h2client import H2ClientConnection
+from eventgw.upstream.h2pool import GrpcConnectionPool
 
 UNARY_PATH = b"/bench.echo.Echo/Unary"
 STREAM_PATH = b"/bench.echo.Echo/Stream"
@@ -85,7 +86,7 @@ class Rig:
                                                    validate_inbound_headers=False,
                                                    validate_outbound_headers=False,
                                                    normalize_outbound_headers=False))
-        self.up = _UpstreamConnection(self.pool, self.clock)
+        self.up = H2ClientConnection(self.pool, self.clock)
         self.up_transport = StringTransport()
         self.up.makeConnection(self.up_transport)  # type: ignore[no-untyped-call]
         self.server.initiate_connection()
