@@ -44,6 +44,7 @@ from eventgw.exchange import (
     send_error,
 )
 from eventgw.headers import request_headers_for_upstream, response_headers_for_downstream
+from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import LocalProtocolError, ResponseError, ResponseHead
 from eventgw.upstream.httppool import (
     Reactor,
@@ -103,16 +104,9 @@ class ApiProxy:
         self.max_body = limits.max_request_body
         self.response_timeout = upstream.response_timeout
         self.deadlines = _Deadlines(reactor, upstream.response_timeout)
-        default_port = 443 if upstream.scheme == "https" else 80
-        host = upstream.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif not host.isascii():
-            host = host.encode("idna").decode("ascii")
-        if upstream.port != default_port:
-            host = f"{host}:{upstream.port}"
         # nginx's `proxy_set_header Host $proxy_host` default: the upstream's own name.
-        self.host_header = host.encode("ascii")
+        address = UpstreamAddress.for_http(upstream.scheme, upstream.host, upstream.port)
+        self.host_header = address.authority
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         """Forward one exchange; a declared body over the limit is refused at once."""

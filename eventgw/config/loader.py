@@ -46,6 +46,7 @@ from eventgw.config.runtime import (
     TlsConfig,
 )
 from eventgw.errors import ConfigError
+from eventgw.upstream.address import UpstreamAddress
 
 __all__ = [
     "Override",
@@ -191,7 +192,7 @@ def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
         host=host,
         port=port,
         tls=tls,
-        address=f"{host}:{port}",
+        address=UpstreamAddress(host, port).authority.decode("ascii"),
         ca_file=api.ca_file,
         connect_timeout=api.connect_timeout,
         max_connections=api.grpc_connections,
@@ -204,7 +205,7 @@ def _broker(section: EventBrokerSection) -> BrokerUpstream | None:
         return None
     host, port, tls = split_grpc_target(section.grpc)
     return BrokerUpstream(
-        target=f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
+        target=UpstreamAddress(host, port).authority.decode("ascii"),
         tls=tls,
         ca_file=section.ca_file,
         deadline=section.deadline,
