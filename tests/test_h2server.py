@@ -719,7 +719,7 @@ class FlowControlTests(TestCase):
         streamer = target.streamers[0]
         self.assertTrue(streamer.paused)
         self.assertEqual(streamer.pauses, 1)
-        exchange = peer.server.exchanges[stream_id]
+        exchange = peer.server.streams[stream_id]
         # Sent: the client's initial 64 KiB window; buffered: at most one write past HIGH.
         self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
         self.assertGreater(streamer.remaining, size // 2)
