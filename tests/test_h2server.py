@@ -45,6 +45,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from eventgw.config import Limits
+from eventgw.downstream.h2policy import (
+    CONTROL_FRAME_BURST,
+    MAX_PAUSED_OUTBOUND_BYTES,
+    RESET_BURST,
+)
 from eventgw.downstream.h2server import H2ServerProtocol, response_headers
 from eventgw.exchange import (
     Headers,
@@ -53,15 +58,7 @@ from eventgw.exchange import (
     ResponseWriter,
     StaticReply,
 )
-from eventgw.http2 import (
-    CONNECTION_WINDOW,
-    CONTROL_FRAME_BURST,
-    HIGH_WATERMARK,
-    MAX_PAUSED_OUTBOUND_BYTES,
-    RESET_BURST,
-    STREAM_WINDOW,
-    WRITES,
-)
+from eventgw.http2 import CONNECTION_WINDOW, HIGH_WATERMARK, STREAM_WINDOW, WRITES
 from tests.support import EchoTarget
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -44,7 +44,10 @@ Theory of operation:
 * Errors: an h2 ``ProtocolError`` has already queued a GOAWAY with the right code; we
   flush it, tell every stream's handler ``connection_lost`` and close.  Abuse the
   library does not catch (rapid reset, control-frame floods, header blocks, idle and
-  slow clients) gets the same treatment with our own GOAWAY.  Every such close logs one
+  slow clients) gets the same treatment with our own GOAWAY: what counts as abuse and
+  when a timer expires is decided by the sans-IO
+  :class:`~eventgw.downstream.h2policy.ConnectionPolicy`, which this protocol feeds
+  the reactor's clock and whose decisions it carries out.  Every such close logs one
   line through :func:`eventgw.downstream.accesslog.log_protocol_error`; every stream one access
   event through :func:`eventgw.downstream.accesslog.log_exchange`.
 """
@@ -81,24 +84,27 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_protocol_error
+from eventgw.downstream.h2policy import (
+    ABORT_TIMEOUT,
+    DRAIN_TIMEOUT,
+    PROCEED,
+    STREAM_BURST_SLACK,
+    Abort,
+    Close,
+    ConnectionPolicy,
+    Decision,
+    GoAway,
+    Rearm,
+    code_name,
+)
 from eventgw.downstream.h2stream import PROTOCOL, H2Stream, response_headers
 from eventgw.exchange import Headers, RequestHead, RequestTarget
 from eventgw.http2 import (
-    ABORT_TIMEOUT,
     CONNECTION_WINDOW,
-    CONTROL_FRAME_BURST,
-    CONTROL_FRAME_RATE,
-    DRAIN_TIMEOUT,
-    HEADER_LIST_HARD_FACTOR,
     MAX_FRAME_SIZE,
-    MAX_PAUSED_OUTBOUND_BYTES,
-    RESET_BURST,
-    RESET_RATE,
-    STREAM_BURST_SLACK,
     STREAM_WINDOW,
     WRITES,
     LeanH2Connection,
-    TokenBucket,
 )
 from eventgw.routing import is_grpc
 
@@ -154,12 +160,11 @@ class H2ServerProtocol(Protocol):
         reactor = default_reactor(reactor)
         self._target = target
         self._limits = limits
+        self._policy = ConnectionPolicy(limits)
         self._scheme = scheme
         self._clock = reactor
         self._access_log = access_log
-        self._max_streams = limits.max_concurrent_streams
         self._max_header_bytes = limits.max_header_bytes
-        self._hard_header_bytes = limits.max_header_bytes * HEADER_LIST_HARD_FACTOR
         self.peer = "-"
         self.conn = LeanH2Connection(
             H2Configuration(
@@ -177,21 +182,12 @@ class H2ServerProtocol(Protocol):
         self._in_batch = False
         self._window_opened = False
         self._unfinished: list[H2Stream] = []
-        self._paused_outbound = 0
         self._lost = False
-        self._preface_done = False
-        self._header_block_since: float | None = None
-        self._connected_at = 0.0
-        self._idle_since = 0.0
         self._registered = False
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
-        self._draining = False
-        self._drain_last_id = 0
         self._drain_timer: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
-        self._resets = TokenBucket(RESET_BURST, RESET_RATE, 0.0)
-        self._control = TokenBucket(CONTROL_FRAME_BURST, CONTROL_FRAME_RATE, 0.0)
         self._dispatch: dict[type[Event], Callable[[Event], None]] = {
             RequestReceived: self._request_received,  # type: ignore[dict-item]
             DataReceived: self._data_received,  # type: ignore[dict-item]
@@ -208,10 +204,8 @@ class H2ServerProtocol(Protocol):
     # --- Protocol -------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        now = self._clock.seconds()
-        self._connected_at = self._idle_since = now
-        self._resets = TokenBucket(RESET_BURST, RESET_RATE, now)
-        self._control = TokenBucket(CONTROL_FRAME_BURST, CONTROL_FRAME_RATE, now)
+        policy = self._policy
+        first_timer = policy.connected(self._clock.seconds())
         self.peer = _peer_host(self.transport)
         conn = self.conn
         # h2 enforces these ceilings (its concurrent-stream check runs while it parses a
@@ -221,19 +215,19 @@ class H2ServerProtocol(Protocol):
         conn.local_settings = Settings(
             client=False,
             initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: self._max_streams + STREAM_BURST_SLACK,
-                SettingCodes.MAX_HEADER_LIST_SIZE: self._hard_header_bytes,
+                SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams + STREAM_BURST_SLACK,
+                SettingCodes.MAX_HEADER_LIST_SIZE: policy.hard_header_bytes,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             },
         )
-        conn.decoder.max_header_list_size = self._hard_header_bytes
+        conn.decoder.max_header_list_size = policy.hard_header_bytes
         conn.initiate_connection()
         conn.data_to_send()  # h2's SETTINGS carries the ceilings; send the limits instead
         conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
         settings = SettingsFrame(0)
         settings.settings = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: self._max_streams,
+            SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             SettingCodes.MAX_HEADER_LIST_SIZE: self._max_header_bytes,
@@ -248,7 +242,7 @@ class H2ServerProtocol(Protocol):
             transport.unregisterProducer()
             transport.registerProducer(self, True)
         self._registered = True
-        self._timer = self._clock.callLater(self._limits.header_timeout, self._on_timer)
+        self._timer = self._clock.callLater(first_timer.delay, self._on_timer)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -267,11 +261,13 @@ class H2ServerProtocol(Protocol):
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 # Defence in depth: h2 is not supposed to raise these for bad input,
                 # but if it does, it is the peer's fault and must not crash us.
-                self._abuse(f"h2 failed on input: {exc!r}", ErrorCodes.PROTOCOL_ERROR)
+                self._carry_out(
+                    GoAway(ErrorCodes.PROTOCOL_ERROR, f"h2 failed on input: {exc!r}")
+                )
                 return
             if events:
-                if not self._preface_done:
-                    self._preface_completed()
+                if not self._policy.preface_done:
+                    self._rearm(self._policy.preface_completed(self._clock.seconds()))
                 dispatch = self._dispatch
                 for event in events:
                     handle = dispatch.get(type(event))
@@ -311,7 +307,7 @@ class H2ServerProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self.transport_paused = False
-        self._paused_outbound = 0
+        self._policy.resumed()
         if self.closing:
             return
         was_in_batch = self._in_batch
@@ -350,15 +346,13 @@ class H2ServerProtocol(Protocol):
             waiter.callback(None)
             return waiter
         self._drain_waiters.append(waiter)
-        if self._draining or self.closing:
+        if self.closing or not self._policy.start_drain(self.conn.highest_inbound_stream_id):
             return waiter
-        self._draining = True
-        self._drain_last_id = self.conn.highest_inbound_stream_id
         # The GOAWAY is written by hand: h2 moves to CLOSED once it sends one and would
         # then refuse to finish the streams in flight, which is the point of draining.
         self.flush()
         goaway = GoAwayFrame(0)
-        goaway.last_stream_id = self._drain_last_id
+        goaway.last_stream_id = self._policy.drain_last_id
         goaway.error_code = ErrorCodes.NO_ERROR
         assert self.transport is not None
         self.transport.write(goaway.serialize())
@@ -378,9 +372,9 @@ class H2ServerProtocol(Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None:
             if self.transport_paused and not self._lost:
-                self._paused_outbound += len(data)
-                if self._paused_outbound > MAX_PAUSED_OUTBOUND_BYTES:
-                    self._flood_while_paused()
+                decision = self._policy.paused_write(len(data))
+                if decision is not PROCEED:
+                    self._carry_out(decision)
                     return
             self.transport.write(data)
 
@@ -403,28 +397,25 @@ class H2ServerProtocol(Protocol):
         return True
 
     def stream_closed(self, stream: H2Stream, completed: bool) -> None:
-        self.streams.pop(stream.stream_id, None)
-        if completed:
-            self._resets.give()  # a completed stream earns back one reset token
-        if not self.streams:
-            self._idle_since = self._clock.seconds()
-            if self._draining and not self.closing:
-                self._close()
+        streams = self.streams
+        streams.pop(stream.stream_id, None)
+        decision = self._policy.stream_closed(self._clock.seconds(), completed, len(streams))
+        if decision is not PROCEED and not self.closing:
+            self._carry_out(decision)
 
     # --- events ---------------------------------------------------------------------
 
     def _request_received(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
         conn = self.conn
-        if len(self.streams) >= self._max_streams or (
-            self._draining and stream_id > self._drain_last_id
-        ):
+        if not self._policy.admit(stream_id, len(self.streams)):
             # RFC 9113 section 5.1.2: a stream error, which clients retry.  Refused
             # streams cost a reset token: opening streams only to have them refused
             # is the rapid-reset attack by other means.
             conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            if not self._resets.take(self._clock.seconds()):
-                self._abuse("too many refused streams (rapid reset)")
+            decision = self._policy.stream_refused(self._clock.seconds())
+            if decision is not PROCEED:
+                self._carry_out(decision)
             return
         method = path = authority = host = content_length = None
         expect_continue = False
@@ -500,9 +491,13 @@ class H2ServerProtocol(Protocol):
         flow = event.flow_controlled_length
         data = event.data
         stream = self.streams.get(stream_id)
-        if not data and event.stream_ended is None and not self._control_ok():
-            self._abuse("flood of empty DATA frames")
-            return
+        if not data and event.stream_ended is None:
+            decision = self._policy.control_frame(
+                self._clock.seconds(), "flood of empty DATA frames"
+            )
+            if decision is not PROCEED:
+                self._carry_out(decision)
+                return
         if stream is None or stream.closed:
             if flow:
                 self.conn.acknowledge_received_data(flow, stream_id)
@@ -521,10 +516,11 @@ class H2ServerProtocol(Protocol):
 
     def _stream_reset(self, event: StreamReset) -> None:
         stream_id = event.stream_id
-        code = _code_name(event.error_code)
+        code = code_name(event.error_code)
         if event.remote_reset:
-            if not self._resets.take(self._clock.seconds()):
-                self._abuse("client reset too many streams (rapid reset, CVE-2023-44487)")
+            decision = self._policy.stream_reset(self._clock.seconds())
+            if decision is not PROCEED:
+                self._carry_out(decision)
                 return
             reason = f"client reset the stream ({code})"
         else:
@@ -542,8 +538,9 @@ class H2ServerProtocol(Protocol):
             self._window_opened = True
 
     def _settings_changed(self, event: RemoteSettingsChanged) -> None:
-        if not self._control_ok():
-            self._abuse("SETTINGS flood")
+        decision = self._policy.control_frame(self._clock.seconds(), "SETTINGS flood")
+        if decision is not PROCEED:
+            self._carry_out(decision)
             return
         changed = event.changed_settings
         if self._blocked and (
@@ -552,13 +549,14 @@ class H2ServerProtocol(Protocol):
             self._window_opened = True
 
     def _control_frame(self, event: Event) -> None:
-        if not self._control_ok():
-            name = "PING" if isinstance(event, PingReceived) else "unknown frame"
-            self._abuse(f"{name} flood")
+        flood = "PING flood" if isinstance(event, PingReceived) else "unknown frame flood"
+        decision = self._policy.control_frame(self._clock.seconds(), flood)
+        if decision is not PROCEED:
+            self._carry_out(decision)
 
     def _connection_terminated(self, event: ConnectionTerminated) -> None:
         # h2 refuses to send anything after a GOAWAY, so every open stream is lost.
-        code = _code_name(event.error_code or 0)
+        code = code_name(event.error_code or 0)
         if event.error_code != ErrorCodes.NO_ERROR:
             log_protocol_error(self.peer, PROTOCOL, f"client sent GOAWAY ({code})")
         self._teardown(f"client sent GOAWAY ({code})")
@@ -585,94 +583,61 @@ class H2ServerProtocol(Protocol):
 
     # --- abuse, errors, closing -----------------------------------------------------
 
-    def _control_ok(self) -> bool:
-        return self._control.take(self._clock.seconds())
-
     def _watch_buffers(self) -> None:
-        """Bound what h2's frame buffer holds between reads.
-
-        h2 checks a frame's declared length only once the whole frame has arrived, so
-        a header announcing 16 MiB would be buffered in full: we check the length as
-        soon as the 9-byte header is in.  h2 keeps the frames of an unfinished
-        HEADERS+CONTINUATION block and caps only their count; we cap their bytes and
-        their time (CVE-2024-27316, slowloris).
-        """
+        """Tell the policy what h2's frame buffer holds after a read (see
+        :meth:`~eventgw.downstream.h2policy.ConnectionPolicy.read_done`)."""
         frames = self.conn.incoming_buffer
-        partial = getattr(frames, "_data", None)
-        if partial and len(partial) >= 9:
-            declared = int.from_bytes(partial[:3], "big")
-            if declared > self.conn.max_inbound_frame_size:
-                self._abuse(
-                    f"frame of {declared} bytes exceeds MAX_FRAME_SIZE",
-                    ErrorCodes.FRAME_SIZE_ERROR,
-                )
-                return
         pending = getattr(frames, "_headers_buffer", None)
-        if not pending and not (partial and not self.streams):
-            # (A frame trickling in while no stream is open is most likely the next
-            # request's HEADERS: it gets the header timeout too.)
-            self._header_block_since = None
-            return
-        if pending and sum(len(frame.data) for frame in pending) > self._hard_header_bytes:
-            self._abuse("header block too large (CONTINUATION flood, CVE-2024-27316)")
-            return
-        if self._header_block_since is None:
-            self._header_block_since = now = self._clock.seconds()
-            timer = self._timer
-            deadline = now + self._limits.header_timeout
-            if timer is not None and timer.active() and timer.getTime() > deadline:
-                timer.reset(self._limits.header_timeout)
-
-    def _preface_completed(self) -> None:
-        """The header-timeout phase is over; the idle clock may be the sooner one."""
-        self._preface_done = True
-        timer = self._timer
-        if timer is not None and timer.active():
-            remaining = self._idle_since + self._limits.idle_timeout - self._clock.seconds()
-            if timer.getTime() - self._clock.seconds() > remaining:
-                timer.reset(max(remaining, 0.0))
+        decision = self._policy.read_done(
+            self._clock.seconds(),
+            partial=getattr(frames, "_data", None) or b"",
+            max_frame_size=self.conn.max_inbound_frame_size,
+            header_block=sum(len(frame.data) for frame in pending) if pending else None,
+            streams_open=bool(self.streams),
+        )
+        if decision is not PROCEED:
+            self._carry_out(decision)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.closing:
             return
-        now = self._clock.seconds()
-        header_timeout = self._limits.header_timeout
-        if not self._preface_done or self._header_block_since is not None:
-            since = self._connected_at if not self._preface_done else self._header_block_since
-            assert since is not None
-            remaining = since + header_timeout - now
-            if remaining <= 0:
-                what = "connection preface" if not self._preface_done else "header block"
-                self._abuse(
-                    f"client did not complete its {what} within {header_timeout:g}s",
-                    ErrorCodes.PROTOCOL_ERROR,
-                )
-                return
-            self._timer = self._clock.callLater(remaining, self._on_timer)
-            return
-        idle_timeout = self._limits.idle_timeout
-        if self.streams:
-            self._timer = self._clock.callLater(idle_timeout, self._on_timer)
-            return
-        remaining = self._idle_since + idle_timeout - now
-        if remaining <= 0:
+        decision = self._policy.on_timer(self._clock.seconds(), bool(self.streams))
+        if isinstance(decision, GoAway) and not decision.abuse:
             self.log.info(
                 "{peer} HTTP/2 connection idle for {idle_timeout}s: closing",
-                peer=self.peer, idle_timeout=idle_timeout,
+                peer=self.peer, idle_timeout=self._limits.idle_timeout,
             )
-            self._goaway_and_close(ErrorCodes.NO_ERROR, "idle timeout")
-            return
-        self._timer = self._clock.callLater(remaining, self._on_timer)
+        self._carry_out(decision)
+
+    def _rearm(self, rearm: Rearm) -> None:
+        """The timer must fire within ``rearm.delay``: schedule it or bring it forward."""
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self._clock.callLater(rearm.delay, self._on_timer)
+        elif timer.getTime() - self._clock.seconds() > rearm.delay:
+            timer.reset(rearm.delay)
+
+    def _carry_out(self, decision: Decision) -> None:
+        """Do what the policy decided."""
+        if isinstance(decision, Rearm):
+            self._rearm(decision)
+        elif isinstance(decision, GoAway):
+            if decision.abuse:
+                log_protocol_error(
+                    self.peer, PROTOCOL,
+                    f"{decision.reason} (GOAWAY {code_name(decision.code)})",
+                )
+            self._goaway_and_close(decision.code, decision.reason)
+        elif isinstance(decision, Abort):
+            self._abort_flooded(decision)
+        elif isinstance(decision, Close):
+            self._teardown(decision.reason)
 
     def _protocol_error(self, message: str, code: int) -> None:
         """h2 rejected the input and queued a GOAWAY: flush it and close."""
-        log_protocol_error(self.peer, PROTOCOL, f"{message} (GOAWAY {_code_name(code)})")
+        log_protocol_error(self.peer, PROTOCOL, f"{message} (GOAWAY {code_name(code)})")
         self._teardown(f"connection error: {message}")
-
-    def _abuse(self, reason: str, code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM) -> None:
-        log_protocol_error(self.peer, PROTOCOL, f"{reason} (GOAWAY {_code_name(code)})")
-        self._goaway_and_close(code, reason)
 
     def _goaway_and_close(self, code: ErrorCodes, reason: str) -> None:
         try:
@@ -681,15 +646,11 @@ class H2ServerProtocol(Protocol):
             pass
         self._teardown(reason)
 
-    def _flood_while_paused(self) -> None:
-        log_protocol_error(
-            self.peer,
-            PROTOCOL,
-            f"client is not reading but keeps us writing (over {MAX_PAUSED_OUTBOUND_BYTES} "
-            "bytes of control frames while paused): aborting",
-        )
+    def _abort_flooded(self, abort: Abort) -> None:
+        """The client is not reading but keeps us writing: a GOAWAY would not reach it."""
+        log_protocol_error(self.peer, PROTOCOL, abort.message)
         self.closing = True
-        self._lose_all("client flooded control frames without reading")
+        self._lose_all(abort.reason)
         transport: Any = self.transport
         if transport is not None:
             self._unregister()
@@ -698,7 +659,7 @@ class H2ServerProtocol(Protocol):
     def _drain_expired(self) -> None:
         self._drain_timer = None
         if not self.closing:
-            self._goaway_and_close(ErrorCodes.NO_ERROR, "drain timeout")
+            self._carry_out(self._policy.drain_expired())
 
     def _close(self) -> None:
         """Close cleanly: nothing is in flight (idle or drained)."""
@@ -740,9 +701,3 @@ class H2ServerProtocol(Protocol):
             status = stream.status if stream.response_done else None
             stream.lose(reason, "aborted" if status is None else status)
 
-
-def _code_name(code: int | ErrorCodes) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"0x{int(code):x}"
