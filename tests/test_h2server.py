@@ -50,7 +50,7 @@ from eventgw.downstream.h2policy import (
     MAX_PAUSED_OUTBOUND_BYTES,
     RESET_BURST,
 )
-from eventgw.downstream.h2server import H2ServerProtocol, response_headers
+from eventgw.downstream.h2server import H2ServerProtocol
 from eventgw.exchange import (
     Headers,
     RequestHandler,
@@ -517,15 +517,6 @@ class ExchangeTests(TestCase):
         last = [f for f in peer.server_frames() if f.stream_id == stream_id][-1]
         self.assertIsInstance(last, HeadersFrame)
         self.assertIn("END_STREAM", last.flags)
-
-    def test_response_headers_filter(self) -> None:
-        """Connection-specific fields are dropped; te survives only as trailers."""
-        self.assertEqual(
-            response_headers(
-                [(b"connection", b"x"), (b"te", b"trailers"), (b"te", b"gzip"), (b"a", b"b")]
-            ),
-            [(b"te", b"trailers"), (b"a", b"b")],
-        )
 
     def test_head_has_no_data(self) -> None:
         """A HEAD response carries its headers and END_STREAM but no DATA payload."""

@@ -54,6 +54,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from h2.config import H2Configuration
@@ -84,6 +85,7 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_protocol_error
+from eventgw.downstream.h2heads import PROTOCOL, Refused, RequestFacts, h2_request_head
 from eventgw.downstream.h2policy import (
     ABORT_TIMEOUT,
     DRAIN_TIMEOUT,
@@ -97,8 +99,8 @@ from eventgw.downstream.h2policy import (
     Rearm,
     code_name,
 )
-from eventgw.downstream.h2stream import PROTOCOL, H2Stream, response_headers
-from eventgw.exchange import Headers, RequestHead, RequestTarget
+from eventgw.downstream.h2stream import H2Stream
+from eventgw.exchange import RequestTarget
 from eventgw.http2 import (
     CONNECTION_WINDOW,
     MAX_FRAME_SIZE,
@@ -106,14 +108,13 @@ from eventgw.http2 import (
     WRITES,
     LeanH2Connection,
 )
-from eventgw.routing import is_grpc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from h2.events import Event
 
-__all__ = ["PROTOCOL", "H2ServerProtocol", "response_headers"]
+__all__ = ["PROTOCOL", "H2ServerProtocol"]
 
 # h2's default initial connection window (RFC 9113 section 6.9.2); we add to it.
 _DEFAULT_WINDOW: Final = 65535
@@ -121,7 +122,7 @@ _DEFAULT_WINDOW: Final = 65535
 # h2's outbound header validation and normalisation cost about 12-15 us per response
 # (HEADERS plus trailers), 10% of this server's share of a relayed unary gRPC call.  The
 # exchange contract already promises lower-case names, the relay's headers come from an
-# h2 connection that validated them, and h2stream.response_headers() drops what validation
+# h2 connection that validated them, and h2heads.h2_response_headers() drops what validation
 # would reject that a target might plausibly pass on (connection-specific fields,
 # pseudo-headers).  So both are off.
 _CHECK_OUTBOUND: Final = False
@@ -161,11 +162,11 @@ class H2ServerProtocol(Protocol):
         self._target = target
         self._limits = limits
         self._policy = ConnectionPolicy(limits)
-        self._scheme = scheme
         self._clock = reactor
         self._access_log = access_log
         self._max_header_bytes = limits.max_header_bytes
         self.peer = "-"
+        self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
         self.conn = LeanH2Connection(
             H2Configuration(
                 client_side=False,
@@ -207,6 +208,7 @@ class H2ServerProtocol(Protocol):
         policy = self._policy
         first_timer = policy.connected(self._clock.seconds())
         self.peer = _peer_host(self.transport)
+        self._facts = replace(self._facts, peer=self.peer)
         conn = self.conn
         # h2 enforces these ceilings (its concurrent-stream check runs while it parses a
         # whole read; its header decoder must finish a block to keep HPACK in sync); the
@@ -417,72 +419,19 @@ class H2ServerProtocol(Protocol):
             if decision is not PROCEED:
                 self._carry_out(decision)
             return
-        method = path = authority = host = content_length = None
-        expect_continue = False
-        regular: Headers = []
-        size = 0
-        for name, value in event.headers:
-            size += len(name) + len(value) + 32
-            if name[0] == 58:  # b":"; h2 has checked the pseudo-headers
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-            else:
-                regular.append((name, value))
-                if name == b"content-length":
-                    content_length = value
-                elif name == b"host":
-                    host = value
-                elif name == b"expect":
-                    expect_continue = value.lower() == b"100-continue"
-        body_expected = event.stream_ended is None
-        now = self._clock.seconds()
-        head = RequestHead(
-            method=method or b"",
-            target=path or b"",
-            authority=authority or host or b"",
-            scheme=self._scheme,
-            headers=regular,
-            protocol=PROTOCOL,
-            peer=self.peer,
-            content_length=(
-                int(content_length)
-                if content_length is not None and content_length.isdigit()
-                else (None if body_expected else 0)
-            ),
-            body_expected=body_expected,
+        decided = h2_request_head(
+            event.headers, self._facts, end_stream=event.stream_ended is not None
         )
-        stream = H2Stream(self, stream_id, head, now, access_log=self._access_log)
+        stream = H2Stream(
+            self, stream_id, decided.head, self._clock.seconds(), access_log=self._access_log
+        )
         self.streams[stream_id] = stream
-        if size > self._max_header_bytes:
-            log_protocol_error(
-                self.peer,
-                PROTOCOL,
-                f"stream {stream_id}: header list of {size} bytes exceeds "
-                f"{self._max_header_bytes}",
-            )
-            content_type = head.header(b"content-type")
-            if content_type is not None and is_grpc(content_type):
-                # gRPC clients read the status from trailers: RESOURCE_EXHAUSTED (8).
-                stream.refuse(
-                    431,
-                    "request header fields too large",
-                    [
-                        (b"content-type", b"application/grpc"),
-                        (b"grpc-status", b"8"),
-                        (b"grpc-message", b"request%20headers%20too%20large"),
-                    ],
-                )
-            else:
-                stream.refuse(431, "request header fields too large")
+        if isinstance(decided, Refused):
+            if decided.log is not None:
+                log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {decided.log}")
+            stream.refuse(decided.status, decided.message, decided.reply)
             return
-        if method == b"CONNECT":
-            stream.refuse(405, "CONNECT is not supported")
-            return
-        if stream.start(self._target) and expect_continue:
+        if stream.start(self._target) and decided.expect_continue:
             # The target did not refuse at once (413, 404...): ask for the body.
             conn.send_headers(stream_id, [(b":status", b"100")])
 

@@ -28,6 +28,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from twisted.logger import Logger
 
 from eventgw.downstream.accesslog import log_exchange, log_protocol_error
+from eventgw.downstream.h2heads import PROTOCOL, h2_response_headers
 from eventgw.exchange import (
     INTERNAL_ERROR,
     Headers,
@@ -38,35 +39,15 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.http2 import WatermarkBuffer
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
 
-__all__ = ["PROTOCOL", "H2Stream", "StreamHost", "response_headers"]
-
-PROTOCOL: Final = "HTTP/2"
+__all__ = ["H2Stream", "StreamHost"]
 
 # The status codes as :status values, built once (hpack would encode them anyway).
 _STATUS: Final = {code: str(code).encode("ascii") for code in range(100, 600)}
-
-
-def response_headers(headers: Headers) -> Headers:
-    """``headers`` fit for an HTTP/2 response or trailers block.
-
-    Drops connection-specific fields (``te`` is kept only as ``trailers``) and
-    pseudo-headers (``:status`` is ours to set), so a target cannot make us send a
-    malformed block.
-    """
-    return [
-        (name, value)
-        for name, value in headers
-        if name
-        and name not in CONNECTION_SPECIFIC
-        and name[0] != 58  # b":"
-        and (name != b"te" or value == b"trailers")
-    ]
 
 
 class StreamHost(Protocol):
@@ -193,7 +174,7 @@ class H2Stream:
         if status in (204, 304) or status < 200:
             self.no_body = True
         fields = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
-        fields += response_headers(headers)
+        fields += h2_response_headers(headers)
         host = self._host
         try:
             host.conn.send_headers(self.stream_id, fields, end_stream=end)
@@ -463,7 +444,7 @@ class H2Stream:
         conn = self._host.conn
         try:
             if trailers:
-                conn.send_headers(self.stream_id, response_headers(trailers), end_stream=True)
+                conn.send_headers(self.stream_id, h2_response_headers(trailers), end_stream=True)
             else:
                 conn.end_stream(self.stream_id)
         except ProtocolError as exc:
