@@ -104,6 +104,16 @@ class RequestHeadTests(SynchronousTestCase):
         self.assertEqual(dict(decided.reply)[b"grpc-status"], b"8")
         self.assertEqual(dict(decided.reply)[b"content-type"], b"application/grpc")
 
+    def test_connect_is_not_implemented(self) -> None:
+        """CONNECT is refused 501 with the HTTP/1.1 message, and not logged as abuse."""
+        headers = [(b":method", b"CONNECT"), (b":authority", b"gw.test:443")]
+        decided = h2_request_head(headers, FACTS, end_stream=False)
+        assert isinstance(decided, Refused)
+        self.assertEqual(
+            (decided.status, decided.message, decided.log),
+            (501, "CONNECT is not supported", None),
+        )
+
 
 class ResponseHeadersTests(SynchronousTestCase):
     def test_connection_specific_fields_dropped(self) -> None:

@@ -599,6 +599,27 @@ class ExchangeTests(TestCase):
         self.assertIn(b'"code"', body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_connect_is_not_implemented(self) -> None:
+        """CONNECT is answered 501 Not Implemented (RFC 9110 section 15.6.2), as over
+        HTTP/1.1, without reaching the target; the connection lives on."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(
+            stream_id, [(b":method", b"CONNECT"), (b":authority", b"gw.test:443")],
+            end_stream=True,
+        )
+        peer.send()
+        peer.receive()
+        headers, body, _, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"501")
+        self.assertTrue(ended)
+        self.assertIn(b"CONNECT is not supported", body)
+        self.assertEqual(target.handlers, [])
+        again = peer.request()
+        self.assertEqual(len(target.handlers), 1)
+        del again
+
     def test_pseudo_headers_from_target_are_dropped(self) -> None:
         """A target cannot inject pseudo-headers or connection fields into a response."""
         target = RecordingTarget()

@@ -9,8 +9,9 @@ has validated: pseudo-headers well-formed, no connection-specific fields) and th
 connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets --
 or into a refusal the server answers itself, without a target: a header list larger
 than we advertised (431, or a trailers-only RESOURCE_EXHAUSTED for gRPC, whose
-clients read the status from trailers) and CONNECT.  :func:`h2_response_headers`
-filters what a target passes for a response or trailers block.
+clients read the status from trailers) and CONNECT (501 Not Implemented).
+:func:`h2_response_headers` filters what a target passes for a response or trailers
+block.
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def h2_request_head(
             return Refused(head, 431, "request header fields too large", reply, log)
         return Refused(head, 431, "request header fields too large", log=log)
     if method == b"CONNECT":
-        return Refused(head, 405, "CONNECT is not supported")
+        # RFC 9110 section 15.6.2: a method the server does not support, as HTTP/1.1
+        # answers it.
+        return Refused(head, 501, "CONNECT is not supported")
     return Accepted(head, expect_continue)
 
 
