@@ -12,7 +12,9 @@ from eventgw.downstream.h2heads import (
     h2_request_head,
     h2_response_headers,
 )
+from eventgw.errors import GrpcStatus
 from eventgw.exchange import Headers
+from eventgw.grpc.relay import trailers_only
 
 FACTS = RequestFacts(scheme=b"https", peer="10.1.2.3", max_header_bytes=4096)
 
@@ -103,6 +105,11 @@ class RequestHeadTests(SynchronousTestCase):
         assert decided.reply is not None
         self.assertEqual(dict(decided.reply)[b"grpc-status"], b"8")
         self.assertEqual(dict(decided.reply)[b"content-type"], b"application/grpc")
+        # The one trailers-only builder the gRPC relay uses too.
+        self.assertEqual(
+            decided.reply,
+            trailers_only(GrpcStatus.RESOURCE_EXHAUSTED, "request headers too large"),
+        )
 
     def test_connect_is_not_implemented(self) -> None:
         """CONNECT is refused 501 with the HTTP/1.1 message, and not logged as abuse."""

@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from eventgw.errors import GrpcStatus
 from eventgw.exchange import Headers, RequestHead
+from eventgw.grpc.relay import trailers_only
 from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import is_grpc
 
@@ -117,12 +119,8 @@ def h2_request_head(
         log = f"header list of {size} bytes exceeds {facts.max_header_bytes}"
         content_type = head.header(b"content-type")
         if content_type is not None and is_grpc(content_type):
-            # gRPC clients read the status from trailers: RESOURCE_EXHAUSTED (8).
-            reply: Headers = [
-                (b"content-type", b"application/grpc"),
-                (b"grpc-status", b"8"),
-                (b"grpc-message", b"request%20headers%20too%20large"),
-            ]
+            # gRPC clients read the status from trailers.
+            reply = trailers_only(GrpcStatus.RESOURCE_EXHAUSTED, "request headers too large")
             return Refused(head, 431, "request header fields too large", reply, log)
         return Refused(head, 431, "request header fields too large", log=log)
     if method == b"CONNECT":
