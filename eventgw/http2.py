@@ -6,9 +6,9 @@ Core module: it holds numbers and byte buffers only.  It must not import ``twist
 
 What lives here:
 
-* the flow-control figures (windows, frame size, watermarks), each with the reason for
-  its value; the downstream server's abuse limits and timeouts are in
-  :mod:`eventgw.downstream.h2policy`;
+* the flow-control figures (windows, frame size, watermarks) and the drain period,
+  each with the reason for its value; the downstream server's abuse limits and its
+  other timeouts are in :mod:`eventgw.downstream.h2policy`;
 * :class:`WatermarkBuffer`, one stream's response bytes waiting for flow-control credit,
   with Envoy-style high/low watermarks that drive ``pause_producing``/``resume_producing``;
 * :func:`header_list_size`, the RFC 9113 section 6.5.2 size of a header list;
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECTION_WINDOW",
+    "DRAIN_TIMEOUT",
     "HIGH_WATERMARK",
     "LOW_WATERMARK",
     "MAX_FRAME_SIZE",
@@ -72,6 +73,13 @@ MAX_FRAME_SIZE: Final = 16384
 # HIGH_WATERMARK plus one producer write per stream, not the whole response.
 HIGH_WATERMARK: Final = 64 * 1024
 LOW_WATERMARK: Final = 16 * 1024
+
+# --- time -----------------------------------------------------------------------------
+
+# drain(): how long in-flight streams may run after the graceful GOAWAY before they are
+# cut off, so a service stop never waits on one endless stream.  The service uses the
+# same period for HTTP/1.1 connections.
+DRAIN_TIMEOUT: Final = 30.0
 
 
 class WatermarkBuffer:

@@ -22,7 +22,9 @@ What it decides: the rapid-reset budget (CVE-2023-44487), the control-frame floo
 budget (CVE-2019-9512/9515/9518), the size and the time of unfinished header blocks
 (CONTINUATION flood CVE-2024-27316, slowloris), the preface and idle timeouts, which
 streams a draining connection still admits, and the "flood while paused" rule.  The
-named limits behind those decisions live here too, each with the reason for its value.
+named limits behind those decisions live here too, each with the reason for its value
+(the drain period, :data:`~eventgw.http2.DRAIN_TIMEOUT`, is the service's for both
+protocols and stays in :mod:`eventgw.http2`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ __all__ = [
     "ABORT_TIMEOUT",
     "CONTROL_FRAME_BURST",
     "CONTROL_FRAME_RATE",
-    "DRAIN_TIMEOUT",
     "HEADER_LIST_HARD_FACTOR",
     "MAX_PAUSED_OUTBOUND_BYTES",
     "PROCEED",
@@ -103,10 +104,6 @@ STREAM_BURST_SLACK: Final = 1000
 # After we decide to close (GOAWAY sent), a client that does not read our last bytes
 # would hold the socket open forever; abort it after this many seconds.
 ABORT_TIMEOUT: Final = 15.0
-
-# drain(): how long in-flight streams may run after the graceful GOAWAY before they are
-# cut off, so a service stop never waits on one endless stream.
-DRAIN_TIMEOUT: Final = 30.0
 
 # The 9-byte header every HTTP/2 frame starts with (RFC 9113 section 4.1).
 _FRAME_HEADER: Final = 9

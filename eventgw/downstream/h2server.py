@@ -93,7 +93,6 @@ from eventgw.downstream.accesslog import log_protocol_error
 from eventgw.downstream.h2heads import PROTOCOL, Refused, RequestFacts, h2_request_head
 from eventgw.downstream.h2policy import (
     ABORT_TIMEOUT,
-    DRAIN_TIMEOUT,
     PROCEED,
     STREAM_BURST_SLACK,
     Abort,
@@ -108,6 +107,7 @@ from eventgw.downstream.h2stream import H2Stream
 from eventgw.exchange import RequestTarget
 from eventgw.http2 import (
     CONNECTION_WINDOW,
+    DRAIN_TIMEOUT,
     MAX_FRAME_SIZE,
     STREAM_WINDOW,
     WRITES,
