@@ -1,15 +1,14 @@
 # -*- test-case-name: tests.test_http2 -*-
-"""Sans-IO bookkeeping for the downstream HTTP/2 server: abuse budgets and send buffers.
+"""Sans-IO HTTP/2 pieces both sides of the gateway use: windows, send buffers, h2.
 
 Core module: it holds numbers and byte buffers only.  It must not import ``twisted``,
-``grpc``, ``txaio`` or ``socket``, and it never reads the clock -- every method that
-depends on time takes ``now`` (seconds, any monotonic origin) from the caller.
+``grpc``, ``txaio`` or ``socket``, and it never reads the clock.
 
 What lives here:
 
-* the named limits of :mod:`eventgw.downstream.h2server`, each with the reason for its value;
-* :class:`TokenBucket`, the rate limiter behind the rapid-reset (CVE-2023-44487) and
-  control-frame flood (PING/SETTINGS, CVE-2019-9512/9515) defences;
+* the flow-control figures (windows, frame size, watermarks) and the drain period,
+  each with the reason for its value; the downstream server's abuse limits and its
+  other timeouts are in :mod:`eventgw.downstream.h2policy`;
 * :class:`WatermarkBuffer`, one stream's response bytes waiting for flow-control credit,
   with Envoy-style high/low watermarks that drive ``pause_producing``/``resume_producing``;
 * :func:`header_list_size`, the RFC 9113 section 6.5.2 size of a header list;
@@ -38,23 +37,14 @@ if TYPE_CHECKING:
     from hyperframe.frame import Frame
 
 __all__ = [
-    "ABORT_TIMEOUT",
     "CONNECTION_WINDOW",
-    "CONTROL_FRAME_BURST",
-    "CONTROL_FRAME_RATE",
     "DRAIN_TIMEOUT",
-    "HEADER_LIST_HARD_FACTOR",
     "HIGH_WATERMARK",
     "LOW_WATERMARK",
     "MAX_FRAME_SIZE",
-    "MAX_PAUSED_OUTBOUND_BYTES",
-    "RESET_BURST",
-    "RESET_RATE",
-    "STREAM_BURST_SLACK",
     "STREAM_WINDOW",
     "WRITES",
     "LeanH2Connection",
-    "TokenBucket",
     "WatermarkBuffer",
     "WriteCoalescer",
     "header_list_size",
@@ -84,96 +74,12 @@ MAX_FRAME_SIZE: Final = 16384
 HIGH_WATERMARK: Final = 64 * 1024
 LOW_WATERMARK: Final = 16 * 1024
 
-# --- abuse limits ---------------------------------------------------------------------
-
-# Rapid reset (CVE-2023-44487): streams the client opens and resets at once cost us a
-# dispatch each while never counting against MAX_CONCURRENT_STREAMS.  A connection may
-# reset (or have refused) RESET_BURST streams at once and RESET_RATE per second after
-# that; every stream that completes normally earns one token back, so a busy client that
-# cancels a small share of its calls is never cut off.  Past that: GOAWAY
-# ENHANCE_YOUR_CALM.
-RESET_BURST: Final = 200
-RESET_RATE: Final = 50.0
-
-# PING / SETTINGS / empty DATA / unknown-frame floods (CVE-2019-9512, -9515, -9518):
-# each costs us a parse and usually a reply.  gRPC keepalive and BDP probes send a few
-# PINGs per second at most, so 1000 at once and 100 per second is far above any real
-# client.  Past that: GOAWAY ENHANCE_YOUR_CALM.
-CONTROL_FRAME_BURST: Final = 1000
-CONTROL_FRAME_RATE: Final = 100.0
-
-# Frames other than DATA (PING and SETTINGS ACKs, WINDOW_UPDATEs, response HEADERS) that
-# we may write while the transport has paused us, i.e. while the client is not reading.
-# A client that floods PINGs without reading the ACKs would otherwise grow our send
-# buffer without bound (the same defence as Twisted's _maxBufferedControlFrameBytes).
-# 128 KiB holds the headers and trailers of every stream of a busy connection.  Past it
-# the connection is aborted: a GOAWAY could not reach a client that does not read.
-MAX_PAUSED_OUTBOUND_BYTES: Final = 128 * 1024
-
-# Oversized header lists (CVE-2016-6581, HPACK bombs).  We advertise
-# SETTINGS_MAX_HEADER_LIST_SIZE = limits.max_header_bytes; a request up to
-# HEADER_LIST_HARD_FACTOR times that is still decoded (HPACK state must stay in sync) and
-# answered 431 on its stream, keeping the connection's other streams alive.  Beyond it
-# h2's decoder stops with GOAWAY ENHANCE_YOUR_CALM, and so does a HEADERS+CONTINUATION
-# block whose buffered (compressed) bytes pass the same figure (CVE-2024-27316: h2 itself
-# only caps the *count* of CONTINUATION frames, at 64).
-HEADER_LIST_HARD_FACTOR: Final = 2
-
-# h2 counts concurrent streams while it parses a whole read, before we see any event.
-# We advertise limits.max_concurrent_streams and refuse (RST_STREAM REFUSED_STREAM, RFC
-# 9113 section 5.1.2) streams beyond it ourselves; h2 enforces this much more as a hard
-# ceiling (GOAWAY PROTOCOL_ERROR), reached only by a client that opens over a thousand
-# streams in one read -- which a 64 KiB read of minimal HEADERS frames can barely do.
-STREAM_BURST_SLACK: Final = 1000
-
 # --- time -----------------------------------------------------------------------------
 
-# After we decide to close (GOAWAY sent), a client that does not read our last bytes
-# would hold the socket open forever; abort it after this many seconds.
-ABORT_TIMEOUT: Final = 15.0
-
 # drain(): how long in-flight streams may run after the graceful GOAWAY before they are
-# cut off, so a service stop never waits on one endless stream.
+# cut off, so a service stop never waits on one endless stream.  The service uses the
+# same period for HTTP/1.1 connections.
 DRAIN_TIMEOUT: Final = 30.0
-
-
-class TokenBucket:
-    """A token bucket: up to ``capacity`` tokens, refilled at ``rate`` per second.
-
-    Invariant: ``0 <= tokens <= capacity``.  Time only moves through the ``now`` passed in;
-    a ``now`` earlier than the last one (clock step) refills nothing.
-    """
-
-    __slots__ = ("_tokens", "_updated", "capacity", "rate")
-
-    def __init__(self, capacity: float, rate: float, now: float) -> None:
-        self.capacity = float(capacity)
-        self.rate = float(rate)
-        self._tokens = self.capacity
-        self._updated = now
-
-    def _refill(self, now: float) -> None:
-        elapsed = now - self._updated
-        if elapsed > 0.0:
-            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
-            self._updated = now
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        """Spend ``cost`` tokens; ``False`` (and nothing spent) when there are too few."""
-        self._refill(now)
-        if self._tokens >= cost:
-            self._tokens -= cost
-            return True
-        return False
-
-    def give(self, amount: float = 1.0) -> None:
-        """Return tokens earned by good behaviour, up to the capacity."""
-        self._tokens = min(self.capacity, self._tokens + amount)
-
-    def tokens(self, now: float) -> float:
-        """The tokens available at ``now``."""
-        self._refill(now)
-        return self._tokens
 
 
 class WatermarkBuffer:

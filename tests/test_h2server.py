@@ -45,7 +45,12 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from eventgw.config import Limits
-from eventgw.downstream.h2server import H2ServerProtocol, response_headers
+from eventgw.downstream.h2policy import (
+    CONTROL_FRAME_BURST,
+    MAX_PAUSED_OUTBOUND_BYTES,
+    RESET_BURST,
+)
+from eventgw.downstream.h2server import H2ServerProtocol
 from eventgw.exchange import (
     Headers,
     RequestHandler,
@@ -53,15 +58,7 @@ from eventgw.exchange import (
     ResponseWriter,
     StaticReply,
 )
-from eventgw.http2 import (
-    CONNECTION_WINDOW,
-    CONTROL_FRAME_BURST,
-    HIGH_WATERMARK,
-    MAX_PAUSED_OUTBOUND_BYTES,
-    RESET_BURST,
-    STREAM_WINDOW,
-    WRITES,
-)
+from eventgw.http2 import CONNECTION_WINDOW, HIGH_WATERMARK, STREAM_WINDOW, WRITES
 from tests.support import EchoTarget
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -521,15 +518,6 @@ class ExchangeTests(TestCase):
         self.assertIsInstance(last, HeadersFrame)
         self.assertIn("END_STREAM", last.flags)
 
-    def test_response_headers_filter(self) -> None:
-        """Connection-specific fields are dropped; te survives only as trailers."""
-        self.assertEqual(
-            response_headers(
-                [(b"connection", b"x"), (b"te", b"trailers"), (b"te", b"gzip"), (b"a", b"b")]
-            ),
-            [(b"te", b"trailers"), (b"a", b"b")],
-        )
-
     def test_head_has_no_data(self) -> None:
         """A HEAD response carries its headers and END_STREAM but no DATA payload."""
         target = RecordingTarget()
@@ -610,6 +598,27 @@ class ExchangeTests(TestCase):
         self.assertTrue(ended)
         self.assertIn(b'"code"', body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_connect_is_not_implemented(self) -> None:
+        """CONNECT is answered 501 Not Implemented (RFC 9110 section 15.6.2), as over
+        HTTP/1.1, without reaching the target; the connection lives on."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(
+            stream_id, [(b":method", b"CONNECT"), (b":authority", b"gw.test:443")],
+            end_stream=True,
+        )
+        peer.send()
+        peer.receive()
+        headers, body, _, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"501")
+        self.assertTrue(ended)
+        self.assertIn(b"CONNECT is not supported", body)
+        self.assertEqual(target.handlers, [])
+        again = peer.request()
+        self.assertEqual(len(target.handlers), 1)
+        del again
 
     def test_pseudo_headers_from_target_are_dropped(self) -> None:
         """A target cannot inject pseudo-headers or connection fields into a response."""
@@ -719,7 +728,7 @@ class FlowControlTests(TestCase):
         streamer = target.streamers[0]
         self.assertTrue(streamer.paused)
         self.assertEqual(streamer.pauses, 1)
-        exchange = peer.server.exchanges[stream_id]
+        exchange = peer.server.streams[stream_id]
         # Sent: the client's initial 64 KiB window; buffered: at most one write past HIGH.
         self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
         self.assertGreater(streamer.remaining, size // 2)

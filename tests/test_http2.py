@@ -1,4 +1,4 @@
-"""The HTTP/2 server's sans-IO budgets and buffers, without sockets or clocks."""
+"""The sans-IO HTTP/2 buffers and connection both sides share, without sockets or clocks."""
 
 from __future__ import annotations
 
@@ -16,49 +16,11 @@ from eventgw.http2 import (
     HIGH_WATERMARK,
     LOW_WATERMARK,
     LeanH2Connection,
-    TokenBucket,
     WatermarkBuffer,
     WriteCoalescer,
     _SilentHpackLog,
     header_list_size,
 )
-
-
-class TokenBucketTests(SynchronousTestCase):
-    def test_burst_then_refuse(self) -> None:
-        """A full bucket allows ``capacity`` takes at one instant, then refuses."""
-        bucket = TokenBucket(3, 1.0, now=100.0)
-        self.assertEqual([bucket.take(100.0) for _ in range(4)], [True, True, True, False])
-
-    def test_refills_at_rate(self) -> None:
-        """Tokens come back at ``rate`` per second, never above capacity."""
-        bucket = TokenBucket(10, 2.0, now=0.0)
-        for _ in range(10):
-            bucket.take(0.0)
-        self.assertFalse(bucket.take(0.0))
-        self.assertAlmostEqual(bucket.tokens(1.5), 3.0)
-        self.assertAlmostEqual(bucket.tokens(1000.0), 10.0)
-
-    def test_refused_take_spends_nothing(self) -> None:
-        """A take that fails leaves the tokens as they were."""
-        bucket = TokenBucket(2, 1.0, now=0.0)
-        self.assertFalse(bucket.take(0.0, cost=5))
-        self.assertEqual(bucket.tokens(0.0), 2.0)
-
-    def test_clock_going_backwards_refills_nothing(self) -> None:
-        """A ``now`` before the last one neither refills nor breaks the bucket."""
-        bucket = TokenBucket(2, 100.0, now=50.0)
-        bucket.take(50.0)
-        bucket.take(50.0)
-        self.assertFalse(bucket.take(10.0))
-        self.assertTrue(bucket.take(50.5))
-
-    def test_give_is_capped(self) -> None:
-        """Tokens earned by good behaviour never exceed the capacity."""
-        bucket = TokenBucket(2, 0.0, now=0.0)
-        bucket.take(0.0)
-        bucket.give(5)
-        self.assertEqual(bucket.tokens(0.0), 2.0)
 
 
 class WatermarkBufferTests(SynchronousTestCase):

@@ -5,7 +5,10 @@ Shell module (Twisted).  It owns the bytes and the time of a client's HTTP/2
 connection: it feeds ``h2``, turns each request stream into a
 :class:`~eventgw.exchange.RequestHead` handed to a
 :class:`~eventgw.exchange.RequestTarget`, and offers that target an
-:class:`H2Exchange` -- the stream's :class:`~eventgw.exchange.ResponseWriter`.
+:class:`~eventgw.downstream.h2stream.H2Stream` -- the stream's
+:class:`~eventgw.exchange.ResponseWriter`, which owns everything per stream (its
+buffers, its producer, its end).  This module keeps what is per connection: the ``h2``
+state machine, the stream table, the timers, the event dispatch and the flush.
 
 Theory of operation:
 
@@ -41,13 +44,22 @@ Theory of operation:
 * Errors: an h2 ``ProtocolError`` has already queued a GOAWAY with the right code; we
   flush it, tell every stream's handler ``connection_lost`` and close.  Abuse the
   library does not catch (rapid reset, control-frame floods, header blocks, idle and
-  slow clients) gets the same treatment with our own GOAWAY.  Every such close logs one
+  slow clients) gets the same treatment with our own GOAWAY: what counts as abuse and
+  when a timer expires is decided by the sans-IO
+  :class:`~eventgw.downstream.h2policy.ConnectionPolicy`, which this protocol feeds
+  the reactor's clock and whose decisions it carries out.  Every such close logs one
   line through :func:`eventgw.downstream.accesslog.log_protocol_error`; every stream one access
   event through :func:`eventgw.downstream.accesslog.log_exchange`.
+
+Size: a little over 600 lines, a tenth of them this theory of operation.  What is
+left is one state machine -- the connection's life (handshake, read batch, transport
+pause, drain, teardown) and its event dispatch -- whose parts share the stream table
+and the timers; the per-stream, policy and head-building parts are already out.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from h2.config import H2Configuration
@@ -65,7 +77,7 @@ from h2.events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 from twisted.internet.defer import Deferred
@@ -77,77 +89,48 @@ from zope.interface import implementer
 
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
-from eventgw.downstream.accesslog import log_exchange, log_protocol_error
-from eventgw.exchange import (
-    INTERNAL_ERROR,
-    Headers,
-    Producer,
-    RequestHandler,
-    RequestHead,
-    RequestTarget,
-    StaticReply,
-    send_error,
-)
-from eventgw.headers import CONNECTION_SPECIFIC
-from eventgw.http2 import (
+from eventgw.downstream.accesslog import log_protocol_error
+from eventgw.downstream.h2heads import PROTOCOL, Refused, RequestFacts, h2_request_head
+from eventgw.downstream.h2policy import (
     ABORT_TIMEOUT,
-    CONNECTION_WINDOW,
-    CONTROL_FRAME_BURST,
-    CONTROL_FRAME_RATE,
-    DRAIN_TIMEOUT,
-    HEADER_LIST_HARD_FACTOR,
-    MAX_FRAME_SIZE,
-    MAX_PAUSED_OUTBOUND_BYTES,
-    RESET_BURST,
-    RESET_RATE,
+    PROCEED,
     STREAM_BURST_SLACK,
+    Abort,
+    Close,
+    ConnectionPolicy,
+    Decision,
+    GoAway,
+    Rearm,
+    code_name,
+)
+from eventgw.downstream.h2stream import H2Stream
+from eventgw.exchange import RequestTarget
+from eventgw.http2 import (
+    CONNECTION_WINDOW,
+    DRAIN_TIMEOUT,
+    MAX_FRAME_SIZE,
     STREAM_WINDOW,
     WRITES,
     LeanH2Connection,
-    TokenBucket,
-    WatermarkBuffer,
 )
-from eventgw.routing import is_grpc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from h2.events import Event
 
-__all__ = ["PROTOCOL", "H2Exchange", "H2ServerProtocol", "response_headers"]
-
-PROTOCOL: Final = "HTTP/2"
+__all__ = ["PROTOCOL", "H2ServerProtocol"]
 
 # h2's default initial connection window (RFC 9113 section 6.9.2); we add to it.
 _DEFAULT_WINDOW: Final = 65535
 
-# The status codes as :status values, built once (hpack would encode them anyway).
-_STATUS: Final = {code: str(code).encode("ascii") for code in range(100, 600)}
-
 # h2's outbound header validation and normalisation cost about 12-15 us per response
 # (HEADERS plus trailers), 10% of this server's share of a relayed unary gRPC call.  The
 # exchange contract already promises lower-case names, the relay's headers come from an
-# h2 connection that validated them, and response_headers() below drops what validation
+# h2 connection that validated them, and h2heads.h2_response_headers() drops what validation
 # would reject that a target might plausibly pass on (connection-specific fields,
 # pseudo-headers).  So both are off.
 _CHECK_OUTBOUND: Final = False
-
-
-def response_headers(headers: Headers) -> Headers:
-    """``headers`` fit for an HTTP/2 response or trailers block.
-
-    Drops connection-specific fields (``te`` is kept only as ``trailers``) and
-    pseudo-headers (``:status`` is ours to set), so a target cannot make us send a
-    malformed block.
-    """
-    return [
-        (name, value)
-        for name, value in headers
-        if name
-        and name not in CONNECTION_SPECIFIC
-        and name[0] != 58  # b":"
-        and (name != b"te" or value == b"trailers")
-    ]
 
 
 def _peer_host(transport: object) -> str:
@@ -159,174 +142,14 @@ def _peer_host(transport: object) -> str:
     return host if isinstance(host, str) else str(peer)
 
 
-class H2Exchange:
-    """One request stream and its response: the :class:`ResponseWriter` of that stream.
-
-    Invariant: it sits in its protocol's exchange table from RequestReceived until the
-    response is complete (END_STREAM sent) *and* the request side is over, or until the
-    stream or connection is lost; after that ``closed`` is true and every writer call
-    is ignored, as the ResponseWriter contract promises.
-    """
-
-    __slots__ = (
-        "_protocol",
-        "bytes_in",
-        "bytes_out",
-        "closed",
-        "delivering",
-        "end_pending",
-        "handler",
-        "head",
-        "inbox",
-        "inbox_ended",
-        "lost_reason",
-        "no_body",
-        "out",
-        "producer",
-        "producer_paused",
-        "remote_ended",
-        "request_paused",
-        "request_trailers",
-        "response_done",
-        "started",
-        "status",
-        "stream_id",
-        "trailers_pending",
-    )
-
-    def __init__(
-        self, protocol: H2ServerProtocol, stream_id: int, head: RequestHead, started: float
-    ) -> None:
-        self._protocol = protocol
-        self.stream_id = stream_id
-        self.head = head
-        self.started = started
-        self.handler: RequestHandler | None = None
-        self.status: int | None = None
-        self.no_body = head.method == b"HEAD"
-        self.out = WatermarkBuffer()
-        self.producer: Producer | None = None
-        self.producer_paused = False
-        self.end_pending = False
-        self.trailers_pending: Headers | None = None
-        self.response_done = False
-        self.remote_ended = False
-        self.request_paused = False
-        self.inbox: list[tuple[bytes, int]] = []
-        self.inbox_ended = False
-        self.delivering = False
-        self.request_trailers: Headers = []
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.closed = False
-        self.lost_reason: str | None = None
-
-    def __repr__(self) -> str:
-        return f"<H2Exchange stream {self.stream_id} status={self.status} closed={self.closed}>"
-
-    # --- ResponseWriter -------------------------------------------------------------
-
-    @property
-    def head_sent(self) -> bool:
-        return self.status is not None
-
-    def write_head(self, status: int, headers: Headers, *, end: bool = False) -> None:
-        if self.closed or self.status is not None:
-            return
-        self.status = status
-        if status in (204, 304) or status < 200:
-            self.no_body = True
-        fields = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
-        fields += response_headers(headers)
-        protocol = self._protocol
-        try:
-            protocol.conn.send_headers(self.stream_id, fields, end_stream=end)
-        except ProtocolError as exc:
-            protocol.stream_failed(self, exc)
-            return
-        if end:
-            self.response_done = True
-            protocol.response_finished(self)
-        protocol.written()
-
-    def write_body(self, data: bytes) -> None:
-        if (
-            self.closed
-            or self.status is None
-            or self.no_body
-            or self.end_pending
-            or self.response_done
-            or not data
-        ):
-            return
-        self.bytes_out += len(data)
-        protocol = self._protocol
-        if not self.out and not protocol.transport_paused:
-            try:
-                data = protocol.send_now(self, data)
-            except ProtocolError as exc:
-                protocol.stream_failed(self, exc)
-                return
-        if data:
-            protocol.buffer_body(self, data)
-        protocol.written()
-
-    def end(self, trailers: Headers | None = None) -> None:
-        if self.closed or self.response_done or self.end_pending:
-            return
-        protocol = self._protocol
-        if self.status is None:
-            # Contract breach (end before write_head): there is no response to finish.
-            self.abort(INTERNAL_ERROR)
-            return
-        if self.out:
-            self.end_pending = True
-            self.trailers_pending = trailers or None
-            return
-        protocol.send_end(self, trailers)
-        protocol.written()
-
-    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
-        if self.closed:
-            return
-        protocol = self._protocol
-        try:
-            protocol.conn.reset_stream(self.stream_id, error_code)
-        except ProtocolError:
-            pass  # h2 already closed the stream; its StreamReset is on the way.
-        protocol.finish(self, "aborted")
-        protocol.written()
-
-    def pause_request_body(self) -> None:
-        self.request_paused = True
-
-    def resume_request_body(self) -> None:
-        if not self.request_paused:
-            return
-        self.request_paused = False
-        if not self.closed and (self.inbox or self.inbox_ended):
-            self._protocol.deliver_queued(self)
-            self._protocol.written()
-
-    def register_producer(self, producer: Producer) -> None:
-        if self.closed:
-            return
-        self.producer = producer
-        self.producer_paused = False
-        self._protocol.sync_producer(self)
-
-    def unregister_producer(self) -> None:
-        self.producer = None
-        self.producer_paused = False
-
-
 @implementer(IPushProducer)
 class H2ServerProtocol(Protocol):
-    """The server side of one HTTP/2 connection.
+    """The server side of one HTTP/2 connection, and the
+    :class:`~eventgw.downstream.h2stream.StreamHost` of its streams.
 
-    Invariant: ``conn`` is only driven from this object; after ``_closing`` is set
-    (GOAWAY queued or connection lost) no more input is read and every exchange has
-    been told ``connection_lost``.
+    Invariant: ``conn`` is only driven from this object and its streams; after
+    ``closing`` is set (GOAWAY queued or connection lost) no more input is read and
+    every stream has been told ``connection_lost``.
     """
 
     log = Logger()
@@ -343,13 +166,11 @@ class H2ServerProtocol(Protocol):
         reactor = default_reactor(reactor)
         self._target = target
         self._limits = limits
-        self._scheme = scheme
+        self._policy = ConnectionPolicy(limits)
         self._clock = reactor
         self._access_log = access_log
-        self._max_streams = limits.max_concurrent_streams
-        self._max_header_bytes = limits.max_header_bytes
-        self._hard_header_bytes = limits.max_header_bytes * HEADER_LIST_HARD_FACTOR
         self.peer = "-"
+        self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
         self.conn = LeanH2Connection(
             H2Configuration(
                 client_side=False,
@@ -359,28 +180,19 @@ class H2ServerProtocol(Protocol):
                 normalize_outbound_headers=_CHECK_OUTBOUND,
             )
         )
-        self.exchanges: dict[int, H2Exchange] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.transport_paused = False
-        self._blocked: dict[int, H2Exchange] = {}
+        self.closing = False
+        self._blocked: dict[int, H2Stream] = {}
         self._in_batch = False
         self._window_opened = False
-        self._unfinished: list[H2Exchange] = []
-        self._paused_outbound = 0
-        self._closing = False
+        self._unfinished: list[H2Stream] = []
         self._lost = False
-        self._preface_done = False
-        self._header_block_since: float | None = None
-        self._connected_at = 0.0
-        self._idle_since = 0.0
         self._registered = False
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
-        self._draining = False
-        self._drain_last_id = 0
         self._drain_timer: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
-        self._resets = TokenBucket(RESET_BURST, RESET_RATE, 0.0)
-        self._control = TokenBucket(CONTROL_FRAME_BURST, CONTROL_FRAME_RATE, 0.0)
         self._dispatch: dict[type[Event], Callable[[Event], None]] = {
             RequestReceived: self._request_received,  # type: ignore[dict-item]
             DataReceived: self._data_received,  # type: ignore[dict-item]
@@ -397,11 +209,10 @@ class H2ServerProtocol(Protocol):
     # --- Protocol -------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        now = self._clock.seconds()
-        self._connected_at = self._idle_since = now
-        self._resets = TokenBucket(RESET_BURST, RESET_RATE, now)
-        self._control = TokenBucket(CONTROL_FRAME_BURST, CONTROL_FRAME_RATE, now)
+        policy = self._policy
+        first_timer = policy.connected(self._clock.seconds())
         self.peer = _peer_host(self.transport)
+        self._facts = replace(self._facts, peer=self.peer)
         conn = self.conn
         # h2 enforces these ceilings (its concurrent-stream check runs while it parses a
         # whole read; its header decoder must finish a block to keep HPACK in sync); the
@@ -410,22 +221,22 @@ class H2ServerProtocol(Protocol):
         conn.local_settings = Settings(
             client=False,
             initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: self._max_streams + STREAM_BURST_SLACK,
-                SettingCodes.MAX_HEADER_LIST_SIZE: self._hard_header_bytes,
+                SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams + STREAM_BURST_SLACK,
+                SettingCodes.MAX_HEADER_LIST_SIZE: policy.hard_header_bytes,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             },
         )
-        conn.decoder.max_header_list_size = self._hard_header_bytes
+        conn.decoder.max_header_list_size = policy.hard_header_bytes
         conn.initiate_connection()
         conn.data_to_send()  # h2's SETTINGS carries the ceilings; send the limits instead
         conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
         settings = SettingsFrame(0)
         settings.settings = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: self._max_streams,
+            SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-            SettingCodes.MAX_HEADER_LIST_SIZE: self._max_header_bytes,
+            SettingCodes.MAX_HEADER_LIST_SIZE: self._facts.max_header_bytes,
             SettingCodes.ENABLE_PUSH: 0,
         }
         transport: Any = self.transport  # ITransport + IConsumer (TCP or TLS)
@@ -437,10 +248,10 @@ class H2ServerProtocol(Protocol):
             transport.unregisterProducer()
             transport.registerProducer(self, True)
         self._registered = True
-        self._timer = self._clock.callLater(self._limits.header_timeout, self._on_timer)
+        self._timer = self._clock.callLater(first_timer.delay, self._on_timer)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         self._in_batch = True
         WRITES.hold()
@@ -456,17 +267,19 @@ class H2ServerProtocol(Protocol):
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 # Defence in depth: h2 is not supposed to raise these for bad input,
                 # but if it does, it is the peer's fault and must not crash us.
-                self._abuse(f"h2 failed on input: {exc!r}", ErrorCodes.PROTOCOL_ERROR)
+                self._carry_out(
+                    GoAway(ErrorCodes.PROTOCOL_ERROR, f"h2 failed on input: {exc!r}")
+                )
                 return
             if events:
-                if not self._preface_done:
-                    self._preface_completed()
+                if not self._policy.preface_done:
+                    self._rearm(self._policy.preface_completed(self._clock.seconds()))
                 dispatch = self._dispatch
                 for event in events:
                     handle = dispatch.get(type(event))
                     if handle is not None:
                         handle(event)
-                        if self._closing:
+                        if self.closing:
                             return
             if self._window_opened:
                 self._window_opened = False
@@ -481,7 +294,7 @@ class H2ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
-        self._closing = True
+        self.closing = True
         self._lose_all("connection lost")
         for timer in (self._timer, self._abort_timer, self._drain_timer):
             if timer is not None and timer.active():
@@ -495,20 +308,20 @@ class H2ServerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self.transport_paused = True
-        for exchange in list(self.exchanges.values()):
-            self.sync_producer(exchange)
+        for stream in list(self.streams.values()):
+            stream.sync_producer()
 
     def resumeProducing(self) -> None:
         self.transport_paused = False
-        self._paused_outbound = 0
-        if self._closing:
+        self._policy.resumed()
+        if self.closing:
             return
         was_in_batch = self._in_batch
         self._in_batch = True
         try:
             self._push_all()
-            for exchange in list(self.exchanges.values()):
-                self.sync_producer(exchange)
+            for stream in list(self.streams.values()):
+                stream.sync_producer()
             if self._unfinished and not was_in_batch:
                 self._reset_unfinished()
         finally:
@@ -524,7 +337,7 @@ class H2ServerProtocol(Protocol):
     @property
     def open_streams(self) -> int:
         """Streams currently being served."""
-        return len(self.exchanges)
+        return len(self.streams)
 
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> Deferred[None]:
         """Stop taking new streams and close once the open ones finish.
@@ -539,34 +352,33 @@ class H2ServerProtocol(Protocol):
             waiter.callback(None)
             return waiter
         self._drain_waiters.append(waiter)
-        if self._draining or self._closing:
+        if self.closing or not self._policy.start_drain(self.conn.highest_inbound_stream_id):
             return waiter
-        self._draining = True
-        self._drain_last_id = self.conn.highest_inbound_stream_id
         # The GOAWAY is written by hand: h2 moves to CLOSED once it sends one and would
         # then refuse to finish the streams in flight, which is the point of draining.
         self.flush()
         goaway = GoAwayFrame(0)
-        goaway.last_stream_id = self._drain_last_id
+        goaway.last_stream_id = self._policy.drain_last_id
         goaway.error_code = ErrorCodes.NO_ERROR
         assert self.transport is not None
         self.transport.write(goaway.serialize())
-        if not self.exchanges:
-            self._close()
+        if not self.streams:
+            self._teardown("connection closed")
         else:
             self._drain_timer = self._clock.callLater(timeout, self._drain_expired)
         return waiter
 
-    # --- plumbing used by H2Exchange ---------------------------------------------------
+    # --- StreamHost: what the streams use ---------------------------------------------
+
+    def now(self) -> float:
+        return self._clock.seconds()
 
     def flush(self) -> None:
         """Write whatever h2 has queued."""
         data = self.conn.data_to_send()
         if data and self.transport is not None:
             if self.transport_paused and not self._lost:
-                self._paused_outbound += len(data)
-                if self._paused_outbound > MAX_PAUSED_OUTBOUND_BYTES:
-                    self._flood_while_paused()
+                if self._decided(self._policy.paused_write(len(data))):
                     return
             self.transport.write(data)
 
@@ -576,213 +388,50 @@ class H2ServerProtocol(Protocol):
         if not self._in_batch and not WRITES.defer(self.flush):
             self.flush()
 
-    def send_now(self, exchange: H2Exchange, data: bytes) -> bytes:
-        """Send what the windows allow of ``data``; return the rest."""
-        conn = self.conn
-        stream_id = exchange.stream_id
-        window = conn.local_flow_control_window(stream_id)
-        max_frame = conn.max_outbound_frame_size
-        size = len(data)
-        if size <= window and size <= max_frame:
-            conn.send_data(stream_id, data)
-            return b""
-        sent = 0
-        while sent < size and window > 0:
-            chunk = min(window, max_frame, size - sent)
-            conn.send_data(stream_id, data[sent : sent + chunk])
-            sent += chunk
-            window -= chunk
-        return data[sent:]
+    def stream_blocked(self, stream: H2Stream) -> None:
+        self._blocked[stream.stream_id] = stream
 
-    def buffer_body(self, exchange: H2Exchange, data: bytes) -> None:
-        """Hold ``data`` until the client's windows open; pause the producer past high."""
-        self._blocked[exchange.stream_id] = exchange
-        if exchange.out.append(data):
-            self.sync_producer(exchange)
-
-    def send_end(self, exchange: H2Exchange, trailers: Headers | None) -> None:
-        """END_STREAM, on a trailers HEADERS frame when there are trailers."""
-        try:
-            if trailers:
-                self.conn.send_headers(
-                    exchange.stream_id, response_headers(trailers), end_stream=True
-                )
-            else:
-                self.conn.end_stream(exchange.stream_id)
-        except ProtocolError as exc:
-            self.stream_failed(exchange, exc)
-            return
-        exchange.response_done = True
-        self.response_finished(exchange)
-
-    def sync_producer(self, exchange: H2Exchange) -> None:
-        """Pause or resume the exchange's producer to match the buffer and transport."""
-        producer = exchange.producer
-        if producer is None:
-            return
-        want_paused = self.transport_paused or exchange.out.above_high
-        if want_paused == exchange.producer_paused:
-            return
-        exchange.producer_paused = want_paused
-        try:
-            if want_paused:
-                producer.pause_producing()
-            else:
-                producer.resume_producing()
-        except Exception:
-            self.log.failure(
-                "producer failed on stream {stream_id}", stream_id=exchange.stream_id
-            )
-            self._target_failed(exchange)
-
-    def response_finished(self, exchange: H2Exchange) -> None:
-        """END_STREAM went out: finish now, or reset the request side if still open."""
-        if exchange.remote_ended:
-            self.finish(exchange, exchange.status if exchange.status is not None else "-")
-        elif self._in_batch:
-            # The client's END_STREAM may be further down this very batch: decide after.
-            self._unfinished.append(exchange)
-        else:
-            self._reset_early(exchange)
-
-    def stream_failed(self, exchange: H2Exchange, exc: ProtocolError) -> None:
-        """h2 refused a writer call: the stream is already gone or the target sent junk."""
-        if exchange.closed:
-            return
-        if isinstance(exc, StreamClosedError):
-            # The client reset the stream in the read being processed (its StreamReset
-            # event has not been dispatched yet): a race, not an error.
-            self._lose(exchange, "client reset the stream", "reset")
-            return
-        try:
-            self.conn.reset_stream(exchange.stream_id, ErrorCodes.INTERNAL_ERROR)
-        except ProtocolError:
-            pass  # h2 had closed the stream already (a client RST in this batch)
-        log_protocol_error(
-            self.peer, PROTOCOL, f"stream {exchange.stream_id}: response refused by h2: {exc}"
-        )
-        self._lose(exchange, f"response refused by h2: {exc}", "aborted")
-        self.written()
-
-    def finish(self, exchange: H2Exchange, status: int | str) -> None:
-        """The exchange is over on both sides: forget it and log it."""
-        if exchange.closed:
-            return
-        exchange.closed = True
-        stream_id = exchange.stream_id
-        self.exchanges.pop(stream_id, None)
+    def stream_unblocked(self, stream_id: int) -> None:
         self._blocked.pop(stream_id, None)
-        exchange.out.clear()
-        exchange.producer = None
-        if exchange.inbox:
-            self._ack_inbox(exchange)
-        now = self._clock.seconds()
-        if isinstance(status, int):
-            self._resets.give()  # a completed stream earns back one reset token
-        if self._access_log:
-            log_exchange(
-                exchange.head, status, exchange.bytes_in, exchange.bytes_out,
-                now - exchange.started,
-            )
-        if not self.exchanges:
-            self._idle_since = now
-            if self._draining and not self._closing:
-                self._close()
 
-    def deliver_queued(self, exchange: H2Exchange) -> None:
-        """Hand queued request body (and its end) to a handler that resumed."""
-        if exchange.delivering:
-            return  # resumed from inside body_received: the outer loop carries on
-        exchange.delivering = True
-        try:
-            inbox = exchange.inbox
-            while inbox and not exchange.request_paused and not exchange.closed:
-                data, flow = inbox.pop(0)
-                self._deliver(exchange, data, flow)
-            if (
-                exchange.inbox_ended
-                and not inbox
-                and not exchange.request_paused
-                and not exchange.closed
-            ):
-                exchange.inbox_ended = False
-                self._body_ended(exchange)
-        finally:
-            exchange.delivering = False
+    def reset_after_read(self, stream: H2Stream) -> bool:
+        if not self._in_batch:
+            return False
+        self._unfinished.append(stream)
+        return True
+
+    def stream_closed(self, stream: H2Stream, completed: bool) -> None:
+        streams = self.streams
+        streams.pop(stream.stream_id, None)
+        decision = self._policy.stream_closed(self._clock.seconds(), completed, len(streams))
+        if not self.closing:
+            self._decided(decision)
 
     # --- events ---------------------------------------------------------------------
 
     def _request_received(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
         conn = self.conn
-        if len(self.exchanges) >= self._max_streams or (
-            self._draining and stream_id > self._drain_last_id
-        ):
+        if not self._policy.admit(stream_id, len(self.streams)):
             # RFC 9113 section 5.1.2: a stream error, which clients retry.  Refused
             # streams cost a reset token: opening streams only to have them refused
             # is the rapid-reset attack by other means.
             conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            if not self._resets.take(self._clock.seconds()):
-                self._abuse("too many refused streams (rapid reset)")
+            self._decided(self._policy.stream_refused(self._clock.seconds()))
             return
-        method = path = authority = host = content_length = None
-        expect_continue = False
-        regular: Headers = []
-        size = 0
-        for name, value in event.headers:
-            size += len(name) + len(value) + 32
-            if name[0] == 58:  # b":"; h2 has checked the pseudo-headers
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-            else:
-                regular.append((name, value))
-                if name == b"content-length":
-                    content_length = value
-                elif name == b"host":
-                    host = value
-                elif name == b"expect":
-                    expect_continue = value.lower() == b"100-continue"
-        body_expected = event.stream_ended is None
-        now = self._clock.seconds()
-        head = RequestHead(
-            method=method or b"",
-            target=path or b"",
-            authority=authority or host or b"",
-            scheme=self._scheme,
-            headers=regular,
-            protocol=PROTOCOL,
-            peer=self.peer,
-            content_length=(
-                int(content_length)
-                if content_length is not None and content_length.isdigit()
-                else (None if body_expected else 0)
-            ),
-            body_expected=body_expected,
+        decided = h2_request_head(
+            event.headers, self._facts, end_stream=event.stream_ended is not None
         )
-        exchange = H2Exchange(self, stream_id, head, now)
-        self.exchanges[stream_id] = exchange
-        if size > self._max_header_bytes:
-            self._refuse_large_headers(exchange, size)
+        stream = H2Stream(
+            self, stream_id, decided.head, self._clock.seconds(), access_log=self._access_log
+        )
+        self.streams[stream_id] = stream
+        if isinstance(decided, Refused):
+            if decided.log is not None:
+                log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {decided.log}")
+            stream.refuse(decided.status, decided.message, decided.reply)
             return
-        if method == b"CONNECT":
-            exchange.handler = StaticReply()
-            send_error(exchange, 405, "CONNECT is not supported")
-            return
-        try:
-            handler = self._target.start_exchange(head, exchange)
-        except Exception:
-            self.log.failure("target failed to start stream {stream_id}", stream_id=stream_id)
-            self._target_failed(exchange)
-            return
-        exchange.handler = handler
-        if exchange.lost_reason is not None:
-            # Lost while the target was still starting (a client reset in this read).
-            self._tell_lost(handler, exchange)
-        elif expect_continue and exchange.status is None and not exchange.closed:
+        if stream.start(self._target) and decided.expect_continue:
             # The target did not refuse at once (413, 404...): ask for the body.
             conn.send_headers(stream_id, [(b":status", b"100")])
 
@@ -790,52 +439,41 @@ class H2ServerProtocol(Protocol):
         stream_id = event.stream_id
         flow = event.flow_controlled_length
         data = event.data
-        exchange = self.exchanges.get(stream_id)
-        if not data and event.stream_ended is None and not self._control_ok():
-            self._abuse("flood of empty DATA frames")
-            return
-        if exchange is None or exchange.closed:
+        stream = self.streams.get(stream_id)
+        if not data and event.stream_ended is None:
+            flood = self._policy.control_frame(self._clock.seconds(), "flood of empty DATA frames")
+            if self._decided(flood):
+                return
+        if stream is None or stream.closed:
             if flow:
                 self.conn.acknowledge_received_data(flow, stream_id)
             return
-        exchange.bytes_in += len(data)
-        if exchange.request_paused or exchange.inbox or exchange.delivering:
-            exchange.inbox.append((data, flow))
-            return
-        self._deliver(exchange, data, flow)
+        stream.data_received(data, flow)
 
     def _trailers_received(self, event: TrailersReceived) -> None:
-        exchange = self.exchanges.get(event.stream_id)
-        if exchange is not None:
-            exchange.request_trailers = list(event.headers)
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.request_trailers = list(event.headers)
 
     def _stream_ended(self, event: StreamEnded) -> None:
-        exchange = self.exchanges.get(event.stream_id)
-        if exchange is None or exchange.closed:
-            return
-        exchange.remote_ended = True
-        if exchange.request_paused or exchange.inbox or exchange.delivering:
-            exchange.inbox_ended = True
-        else:
-            self._body_ended(exchange)
-        if exchange.response_done and not exchange.closed:
-            self.finish(exchange, exchange.status if exchange.status is not None else "-")
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.closed:
+            stream.remote_end()
 
     def _stream_reset(self, event: StreamReset) -> None:
         stream_id = event.stream_id
-        code = _code_name(event.error_code)
+        code = code_name(event.error_code)
         if event.remote_reset:
-            if not self._resets.take(self._clock.seconds()):
-                self._abuse("client reset too many streams (rapid reset, CVE-2023-44487)")
+            if self._decided(self._policy.stream_reset(self._clock.seconds())):
                 return
             reason = f"client reset the stream ({code})"
         else:
             reason = f"stream reset for a protocol error ({code})"
             log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {reason}")
-        exchange = self.exchanges.get(stream_id)
-        if exchange is not None:
-            status = exchange.status if exchange.response_done else None
-            self._lose(exchange, reason, "reset" if status is None else status)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            status = stream.status if stream.response_done else None
+            stream.lose(reason, "reset" if status is None else status)
 
     def _window_updated(self, event: WindowUpdated) -> None:
         # Sent after the whole read (see dataReceived), so that streams whose windows
@@ -844,8 +482,7 @@ class H2ServerProtocol(Protocol):
             self._window_opened = True
 
     def _settings_changed(self, event: RemoteSettingsChanged) -> None:
-        if not self._control_ok():
-            self._abuse("SETTINGS flood")
+        if self._decided(self._policy.control_frame(self._clock.seconds(), "SETTINGS flood")):
             return
         changed = event.changed_settings
         if self._blocked and (
@@ -854,120 +491,17 @@ class H2ServerProtocol(Protocol):
             self._window_opened = True
 
     def _control_frame(self, event: Event) -> None:
-        if not self._control_ok():
-            name = "PING" if isinstance(event, PingReceived) else "unknown frame"
-            self._abuse(f"{name} flood")
+        flood = "PING flood" if isinstance(event, PingReceived) else "unknown frame flood"
+        self._decided(self._policy.control_frame(self._clock.seconds(), flood))
 
     def _connection_terminated(self, event: ConnectionTerminated) -> None:
         # h2 refuses to send anything after a GOAWAY, so every open stream is lost.
-        code = _code_name(event.error_code or 0)
+        code = code_name(event.error_code or 0)
         if event.error_code != ErrorCodes.NO_ERROR:
             log_protocol_error(self.peer, PROTOCOL, f"client sent GOAWAY ({code})")
         self._teardown(f"client sent GOAWAY ({code})")
 
-    # --- request side helpers -------------------------------------------------------
-
-    def _deliver(self, exchange: H2Exchange, data: bytes, flow: int) -> None:
-        handler = exchange.handler
-        if data and handler is not None:
-            try:
-                handler.body_received(data)
-            except Exception:
-                self.log.failure(
-                    "handler failed on body of stream {stream_id}",
-                    stream_id=exchange.stream_id,
-                )
-                self._target_failed(exchange)
-        if flow:
-            # Credit the client only now that the target has the bytes.
-            self.conn.acknowledge_received_data(flow, exchange.stream_id)
-
-    def _ack_inbox(self, exchange: H2Exchange) -> None:
-        conn = self.conn
-        for _data, flow in exchange.inbox:
-            if flow and not self._closing:
-                conn.acknowledge_received_data(flow, exchange.stream_id)
-        exchange.inbox.clear()
-
-    def _body_ended(self, exchange: H2Exchange) -> None:
-        handler = exchange.handler
-        if handler is None:
-            return
-        try:
-            handler.body_ended(exchange.request_trailers)
-        except Exception:
-            self.log.failure(
-                "handler failed at end of stream {stream_id}", stream_id=exchange.stream_id
-            )
-            self._target_failed(exchange)
-
-    def _refuse_large_headers(self, exchange: H2Exchange, size: int) -> None:
-        log_protocol_error(
-            self.peer,
-            PROTOCOL,
-            f"stream {exchange.stream_id}: header list of {size} bytes exceeds "
-            f"{self._max_header_bytes}",
-        )
-        exchange.handler = StaticReply()
-        content_type = exchange.head.header(b"content-type")
-        if content_type is not None and is_grpc(content_type):
-            # gRPC clients read the status from trailers: RESOURCE_EXHAUSTED (8).
-            exchange.write_head(
-                200,
-                [
-                    (b"content-type", b"application/grpc"),
-                    (b"grpc-status", b"8"),
-                    (b"grpc-message", b"request%20headers%20too%20large"),
-                ],
-                end=True,
-            )
-        else:
-            send_error(exchange, 431, "request header fields too large")
-
-    def _target_failed(self, exchange: H2Exchange) -> None:
-        """A target callback raised: answer 500 if we still can, else reset."""
-        if exchange.closed:
-            return
-        if exchange.handler is None or not isinstance(exchange.handler, StaticReply):
-            exchange.handler = StaticReply()
-        if exchange.status is None:
-            send_error(exchange, 500, "internal error")
-        else:
-            exchange.abort(INTERNAL_ERROR)
-
-    # --- response side helpers ------------------------------------------------------
-
-    def _push(self, exchange: H2Exchange, frames: int | None) -> bool:
-        """Send buffered body as the windows allow (at most ``frames`` frames).
-
-        Returns whether anything was sent.
-        """
-        conn = self.conn
-        stream_id = exchange.stream_id
-        out = exchange.out
-        sent_any = False
-        try:
-            max_frame = conn.max_outbound_frame_size
-            window = conn.local_flow_control_window(stream_id)
-            while out and window > 0 and (frames is None or frames > 0):
-                chunk = out.take(min(window, max_frame))
-                conn.send_data(stream_id, chunk)
-                window -= len(chunk)
-                sent_any = True
-                if frames is not None:
-                    frames -= 1
-        except ProtocolError as exc:
-            self.stream_failed(exchange, exc)
-            return sent_any
-        if not out:
-            self._blocked.pop(stream_id, None)
-            if exchange.end_pending:
-                exchange.end_pending = False
-                trailers, exchange.trailers_pending = exchange.trailers_pending, None
-                self.send_end(exchange, trailers)
-        if out.fell_to_low():
-            self.sync_producer(exchange)
-        return sent_any
+    # --- response side: sharing the connection window -------------------------------
 
     def _push_all(self) -> None:
         """Share the connection window among blocked streams, a frame each per round."""
@@ -975,117 +509,80 @@ class H2ServerProtocol(Protocol):
             return
         while self._blocked and self.conn.outbound_flow_control_window > 0:
             progressed = False
-            for exchange in list(self._blocked.values()):
-                if not exchange.closed and self._push(exchange, 1):
+            for stream in list(self._blocked.values()):
+                if not stream.closed and stream.push(1):
                     progressed = True
             if not progressed:
                 break
 
     def _reset_unfinished(self) -> None:
         unfinished, self._unfinished = self._unfinished, []
-        for exchange in unfinished:
-            if not exchange.closed:
-                self._reset_early(exchange)
-
-    def _reset_early(self, exchange: H2Exchange) -> None:
-        # RFC 9113 section 8.1: the response is complete while the request is still
-        # coming; ask the client to stop sending without error.
-        try:
-            self.conn.reset_stream(exchange.stream_id, ErrorCodes.NO_ERROR)
-        except ProtocolError:
-            pass
-        self.finish(exchange, exchange.status if exchange.status is not None else "-")
+        for stream in unfinished:
+            if not stream.closed:
+                stream.reset_early()
 
     # --- abuse, errors, closing -----------------------------------------------------
 
-    def _control_ok(self) -> bool:
-        return self._control.take(self._clock.seconds())
-
     def _watch_buffers(self) -> None:
-        """Bound what h2's frame buffer holds between reads.
-
-        h2 checks a frame's declared length only once the whole frame has arrived, so
-        a header announcing 16 MiB would be buffered in full: we check the length as
-        soon as the 9-byte header is in.  h2 keeps the frames of an unfinished
-        HEADERS+CONTINUATION block and caps only their count; we cap their bytes and
-        their time (CVE-2024-27316, slowloris).
-        """
+        """Tell the policy what h2's frame buffer holds after a read (see
+        :meth:`~eventgw.downstream.h2policy.ConnectionPolicy.read_done`)."""
         frames = self.conn.incoming_buffer
-        partial = getattr(frames, "_data", None)
-        if partial and len(partial) >= 9:
-            declared = int.from_bytes(partial[:3], "big")
-            if declared > self.conn.max_inbound_frame_size:
-                self._abuse(
-                    f"frame of {declared} bytes exceeds MAX_FRAME_SIZE",
-                    ErrorCodes.FRAME_SIZE_ERROR,
-                )
-                return
         pending = getattr(frames, "_headers_buffer", None)
-        if not pending and not (partial and not self.exchanges):
-            # (A frame trickling in while no stream is open is most likely the next
-            # request's HEADERS: it gets the header timeout too.)
-            self._header_block_since = None
-            return
-        if pending and sum(len(frame.data) for frame in pending) > self._hard_header_bytes:
-            self._abuse("header block too large (CONTINUATION flood, CVE-2024-27316)")
-            return
-        if self._header_block_since is None:
-            self._header_block_since = now = self._clock.seconds()
-            timer = self._timer
-            deadline = now + self._limits.header_timeout
-            if timer is not None and timer.active() and timer.getTime() > deadline:
-                timer.reset(self._limits.header_timeout)
-
-    def _preface_completed(self) -> None:
-        """The header-timeout phase is over; the idle clock may be the sooner one."""
-        self._preface_done = True
-        timer = self._timer
-        if timer is not None and timer.active():
-            remaining = self._idle_since + self._limits.idle_timeout - self._clock.seconds()
-            if timer.getTime() - self._clock.seconds() > remaining:
-                timer.reset(max(remaining, 0.0))
+        decision = self._policy.read_done(
+            self._clock.seconds(),
+            partial=getattr(frames, "_data", None) or b"",
+            max_frame_size=self.conn.max_inbound_frame_size,
+            header_block=sum(len(frame.data) for frame in pending) if pending else None,
+            streams_open=bool(self.streams),
+        )
+        self._decided(decision)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closing:
+        if self.closing:
             return
-        now = self._clock.seconds()
-        header_timeout = self._limits.header_timeout
-        if not self._preface_done or self._header_block_since is not None:
-            since = self._connected_at if not self._preface_done else self._header_block_since
-            assert since is not None
-            remaining = since + header_timeout - now
-            if remaining <= 0:
-                what = "connection preface" if not self._preface_done else "header block"
-                self._abuse(
-                    f"client did not complete its {what} within {header_timeout:g}s",
-                    ErrorCodes.PROTOCOL_ERROR,
-                )
-                return
-            self._timer = self._clock.callLater(remaining, self._on_timer)
-            return
-        idle_timeout = self._limits.idle_timeout
-        if self.exchanges:
-            self._timer = self._clock.callLater(idle_timeout, self._on_timer)
-            return
-        remaining = self._idle_since + idle_timeout - now
-        if remaining <= 0:
+        decision = self._policy.on_timer(self._clock.seconds(), bool(self.streams))
+        if isinstance(decision, GoAway) and not decision.abuse:
             self.log.info(
                 "{peer} HTTP/2 connection idle for {idle_timeout}s: closing",
-                peer=self.peer, idle_timeout=idle_timeout,
+                peer=self.peer, idle_timeout=self._limits.idle_timeout,
             )
-            self._goaway_and_close(ErrorCodes.NO_ERROR, "idle timeout")
-            return
-        self._timer = self._clock.callLater(remaining, self._on_timer)
+        self._carry_out(decision)
+
+    def _rearm(self, rearm: Rearm) -> None:
+        """The timer must fire within ``rearm.delay``: schedule it or bring it forward."""
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self._clock.callLater(rearm.delay, self._on_timer)
+        elif timer.getTime() - self._clock.seconds() > rearm.delay:
+            timer.reset(rearm.delay)
+
+    def _decided(self, decision: Decision) -> bool:
+        """Carry out what the policy decided; ``True`` when the connection is closing."""
+        if decision is PROCEED:
+            return False
+        self._carry_out(decision)
+        return self.closing
+
+    def _carry_out(self, decision: Decision) -> None:
+        if isinstance(decision, Rearm):
+            self._rearm(decision)
+        elif isinstance(decision, GoAway):
+            if decision.abuse:
+                log_protocol_error(
+                    self.peer, PROTOCOL,
+                    f"{decision.reason} (GOAWAY {code_name(decision.code)})",
+                )
+            self._goaway_and_close(decision.code, decision.reason)
+        elif isinstance(decision, Abort):
+            self._abort_flooded(decision)
+        elif isinstance(decision, Close):
+            self._teardown(decision.reason)
 
     def _protocol_error(self, message: str, code: int) -> None:
         """h2 rejected the input and queued a GOAWAY: flush it and close."""
-        log_protocol_error(self.peer, PROTOCOL, f"{message} (GOAWAY {_code_name(code)})")
+        log_protocol_error(self.peer, PROTOCOL, f"{message} (GOAWAY {code_name(code)})")
         self._teardown(f"connection error: {message}")
-
-    def _abuse(self, reason: str, code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM) -> None:
-        log_protocol_error(self.peer, PROTOCOL, f"{reason} (GOAWAY {_code_name(code)})")
-        self._goaway_and_close(code, reason)
 
     def _goaway_and_close(self, code: ErrorCodes, reason: str) -> None:
         try:
@@ -1094,15 +591,11 @@ class H2ServerProtocol(Protocol):
             pass
         self._teardown(reason)
 
-    def _flood_while_paused(self) -> None:
-        log_protocol_error(
-            self.peer,
-            PROTOCOL,
-            f"client is not reading but keeps us writing (over {MAX_PAUSED_OUTBOUND_BYTES} "
-            "bytes of control frames while paused): aborting",
-        )
-        self._closing = True
-        self._lose_all("client flooded control frames without reading")
+    def _abort_flooded(self, abort: Abort) -> None:
+        """The client is not reading but keeps us writing: a GOAWAY would not reach it."""
+        log_protocol_error(self.peer, PROTOCOL, abort.message)
+        self.closing = True
+        self._lose_all(abort.reason)
         transport: Any = self.transport
         if transport is not None:
             self._unregister()
@@ -1110,18 +603,14 @@ class H2ServerProtocol(Protocol):
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
-        if not self._closing:
-            self._goaway_and_close(ErrorCodes.NO_ERROR, "drain timeout")
-
-    def _close(self) -> None:
-        """Close cleanly: nothing is in flight (idle or drained)."""
-        self._teardown("connection closed")
+        if not self.closing:
+            self._carry_out(self._policy.drain_expired())
 
     def _teardown(self, reason: str) -> None:
         """Flush what h2 queued (a GOAWAY), lose every stream, close the transport."""
-        if self._closing:
+        if self.closing:
             return
-        self._closing = True
+        self.closing = True
         self.flush()
         self._lose_all(reason)
         transport = self.transport
@@ -1148,31 +637,8 @@ class H2ServerProtocol(Protocol):
         if not self._lost and transport is not None:
             transport.abortConnection()
 
-    def _lose(self, exchange: H2Exchange, reason: str, status: int | str) -> None:
-        if exchange.closed:
-            return
-        exchange.lost_reason = reason
-        self.finish(exchange, status)
-        if exchange.handler is not None:
-            self._tell_lost(exchange.handler, exchange)
-
-    def _tell_lost(self, handler: RequestHandler, exchange: H2Exchange) -> None:
-        try:
-            handler.connection_lost(exchange.lost_reason or "connection lost")
-        except Exception:
-            self.log.failure(
-                "handler failed in connection_lost of stream {stream_id}",
-                stream_id=exchange.stream_id,
-            )
-
     def _lose_all(self, reason: str) -> None:
-        for exchange in list(self.exchanges.values()):
-            status = exchange.status if exchange.response_done else None
-            self._lose(exchange, reason, "aborted" if status is None else status)
+        for stream in list(self.streams.values()):
+            status = stream.status if stream.response_done else None
+            stream.lose(reason, "aborted" if status is None else status)
 
-
-def _code_name(code: int | ErrorCodes) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"0x{int(code):x}"
