@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from eventgw._reactor import default_reactor
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
+from eventgw.http2 import DRAIN_TIMEOUT
 
 __all__ = ["REUSE_PORT", "WorkerSupervisor", "bind_listening_socket", "check_port_free"]
 
@@ -48,8 +49,9 @@ RESTART_DELAY_MIN: Final = 0.5
 RESTART_DELAY_MAX: Final = 30.0
 # A worker that lived this long is considered healthy: its next restart is immediate-ish.
 HEALTHY_AFTER_SECONDS: Final = 10.0
-# How long workers get to drain after SIGTERM before SIGKILL.
-STOP_GRACE_SECONDS: Final = 15.0
+# How long workers get after SIGTERM before SIGKILL: their whole drain period (the same
+# one the service gives HTTP/1.1 and HTTP/2 work in flight), plus a margin for exiting.
+STOP_GRACE_SECONDS: Final = DRAIN_TIMEOUT + 5.0
 LISTEN_BACKLOG: Final = 1024
 # The file descriptor numbers the listening sockets get in each worker.
 CHILD_FD_TLS: Final = 3
