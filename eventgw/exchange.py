@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_exchange -*-
 """The seam between downstream protocols and whatever serves a request.
 
-Core module: imports only the standard library.
+Core module: imports only the standard library and ``h2``'s error-code enum.
 
 One *exchange* is one request and its response.  The downstream protocols -- the
 HTTP/1.1 server (``http1server``) and each stream of the HTTP/2 server
@@ -33,10 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from h2.errors import ErrorCodes
+
 from eventgw.errors import error_body, grpc_code_for_http
 
 __all__ = [
-    "CANCEL",
     "INTERNAL_ERROR",
     "Headers",
     "Producer",
@@ -51,10 +52,10 @@ __all__ = [
 
 Headers = list[tuple[bytes, bytes]]
 
-# HTTP/2 error codes (RFC 9113 section 7) a target may ask for in ResponseWriter.abort.
-# HTTP/1.1 ignores the code and closes the connection.
-INTERNAL_ERROR: Final = 0x2
-CANCEL: Final = 0x8
+# The HTTP/2 error code (h2's ErrorCodes, RFC 9113 section 7) ResponseWriter.abort
+# resets a stream with unless told otherwise.  HTTP/1.1 ignores the code and closes
+# the connection.
+INTERNAL_ERROR: Final = ErrorCodes.INTERNAL_ERROR
 
 
 @dataclass(slots=True, kw_only=True)
