@@ -25,8 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BrokerUpstream
-from eventgw.errors import GrpcStatus
-from eventgw.events.broker import BrokerCallFailed
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EVENT_BROKER_SERVICE
 from eventgw.events.transcode import HttpRoute, RouteTable

@@ -19,7 +19,6 @@ from eventgw.downstream.http1 import (
     Event,
     Headers,
     MessageEnded,
-    RequestError,
     RequestHeadParsed,
     RequestParser,
     body_allowed,
@@ -30,7 +29,7 @@ from eventgw.downstream.http1 import (
     serialize_interim_response,
     serialize_response_head,
 )
-from eventgw.errors import GatewayError
+from eventgw.errors import GatewayError, RequestError
 
 MAX_HEADER = 8192
 

@@ -50,7 +50,6 @@ from eventgw.downstream.http1 import (
     BodyData,
     BodyFraming,
     MessageEnded,
-    RequestError,
     RequestHeadParsed,
     RequestParser,
     ResponsePlan,
@@ -61,7 +60,7 @@ from eventgw.downstream.http1 import (
     serialize_interim_response,
     serialize_response_head,
 )
-from eventgw.errors import error_body, grpc_code_for_http
+from eventgw.errors import RequestError, error_body, grpc_code_for_http
 from eventgw.exchange import (
     INTERNAL_ERROR,
     Headers,

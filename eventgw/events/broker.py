@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream
-from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORWARDED_HEADERS",
-    "BrokerCallFailed",
     "BrokerClient",
     "call_metadata",
     "import_grpc",
@@ -80,39 +79,6 @@ def import_grpc() -> ModuleType:
 
     module: ModuleType = grpc
     return module
-
-
-class BrokerCallFailed(GatewayError):
-    """The broker answered a call with a non-OK status (or the call could not be made).
-
-    :ivar code: the gRPC status code.
-    :ivar details: the status message.
-    :ivar details_bin: the ``grpc-status-details-bin`` trailer (a serialized
-        ``google.rpc.Status``), or ``None``.
-    :ivar trailers: the trailing metadata, for ``www-authenticate`` and the like.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        details: str,
-        details_bin: bytes | None = None,
-        trailers: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        super().__init__(details)
-        self.code = code
-        self.grpc_status = code
-        self.http_status = http_status_for_grpc(code)
-        self.details = details
-        self.details_bin = details_bin
-        self.trailers = tuple(trailers)
-
-    def trailer(self, name: str) -> str | None:
-        """The first text value of a trailing metadata key, or ``None``."""
-        for key, value in self.trailers:
-            if key == name and isinstance(value, str):
-                return value
-        return None
 
 
 def call_metadata(headers: Headers) -> tuple[Headers, bytes]:

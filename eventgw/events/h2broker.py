@@ -38,8 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
-from eventgw.errors import GrpcStatus
-from eventgw.events.broker import BrokerCallFailed
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
 from eventgw.grpcwire import (
@@ -304,7 +303,7 @@ class H2BrokerClient:
 
     Same interface and invariant as :class:`eventgw.events.broker.BrokerClient`: every Deferred
     returned by :meth:`call` fires exactly once, with the response message or a
-    :class:`~eventgw.events.broker.BrokerCallFailed` (``CancelledError`` when cancelled).
+    :class:`~eventgw.errors.BrokerCallFailed` (``CancelledError`` when cancelled).
     """
 
     def __init__(

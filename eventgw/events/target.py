@@ -39,12 +39,11 @@ from twisted.python.failure import Failure
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
-from eventgw.errors import GatewayError, GrpcStatus
-from eventgw.events.broker import BrokerCallFailed, BrokerClient, call_metadata
+from eventgw.errors import BrokerCallFailed, GatewayError, GrpcStatus, MethodNotAllowed
+from eventgw.events.broker import BrokerClient, call_metadata
 from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.transcode import (
     BodyKind,
-    MethodNotAllowed,
     RouteMatch,
     RouteTable,
     build_request,
