@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """Unit tests for the gRPC-over-HTTP/2 wire rules (eventgw.grpcwire): no sockets."""
 
 from __future__ import annotations
