@@ -4,8 +4,8 @@
 Shell module: Twisted (Deferreds, timers) and :mod:`eventgw.upstream.h2pool` (the pooled
 ``h2`` client connections the gRPC relay uses); no grpcio.
 
-The alternative to grpcio's client (:class:`eventgw.events.broker.BrokerClient`, selected with
-``client="h2"``): everything happens on the reactor thread, so there is no thread hop
+The alternative to grpcio's client (:class:`eventgw.events.broker.GrpcioBrokerClient`,
+selected with ``client="h2"``): everything happens on the reactor thread, so there is no thread hop
 per call and no future to wrap.  One call is, per the gRPC over HTTP/2 spec
 (``PROTOCOL-HTTP2.md``):
 
@@ -301,8 +301,9 @@ def _unbase64(value: bytes) -> bytes | None:
 class H2BrokerClient:
     """Calls into one Event Broker over pooled HTTP/2 connections, on the reactor thread.
 
-    Same interface and invariant as :class:`eventgw.events.broker.BrokerClient`: every Deferred
-    returned by :meth:`call` fires exactly once, with the response message or a
+    A :class:`~eventgw.events.client.BrokerClient`, like
+    :class:`eventgw.events.broker.GrpcioBrokerClient`: every Deferred returned by
+    :meth:`call` fires exactly once, with the response message or a
     :class:`~eventgw.errors.BrokerCallFailed` (``CancelledError`` when cancelled).
     """
 
