@@ -26,8 +26,7 @@ gateway's JSON errors, are :mod:`eventgw.errors`'.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from h2.errors import ErrorCodes
@@ -198,8 +197,7 @@ def frame_message(message: bytes, *, compressed: bool = False) -> bytes:
     return (b"\x01" if compressed else b"\x00") + len(message).to_bytes(4, "big") + message
 
 
-@dataclass(frozen=True, slots=True)
-class LengthPrefixedMessage:
+class LengthPrefixedMessage(NamedTuple):
     """One message of the stream.
 
     :ivar flag: the Compressed-Flag byte (0: as is, 1: compressed with
@@ -241,6 +239,19 @@ class MessageDecoder:
         pos = 0
         size = len(data)
         while pos < size:
+            if not self._remaining and not self._header and size - pos >= PREFIX_LENGTH:
+                # A whole prefix at hand (the usual case): no buffering.
+                flag = data[pos]
+                length = int.from_bytes(data[pos + 1 : pos + PREFIX_LENGTH], "big")
+                pos += PREFIX_LENGTH
+                if size - pos >= length:
+                    if self._collect:
+                        done.append(LengthPrefixedMessage(flag, data[pos : pos + length]))
+                    pos += length
+                    continue
+                self._flag = flag
+                self._remaining = length
+                continue
             if self._remaining:
                 step = min(self._remaining, size - pos)
                 self._remaining -= step
