@@ -7,22 +7,42 @@ Every error the gateway answers with itself -- on any flow -- is a
 ``google.rpc.Status``-shaped JSON object ``{"code": <grpc code>, "message": "...",
 "details": [...]}``; the HTTP status comes from the single table below, the one
 grpc-gateway and Envoy's JSON transcoder share.
+
+Every :class:`GatewayError` subclass lives here, whichever module raises it: the
+request parser's (:class:`RequestError`), the ``/api`` proxy's upstream failures
+(:class:`ResponseError`, :class:`UpstreamUnavailable`, :class:`UpstreamTimeout`,
+:class:`PoolExhausted`), and the ``/events`` flow's (:class:`RouteNotFound`,
+:class:`MethodNotAllowed`, :class:`UnsupportedMediaType`, :class:`InvalidEvent`,
+:class:`UnsupportedFormat`, :class:`BrokerCallFailed`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 __all__ = [
     "BadRequest",
+    "BrokerCallFailed",
     "ConfigError",
     "GatewayError",
     "GrpcStatus",
     "HeadersTooLarge",
+    "InvalidEvent",
+    "MethodNotAllowed",
     "PayloadTooLarge",
+    "PoolExhausted",
+    "RequestError",
+    "ResponseError",
+    "RouteNotFound",
+    "UnsupportedFormat",
+    "UnsupportedMediaType",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
     "error_body",
+    "grpc_code_for_http",
     "http_status_for_grpc",
 ]
 
@@ -153,6 +173,142 @@ class HeadersTooLarge(GatewayError):
 
     http_status = 431
     grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
+
+
+# --- the downstream request parser ------------------------------------------------
+
+
+class RequestError(BadRequest):
+    """The request cannot be served; answer ``http_status`` and close the connection.
+
+    :ivar http_status: 400 (malformed, smuggling attempt), 413 (body over the limit),
+        414 (request line too long), 431 (head too large), 501 (unsupported coding or
+        method), 505 (unsupported HTTP version).
+    """
+
+    def __init__(self, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_status = grpc_code_for_http(http_status)
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.message!r}, {self.http_status})"
+
+
+# --- the /api proxy's upstream ------------------------------------------------------
+
+
+class ResponseError(GatewayError):
+    """The upstream's response is malformed or incomplete: the client gets 502.
+
+    :ivar no_response: ``True`` when the connection closed before a single response
+        byte arrived (a stale keep-alive connection looks like this).
+    """
+
+    http_status = 502
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+    def __init__(self, message: str, *, no_response: bool = False) -> None:
+        super().__init__(message)
+        self.no_response = no_response
+
+
+class UpstreamUnavailable(GatewayError):
+    """The upstream refused the connection, did not resolve, or went away: 502."""
+
+    http_status = 502
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+
+class UpstreamTimeout(GatewayError):
+    """Connecting to (or waiting for) the upstream took too long: 504."""
+
+    http_status = 504
+    grpc_status = GrpcStatus.DEADLINE_EXCEEDED
+
+
+class PoolExhausted(GatewayError):
+    """Every connection is busy and the wait queue is full: 503."""
+
+    http_status = 503
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+
+# --- /events: routes, CloudEvents, the broker ----------------------------------------
+
+
+class RouteNotFound(GatewayError):
+    """No annotated method serves this path: 404."""
+
+    http_status = 404
+    grpc_status = GrpcStatus.NOT_FOUND
+
+
+class MethodNotAllowed(GatewayError):
+    """The path is served, but not with this HTTP method: 405 with ``allowed``."""
+
+    http_status = 405
+    grpc_status = GrpcStatus.UNIMPLEMENTED
+
+    def __init__(self, message: str, allowed: Sequence[str]) -> None:
+        super().__init__(message)
+        self.allowed = tuple(allowed)
+
+
+class UnsupportedMediaType(GatewayError):
+    """No route at this path and method takes this content type: 415."""
+
+    http_status = 415
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+class InvalidEvent(BadRequest):
+    """A malformed event: 400, naming the attribute (``attribute``) at fault."""
+
+    def __init__(self, attribute: str, reason: str) -> None:
+        super().__init__(f"{attribute}: {reason}")
+        self.attribute = attribute
+        self.reason = reason
+
+
+class UnsupportedFormat(GatewayError):
+    """A CloudEvents event format the gateway does not read (e.g. ``+avro``): 415."""
+
+    http_status = 415
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+class BrokerCallFailed(GatewayError):
+    """The broker answered a call with a non-OK status (or the call could not be made).
+
+    :ivar code: the gRPC status code.
+    :ivar details: the status message.
+    :ivar details_bin: the ``grpc-status-details-bin`` trailer (a serialized
+        ``google.rpc.Status``), or ``None``.
+    :ivar trailers: the trailing metadata, for ``www-authenticate`` and the like.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        details: str,
+        details_bin: bytes | None = None,
+        trailers: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.grpc_status = code
+        self.http_status = http_status_for_grpc(code)
+        self.details = details
+        self.details_bin = details_bin
+        self.trailers = tuple(trailers)
+
+    def trailer(self, name: str) -> str | None:
+        """The first text value of a trailing metadata key, or ``None``."""
+        for key, value in self.trailers:
+            if key == name and isinstance(value, str):
+                return value
+        return None
 
 
 class ConfigError(Exception):

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_exchange -*-
 """The seam between downstream protocols and whatever serves a request.
 
-Core module: imports only the standard library.
+Core module: imports only the standard library and ``h2``'s error-code enum.
 
 One *exchange* is one request and its response.  The downstream protocols -- the
 HTTP/1.1 server (``http1server``) and each stream of the HTTP/2 server
@@ -33,11 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from h2.errors import ErrorCodes
+
 from eventgw.errors import error_body, grpc_code_for_http
 
 __all__ = [
-    "CANCEL",
-    "INTERNAL_ERROR",
     "Headers",
     "Producer",
     "RequestHandler",
@@ -50,12 +50,6 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
-
-# HTTP/2 error codes (RFC 9113 section 7) a target may ask for in ResponseWriter.abort.
-# HTTP/1.1 ignores the code and closes the connection.
-INTERNAL_ERROR: Final = 0x2
-CANCEL: Final = 0x8
-
 
 @dataclass(slots=True, kw_only=True)
 class RequestHead:
@@ -147,7 +141,7 @@ class ResponseWriter(Protocol):
         last chunk when chunked, and drops them otherwise.
         """
 
-    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
+    def abort(self, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         """Give up on the response: HTTP/2 resets the stream with ``error_code``,
         HTTP/1.1 closes the connection.  Use it when the head is already sent;
         before that, send a proper error response instead."""

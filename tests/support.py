@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from h2.errors import ErrorCodes
+
 from eventgw.exchange import (
-    INTERNAL_ERROR,
     Headers,
     Producer,
     RequestHandler,
@@ -71,7 +72,7 @@ class RecordingWriter:
         self.trailers = trailers
         self.ended = True
 
-    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
+    def abort(self, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         self.aborted = error_code
 
     def pause_request_body(self) -> None:

@@ -17,11 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw.errors import InvalidEvent, UnsupportedFormat
 from eventgw.events.cloudevents import (
     CloudEvent,
     ContentMode,
-    InvalidEvent,
-    UnsupportedFormat,
     content_mode,
     is_batch_content_type,
     parse_batch,

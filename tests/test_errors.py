@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw import errors
 from eventgw.errors import GrpcStatus, error_body, grpc_code_for_http, http_status_for_grpc
+
+PACKAGE = Path(errors.__file__).resolve().parent
 
 
 class StatusTableTests(SynchronousTestCase):
@@ -38,3 +43,46 @@ class ErrorBodyTests(SynchronousTestCase):
         """The body is google.rpc.Status JSON with code, message and details."""
         body = json.loads(error_body(5, "no route for /x"))
         self.assertEqual(body, {"code": 5, "message": "no route for /x", "details": []})
+
+
+class ErrorHomeTests(SynchronousTestCase):
+    def test_every_gateway_error_lives_in_errors(self) -> None:
+        """No module but eventgw.errors defines a GatewayError subclass (directly or
+        through one of the subclasses defined there)."""
+        names = {
+            name for name, value in vars(errors).items()
+            if isinstance(value, type) and issubclass(value, errors.GatewayError)
+        }
+        self.assertGreaterEqual(len(names), 15)
+        found = []
+        for path in sorted(PACKAGE.rglob("*.py")):
+            if path == PACKAGE / "errors.py" or "_proto" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                bases = {base.attr if isinstance(base, ast.Attribute) else
+                         getattr(base, "id", "") for base in node.bases}
+                if bases & names:
+                    found.append(f"{path.relative_to(PACKAGE)}: {node.name}")
+        self.assertEqual(found, [])
+
+    def test_moved_errors_keep_their_statuses(self) -> None:
+        """Each error keeps the HTTP status and gRPC code it is answered with."""
+        expected = [
+            (errors.RequestError("x", 431), 431, GrpcStatus.RESOURCE_EXHAUSTED),
+            (errors.ResponseError("x"), 502, GrpcStatus.UNAVAILABLE),
+            (errors.UpstreamUnavailable("x"), 502, GrpcStatus.UNAVAILABLE),
+            (errors.UpstreamTimeout("x"), 504, GrpcStatus.DEADLINE_EXCEEDED),
+            (errors.PoolExhausted("x"), 503, GrpcStatus.UNAVAILABLE),
+            (errors.RouteNotFound("x"), 404, GrpcStatus.NOT_FOUND),
+            (errors.MethodNotAllowed("x", ["GET"]), 405, GrpcStatus.UNIMPLEMENTED),
+            (errors.UnsupportedMediaType("x"), 415, GrpcStatus.INVALID_ARGUMENT),
+            (errors.InvalidEvent("id", "missing"), 400, GrpcStatus.INVALID_ARGUMENT),
+            (errors.UnsupportedFormat("x"), 415, GrpcStatus.INVALID_ARGUMENT),
+            (errors.BrokerCallFailed(GrpcStatus.NOT_FOUND, "x"), 404, GrpcStatus.NOT_FOUND),
+        ]
+        for error, http_status, grpc_status in expected:
+            self.assertIsInstance(error, errors.GatewayError)
+            self.assertEqual((error.http_status, error.grpc_status),
+                             (http_status, grpc_status), type(error).__name__)

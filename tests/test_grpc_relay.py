@@ -23,6 +23,7 @@ import grpc
 from google.rpc import status_pb2
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
     DataReceived,
     PingReceived,
@@ -47,7 +48,6 @@ from eventgw import http2
 from eventgw.config import GrpcUpstream, Limits
 from eventgw.downstream.h2server import H2ServerProtocol
 from eventgw.exchange import (
-    CANCEL,
     Headers,
     RequestHandler,
     RequestHead,
@@ -245,11 +245,11 @@ class UpstreamPoolTests(TestCase):
         def script(server: ScriptedServer, stream_id: int, what: str) -> None:
             if what == "ended":
                 server.respond(stream_id)
-                server.h2.reset_stream(stream_id, CANCEL)
+                server.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
         relay = self.relay(self.listen(ScriptedFactory(script)))
         writer, _ = self.call(relay)
         yield wait_for(lambda: writer.aborted is not None)
-        self.assertEqual(writer.aborted, CANCEL)
+        self.assertEqual(writer.aborted, ErrorCodes.CANCEL)
         self.assertEqual(writer.status, 200)
 
     @inlineCallbacks
@@ -399,7 +399,7 @@ class UpstreamPoolTests(TestCase):
         yield wait_for(lambda: ("request", 1) in factory.events)
         handler.connection_lost("client reset")
         yield wait_for(lambda: any(e[0] == "reset" for e in factory.events))
-        self.assertIn(("reset", 1, CANCEL), factory.events)
+        self.assertIn(("reset", 1, ErrorCodes.CANCEL), factory.events)
         self.assertEqual(relay.calls, set())
 
     @inlineCallbacks
@@ -995,7 +995,7 @@ class WireTests(GatewayFixture):
         stream_id = client.call(GET_ITEM, frame(slow))
         yield wait_for(lambda: servicer.calls)
         reset_at = time.monotonic()
-        client.h2.reset_stream(stream_id, CANCEL)
+        client.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
         client.flush()
         yield wait_for(lambda: servicer.cancelled)
         figure(

@@ -21,13 +21,12 @@ from h2.events import DataReceived, RequestReceived, StreamEnded
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BrokerUpstream
-from eventgw.errors import GrpcStatus
-from eventgw.events.broker import BrokerCallFailed
-from eventgw.events.h2broker import H2BrokerClient, grpc_timeout
+from eventgw.errors import BrokerCallFailed, GrpcStatus
+from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EVENT_BROKER_SERVICE
 from eventgw.events.transcode import HttpRoute, RouteTable
 from tests.events_support import WAIT_TIMEOUT, wait_until
@@ -84,17 +83,6 @@ class _ScriptedFactory(Factory):
 
     def buildProtocol(self, addr: object) -> _ScriptedServer:
         return _ScriptedServer(self)
-
-
-class GrpcTimeoutTests(SynchronousTestCase):
-    """The grpc-timeout header value."""
-
-    def test_encoding(self) -> None:
-        """Milliseconds, rounded up; seconds once 8 digits do not hold the milliseconds."""
-        self.assertEqual(grpc_timeout(5.0), b"5000m")
-        self.assertEqual(grpc_timeout(0.0001), b"1m")
-        self.assertEqual(grpc_timeout(0.5005), b"501m")
-        self.assertEqual(grpc_timeout(200_000.0), b"200000S")
 
 
 class H2BrokerClientTests(TestCase):

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw.errors import ResponseError
 from eventgw.upstream.h1client import (
     NEED_DATA,
     ClientConnection,
@@ -14,7 +15,6 @@ from eventgw.upstream.h1client import (
     Ended,
     Event,
     LocalProtocolError,
-    ResponseError,
     ResponseHead,
 )
 

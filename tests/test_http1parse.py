@@ -18,12 +18,11 @@ from eventgw.downstream.http1parse import (
     Event,
     Headers,
     MessageEnded,
-    RequestError,
     RequestHeadParsed,
     RequestParser,
 )
 from eventgw.downstream.http1write import frame_chunk, last_chunk
-from eventgw.errors import GatewayError
+from eventgw.errors import GatewayError, RequestError
 
 MAX_HEADER = 8192
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from h2.errors import ErrorCodes
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.errors import GrpcStatus
-from eventgw.exchange import CANCEL, Headers, RequestHead
+from eventgw.exchange import Headers, RequestHead
 from eventgw.grpc.relay import (
     HIGH_WATERMARK,
     LOW_WATERMARK,
-    REFUSED_STREAM,
     AbortResponse,
     Acknowledge,
     CancelTimer,
     EndResponse,
-    MessageFraming,
     PauseRequestBody,
     RelayStream,
     ResetUpstream,
@@ -23,12 +22,8 @@ from eventgw.grpc.relay import (
     StartTimer,
     WriteBody,
     WriteHead,
-    grpc_status_for_http,
-    grpc_status_for_reset,
-    parse_grpc_timeout,
-    percent_encode_message,
     refusal,
-    response_headers,
+    split_upstream_headers,
     upstream_request_headers,
 )
 from eventgw.routing import MethodPolicy
@@ -100,9 +95,9 @@ class HeaderRuleTests(SynchronousTestCase):
         self.assertIn((b"x-forwarded-for", b"192.0.2.7"),
                       upstream_request_headers(head, b"m:1", b"http"))
 
-    def test_response_headers(self) -> None:
+    def test_split_upstream_headers(self) -> None:
         """The status is split off; pseudo and connection headers are dropped."""
-        status, kept = response_headers(
+        status, kept = split_upstream_headers(
             [(b":status", b"200"), (b"content-type", b"application/grpc"),
              (b"connection", b"close"), (b"x-a-bin", b"AA==")]
         )
@@ -110,40 +105,7 @@ class HeaderRuleTests(SynchronousTestCase):
         self.assertEqual(kept, [(b"content-type", b"application/grpc"), (b"x-a-bin", b"AA==")])
 
 
-class TableTests(SynchronousTestCase):
-    def test_grpc_timeout(self) -> None:
-        """Every unit of grpc-timeout parses; malformed values give None."""
-        self.assertEqual(parse_grpc_timeout(b"300m"), 0.3)
-        self.assertEqual(parse_grpc_timeout(b"2S"), 2.0)
-        self.assertEqual(parse_grpc_timeout(b"1M"), 60.0)
-        self.assertEqual(parse_grpc_timeout(b"1H"), 3600.0)
-        self.assertAlmostEqual(parse_grpc_timeout(b"5000u") or 0, 0.005)
-        self.assertAlmostEqual(parse_grpc_timeout(b"99999999n") or 0, 0.099999999)
-        for bad in (b"", b"m", b"123456789S", b"10x", b"-1S", b"1.5S"):
-            self.assertIsNone(parse_grpc_timeout(bad), bad)
-
-    def test_percent_encoding(self) -> None:
-        """grpc-message: printable ASCII stays, '%' and non-ASCII are %XX of UTF-8."""
-        self.assertEqual(percent_encode_message("a b/c"), b"a b/c")
-        self.assertEqual(percent_encode_message("100%"), b"100%25")
-        self.assertEqual(percent_encode_message("né\n"), b"n%C3%A9%0A")
-
-    def test_reset_codes(self) -> None:
-        """RST_STREAM codes map as gRPC's PROTOCOL-HTTP2.md says."""
-        self.assertEqual(grpc_status_for_reset(REFUSED_STREAM), GrpcStatus.UNAVAILABLE)
-        self.assertEqual(grpc_status_for_reset(CANCEL), GrpcStatus.CANCELLED)
-        self.assertEqual(grpc_status_for_reset(0x2), GrpcStatus.INTERNAL)
-        self.assertEqual(grpc_status_for_reset(0xB), GrpcStatus.RESOURCE_EXHAUSTED)
-        self.assertEqual(grpc_status_for_reset(0xC), GrpcStatus.PERMISSION_DENIED)
-        self.assertEqual(grpc_status_for_reset(0x99), GrpcStatus.INTERNAL)
-
-    def test_http_statuses(self) -> None:
-        """Non-200 HTTP statuses map as http-grpc-status-mapping.md says."""
-        expected = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14,
-                    504: 14, 500: 2, 418: 2}
-        for status, code in expected.items():
-            self.assertEqual(grpc_status_for_http(status), code, status)
-
+class RefusalTests(SynchronousTestCase):
     def test_refusal(self) -> None:
         """Deny wins over allow; the message names the method."""
         policy = MethodPolicy.from_lists(["/"], ["/eventbroker."])
@@ -151,25 +113,6 @@ class TableTests(SynchronousTestCase):
         reason = refusal(b"/eventbroker.v1.EventBroker/Publish", policy)
         assert reason is not None
         self.assertIn("/eventbroker.v1.EventBroker/Publish", reason)
-
-
-class MessageFramingTests(SynchronousTestCase):
-    def test_boundaries_byte_by_byte(self) -> None:
-        """Fed one byte at a time, the framing is at a boundary only between messages."""
-        framing = MessageFraming()
-        stream = message(b"abc") + message(b"") + message(b"x" * 300)
-        ends = {5 + 3, 5 + 3 + 5, len(stream)}
-        for index in range(len(stream)):
-            framing.feed(stream[index : index + 1])
-            self.assertEqual(framing.at_boundary, index + 1 in ends, index)
-
-    def test_many_messages_in_one_chunk(self) -> None:
-        """Several messages and a split one in a single chunk."""
-        framing = MessageFraming()
-        framing.feed(message(b"a") + message(b"bb") + message(b"ccc")[:4])
-        self.assertFalse(framing.at_boundary)
-        framing.feed(message(b"ccc")[4:])
-        self.assertTrue(framing.at_boundary)
 
 
 class RelayStreamTests(SynchronousTestCase):
@@ -228,7 +171,7 @@ class RelayStreamTests(SynchronousTestCase):
         assert isinstance(head, WriteHead)
         self.assertTrue(head.end)
         self.assertIn((b"grpc-status", b"14"), head.headers)
-        self.assertEqual(actions[2:], [ResetUpstream(CANCEL)])
+        self.assertEqual(actions[2:], [ResetUpstream(ErrorCodes.CANCEL)])
         self.assertEqual(r.grpc_status, GrpcStatus.UNAVAILABLE)
 
     def test_client_cancel_resets_upstream(self) -> None:
@@ -236,7 +179,7 @@ class RelayStreamTests(SynchronousTestCase):
         r = self.relay()
         r.start()
         r.upstream_headers(OK_HEAD, False)
-        self.assertEqual(r.client_gone(), [CancelTimer(), ResetUpstream(CANCEL)])
+        self.assertEqual(r.client_gone(), [CancelTimer(), ResetUpstream(ErrorCodes.CANCEL)])
         self.assertEqual(r.client_gone(), [])
         self.assertEqual(r.grpc_status, GrpcStatus.CANCELLED)
         # Late DATA for the cancelled stream gives its window back, nothing else.
@@ -246,7 +189,7 @@ class RelayStreamTests(SynchronousTestCase):
         """REFUSED_STREAM before the response head is a trailers-only UNAVAILABLE."""
         r = self.relay()
         r.start()
-        actions = r.upstream_reset(REFUSED_STREAM)
+        actions = r.upstream_reset(ErrorCodes.REFUSED_STREAM)
         head = actions[1]
         assert isinstance(head, WriteHead)
         self.assertTrue(head.end)
@@ -258,7 +201,10 @@ class RelayStreamTests(SynchronousTestCase):
         r = self.relay()
         r.start()
         r.upstream_headers(OK_HEAD, False)
-        self.assertEqual(r.upstream_reset(CANCEL), [CancelTimer(), AbortResponse(CANCEL)])
+        self.assertEqual(
+            r.upstream_reset(ErrorCodes.CANCEL),
+            [CancelTimer(), AbortResponse(ErrorCodes.CANCEL)],
+        )
         self.assertEqual(r.grpc_status, GrpcStatus.CANCELLED)
 
     def test_deadline_before_head(self) -> None:
@@ -266,12 +212,12 @@ class RelayStreamTests(SynchronousTestCase):
         r = self.relay()
         r.start()
         actions = r.deadline_expired()
-        self.assertEqual(actions[0], ResetUpstream(CANCEL))
+        self.assertEqual(actions[0], ResetUpstream(ErrorCodes.CANCEL))
         head = actions[1]
         assert isinstance(head, WriteHead)
         self.assertTrue(head.end)
         self.assertIn((b"grpc-status", b"4"), head.headers)
-        self.assertEqual(r.upstream_reset(CANCEL), [])
+        self.assertEqual(r.upstream_reset(ErrorCodes.CANCEL), [])
 
     def test_deadline_between_messages(self) -> None:
         """After the head and at a message boundary: trailers with grpc-status 4."""
@@ -280,7 +226,7 @@ class RelayStreamTests(SynchronousTestCase):
         r.upstream_headers(OK_HEAD, False)
         r.upstream_data(message(b"one"), 8, False)
         actions = r.deadline_expired()
-        self.assertEqual(actions[0], ResetUpstream(CANCEL))
+        self.assertEqual(actions[0], ResetUpstream(ErrorCodes.CANCEL))
         end = actions[1]
         assert isinstance(end, EndResponse) and end.trailers is not None
         self.assertEqual(end.trailers[0], (b"grpc-status", b"4"))
@@ -291,7 +237,10 @@ class RelayStreamTests(SynchronousTestCase):
         r.start()
         r.upstream_headers(OK_HEAD, False)
         r.upstream_data(message(b"one")[:6], 6, False)
-        self.assertEqual(r.deadline_expired(), [ResetUpstream(CANCEL), AbortResponse(CANCEL)])
+        self.assertEqual(
+            r.deadline_expired(),
+            [ResetUpstream(ErrorCodes.CANCEL), AbortResponse(ErrorCodes.CANCEL)],
+        )
 
     def test_upstream_failure(self) -> None:
         """A lost upstream connection is UNAVAILABLE, trailers-only before the head."""
@@ -338,7 +287,7 @@ class RelayStreamTests(SynchronousTestCase):
         r.response_paused()
         r.upstream_data(b"a" * 100, 100, False)
         self.assertEqual(
-            r.client_gone(), [CancelTimer(), ResetUpstream(CANCEL), Acknowledge(100)]
+            r.client_gone(), [CancelTimer(), ResetUpstream(ErrorCodes.CANCEL), Acknowledge(100)]
         )
         self.assertEqual(r.unacknowledged, 0)
         self.assertEqual(r.response_resumed(), [])

@@ -15,16 +15,19 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
-from eventgw.errors import BadRequest, GrpcStatus
-from eventgw.events.cloudevents import InvalidEvent
+from eventgw.errors import (
+    BadRequest,
+    GrpcStatus,
+    InvalidEvent,
+    MethodNotAllowed,
+    RouteNotFound,
+    UnsupportedMediaType,
+)
 from eventgw.events.transcode import (
     BodyKind,
-    MethodNotAllowed,
     PathTemplate,
-    RouteNotFound,
     RouteTable,
     TemplateError,
-    UnsupportedMediaType,
     build_request,
     response_body,
     status_body,

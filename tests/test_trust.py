@@ -37,7 +37,7 @@ from demo.masterapi.grpc_server import serve
 from eventgw.api.target import ApiProxy
 from eventgw.config import ApiUpstream, BrokerUpstream, GrpcUpstream, Limits
 from eventgw.errors import ConfigError
-from eventgw.events.broker import BrokerClient
+from eventgw.events.broker import GrpcioBrokerClient
 from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EventsEndpoint
 from eventgw.grpc.target import GrpcRelay
@@ -319,7 +319,7 @@ class StartErrorTests(SynchronousTestCase):
     def test_broker_clients(self) -> None:
         """Both broker clients: event_broker.ca_file."""
         upstream = BrokerUpstream(target="127.0.0.1:443", tls=True, ca_file=self.garbage)
-        for client in (BrokerClient, H2BrokerClient):
+        for client in (GrpcioBrokerClient, H2BrokerClient):
             self.assertKey(lambda c=client: c(upstream, reactor=reactor),
                            "event_broker.ca_file")
 

@@ -35,7 +35,13 @@ from twisted.python.failure import Failure
 
 from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream, Limits
-from eventgw.errors import GatewayError, PayloadTooLarge
+from eventgw.errors import (
+    GatewayError,
+    PayloadTooLarge,
+    ResponseError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from eventgw.exchange import (
     RequestHandler,
     RequestHead,
@@ -45,13 +51,11 @@ from eventgw.exchange import (
 )
 from eventgw.headers import request_headers_for_upstream, response_headers_for_downstream
 from eventgw.upstream.address import UpstreamAddress
-from eventgw.upstream.h1client import LocalProtocolError, ResponseError, ResponseHead
+from eventgw.upstream.h1client import LocalProtocolError, ResponseHead
 from eventgw.upstream.httppool import (
     Reactor,
     UpstreamConnection,
     UpstreamPool,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import Final
 
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import Headers, RequestHead
-from eventgw.grpc.relay import trailers_only
+from eventgw.grpcwire import trailers_only
 from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import is_grpc
 

@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from eventgw.downstream.accesslog import log_exchange, log_protocol_error
 from eventgw.downstream.h2heads import PROTOCOL, h2_response_headers
 from eventgw.exchange import (
-    INTERNAL_ERROR,
     Headers,
     Producer,
     RequestHandler,
@@ -215,7 +214,7 @@ class H2Stream:
             return
         if self.status is None:
             # Contract breach (end before write_head): there is no response to finish.
-            self.abort(INTERNAL_ERROR)
+            self.abort(ErrorCodes.INTERNAL_ERROR)
             return
         if self.out:
             self.end_pending = True
@@ -224,7 +223,7 @@ class H2Stream:
         self._send_end(trailers)
         self._host.written()
 
-    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
+    def abort(self, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         if self.closed:
             return
         host = self._host
@@ -391,7 +390,7 @@ class H2Stream:
         if self.status is None:
             send_error(self, 500, "internal error")
         else:
-            self.abort(INTERNAL_ERROR)
+            self.abort(ErrorCodes.INTERNAL_ERROR)
 
     def lose(self, reason: str, status: int | str) -> None:
         """The stream is gone (reset, connection lost): finish it, tell the handler."""

@@ -52,7 +52,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from eventgw.errors import BadRequest, grpc_code_for_http
+from eventgw.errors import RequestError
 
 __all__ = [
     "MAX_CHUNK_EXTENSION_BYTES",
@@ -66,7 +66,6 @@ __all__ = [
     "Event",
     "Headers",
     "MessageEnded",
-    "RequestError",
     "RequestHeadParsed",
     "RequestParser",
     "Signal",
@@ -94,23 +93,6 @@ MAX_CHUNK_EXTENSION_BYTES: Final = 16 * 1024
 # beyond any limit, and it keeps int() on attacker input cheap).  The response side
 # applies the same bound to a handler's content-length.
 MAX_CONTENT_LENGTH_DIGITS: Final = 18
-
-
-class RequestError(BadRequest):
-    """The request cannot be served; answer ``http_status`` and close the connection.
-
-    :ivar http_status: 400 (malformed, smuggling attempt), 413 (body over the limit),
-        414 (request line too long), 431 (head too large), 501 (unsupported coding or
-        method), 505 (unsupported HTTP version).
-    """
-
-    def __init__(self, message: str, http_status: int = 400) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.grpc_status = grpc_code_for_http(http_status)
-
-    def __repr__(self) -> str:
-        return f"RequestError({self.message!r}, {self.http_status})"
 
 
 class Signal(enum.Enum):

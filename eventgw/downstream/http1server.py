@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
+from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -50,7 +51,6 @@ from eventgw.downstream.accesslog import log_exchange, log_protocol_error
 from eventgw.downstream.http1parse import (
     BodyData,
     MessageEnded,
-    RequestError,
     RequestHeadParsed,
     RequestParser,
 )
@@ -64,9 +64,8 @@ from eventgw.downstream.http1write import (
     serialize_interim_response,
     serialize_response_head,
 )
-from eventgw.errors import error_body, grpc_code_for_http
+from eventgw.errors import RequestError, error_body, grpc_code_for_http
 from eventgw.exchange import (
-    INTERNAL_ERROR,
     Headers,
     Producer,
     RequestHandler,
@@ -322,7 +321,7 @@ class _Exchange:
         self.response_ended = True
         self.channel.response_complete(self)
 
-    def abort(self, error_code: int = INTERNAL_ERROR) -> None:
+    def abort(self, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         if self.closed or self.response_ended:
             return
         self.closed = True

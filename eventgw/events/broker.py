@@ -3,7 +3,7 @@
 
 Shell module: imports grpcio, txaio and Twisted; the reactor is injected.
 
-One :class:`BrokerClient` holds one long-lived ``grpc.Channel`` to one broker address
+One :class:`GrpcioBrokerClient` holds one long-lived ``grpc.Channel`` to one broker address
 (grpcio multiplexes every call over it and reconnects by itself).  Calls are generic
 unary calls driven by the descriptors of :mod:`eventgw.events.transcode` -- the method path,
 the request serializer and the response class all come from the route -- so a new
@@ -19,9 +19,8 @@ grpcio future, which sends RST_STREAM (CANCELLED) to the broker.
 from __future__ import annotations
 
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,7 +32,7 @@ from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream
-from eventgw.errors import GatewayError, GrpcStatus, http_status_for_grpc
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
 from eventgw.upstream.trust import load_trust
@@ -41,20 +40,8 @@ from eventgw.upstream.trust import load_trust
 if TYPE_CHECKING:
     import grpc
 
-__all__ = [
-    "FORWARDED_HEADERS",
-    "BrokerCallFailed",
-    "BrokerClient",
-    "call_metadata",
-    "import_grpc",
-    "new_request_id",
-]
+__all__ = ["GrpcioBrokerClient", "import_grpc"]
 
-# Trace context (W3C Trace Context) and the request id travel to the broker as metadata.
-FORWARDED_HEADERS: Final = (b"traceparent", b"tracestate", b"x-request-id")
-# Metadata values are single header lines; anything longer is not a trace header.
-_MAX_FORWARDED_VALUE: Final = 1024
-_PRINTABLE: Final = re.compile(rb"[\x20-\x7e]+")
 # A dead broker connection is noticed within a minute even when no call is running.
 _KEEPALIVE_MS: Final = 30_000
 # The broker's answers are small (ids); a larger one is a broken broker, not data.
@@ -83,75 +70,13 @@ def import_grpc() -> ModuleType:
     return module
 
 
-class BrokerCallFailed(GatewayError):
-    """The broker answered a call with a non-OK status (or the call could not be made).
-
-    :ivar code: the gRPC status code.
-    :ivar details: the status message.
-    :ivar details_bin: the ``grpc-status-details-bin`` trailer (a serialized
-        ``google.rpc.Status``), or ``None``.
-    :ivar trailers: the trailing metadata, for ``www-authenticate`` and the like.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        details: str,
-        details_bin: bytes | None = None,
-        trailers: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        super().__init__(details)
-        self.code = code
-        self.grpc_status = code
-        self.http_status = http_status_for_grpc(code)
-        self.details = details
-        self.details_bin = details_bin
-        self.trailers = tuple(trailers)
-
-    def trailer(self, name: str) -> str | None:
-        """The first text value of a trailing metadata key, or ``None``."""
-        for key, value in self.trailers:
-            if key == name and isinstance(value, str):
-                return value
-        return None
-
-
-def call_metadata(headers: Headers) -> tuple[Headers, bytes]:
-    """The metadata to send with a call, and the request id (generated when absent).
-
-    Names and values are bytes, as on the wire; the grpcio client decodes them.
-    """
-    metadata: Headers = []
-    request_id = b""
-    for name, value in headers:
-        if name in FORWARDED_HEADERS and len(value) <= _MAX_FORWARDED_VALUE:
-            text = value.strip(b" \t")
-            # gRPC metadata values are printable ASCII (gRPC over HTTP/2 spec); grpcio
-            # fails the whole call (INTERNAL) on anything else, so such a value is dropped.
-            if not text or not _PRINTABLE.fullmatch(text):
-                continue
-            if any(key == name for key, _ in metadata):
-                continue
-            if name == b"x-request-id":
-                request_id = text
-            metadata.append((name, text))
-    if not request_id:
-        request_id = new_request_id()
-        metadata.append((b"x-request-id", request_id))
-    return metadata, request_id
-
-
-def new_request_id() -> bytes:
-    """A fresh request id: 128 random bits as 32 hex digits (cheaper than ``uuid4``)."""
-    return os.urandom(16).hex().encode("ascii")
-
-
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-class BrokerClient:
-    """Calls into one Event Broker over one long-lived channel.
+class GrpcioBrokerClient:
+    """Calls into one Event Broker over one long-lived grpcio channel (a
+    :class:`~eventgw.events.client.BrokerClient`).
 
     Invariant: every Deferred returned by :meth:`call` fires exactly once, on the
     reactor thread, with the response message or a :class:`BrokerCallFailed` (or
@@ -214,7 +139,8 @@ class BrokerClient:
     ) -> Deferred[Message]:
         """Start a unary call; the Deferred fires on the reactor thread.
 
-        ``metadata`` is what :func:`call_metadata` returns (bytes, printable ASCII).
+        ``metadata`` is what :func:`~eventgw.events.client.call_metadata` returns
+        (bytes, printable ASCII).
         """
         if self._closed:
             return self._async.create_future(  # type: ignore[no-any-return]

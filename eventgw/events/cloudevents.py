@@ -63,7 +63,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 
 from eventgw._proto.cloudevents.v1.cloudevents_pb2 import CloudEvent
-from eventgw.errors import BadRequest, GatewayError, GrpcStatus
+from eventgw.errors import InvalidEvent, UnsupportedFormat
 from eventgw.exchange import Headers
 
 __all__ = [
@@ -72,8 +72,6 @@ __all__ = [
     "AttributeValue",
     "CloudEvent",
     "ContentMode",
-    "InvalidEvent",
-    "UnsupportedFormat",
     "content_mode",
     "is_batch_content_type",
     "parse_batch",
@@ -101,22 +99,6 @@ _INT32_MAX: Final = 2**31 - 1
 _REQUIRED: Final = ("id", "source", "specversion", "type")
 # Names that are members of the JSON format, not attributes (JSON format section 3.1).
 _RESERVED: Final = frozenset({"data", "data_base64"})
-
-
-class InvalidEvent(BadRequest):
-    """A malformed event: 400, naming the attribute (``attribute``) at fault."""
-
-    def __init__(self, attribute: str, reason: str) -> None:
-        super().__init__(f"{attribute}: {reason}")
-        self.attribute = attribute
-        self.reason = reason
-
-
-class UnsupportedFormat(GatewayError):
-    """A CloudEvents event format the gateway does not read (e.g. ``+avro``): 415."""
-
-    http_status = 415
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class ContentMode:

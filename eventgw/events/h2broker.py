@@ -4,8 +4,8 @@
 Shell module: Twisted (Deferreds, timers) and :mod:`eventgw.upstream.h2pool` (the pooled
 ``h2`` client connections the gRPC relay uses); no grpcio.
 
-The alternative to grpcio's client (:class:`eventgw.events.broker.BrokerClient`, selected with
-``client="h2"``): everything happens on the reactor thread, so there is no thread hop
+The alternative to grpcio's client (:class:`eventgw.events.broker.GrpcioBrokerClient`,
+selected with ``client="h2"``): everything happens on the reactor thread, so there is no thread hop
 per call and no future to wrap.  One call is, per the gRPC over HTTP/2 spec
 (``PROTOCOL-HTTP2.md``):
 
@@ -29,19 +29,30 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import TYPE_CHECKING, Final
-from urllib.parse import unquote
 
 from google.protobuf.message import DecodeError, Message
+from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from eventgw._reactor import default_reactor
 from eventgw.config import BrokerUpstream, GrpcUpstream, parse_grpc_target
-from eventgw.errors import GrpcStatus
-from eventgw.events.broker import BrokerCallFailed
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
+from eventgw.grpcwire import (
+    CONTENT_TYPE,
+    PREFIX_LENGTH,
+    LengthPrefixedMessage,
+    MessageDecoder,
+    format_grpc_timeout,
+    frame_message,
+    grpc_status_for_http,
+    grpc_status_for_reset,
+    parse_grpc_status,
+    percent_decode_message,
+)
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool
 from eventgw.upstream.trust import load_trust
@@ -49,7 +60,7 @@ from eventgw.upstream.trust import load_trust
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
 
-__all__ = ["H2BrokerClient", "grpc_timeout"]
+__all__ = ["H2BrokerClient"]
 
 # The broker's answers are small (ids); a larger one is a broken broker, not data.
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
@@ -61,43 +72,6 @@ KEEPALIVE_INTERVAL: Final = 30.0
 # Connecting never takes longer than this, whatever the deadline (which bounds it too).
 MAX_CONNECT_TIMEOUT: Final = 5.0
 
-# RFC 9113 error codes, and the gRPC status each means (PROTOCOL-HTTP2.md, "Errors").
-_CANCEL: Final = 0x8
-_REFUSED_STREAM: Final = 0x7
-_RESET_STATUS: Final = {
-    0x7: GrpcStatus.UNAVAILABLE,  # REFUSED_STREAM: never processed, safe to retry
-    0x8: GrpcStatus.CANCELLED,  # CANCEL
-    0xB: GrpcStatus.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
-    0xC: GrpcStatus.PERMISSION_DENIED,  # INADEQUATE_SECURITY
-}
-# HTTP status of a response without grpc-status -> gRPC status (http-grpc-status-mapping.md).
-_HTTP_STATUS: Final = {
-    b"400": GrpcStatus.INTERNAL,
-    b"401": GrpcStatus.UNAUTHENTICATED,
-    b"403": GrpcStatus.PERMISSION_DENIED,
-    b"404": GrpcStatus.UNIMPLEMENTED,
-    b"429": GrpcStatus.UNAVAILABLE,
-    b"502": GrpcStatus.UNAVAILABLE,
-    b"503": GrpcStatus.UNAVAILABLE,
-    b"504": GrpcStatus.UNAVAILABLE,
-}
-_CONTENT_TYPE: Final = b"application/grpc"
-# grpc-timeout: at most 8 digits (PROTOCOL-HTTP2.md), so milliseconds up to ~27 hours.
-_MAX_TIMEOUT_DIGITS: Final = 99_999_999
-
-
-def grpc_timeout(seconds: float) -> bytes:
-    """The ``grpc-timeout`` value for a deadline ``seconds`` away (rounded up)."""
-    millis = -(-int(seconds * 1_000_000) // 1000)
-    if millis <= _MAX_TIMEOUT_DIGITS:
-        return b"%dm" % max(millis, 1)
-    return b"%dS" % min(-(-millis // 1000), _MAX_TIMEOUT_DIGITS)
-
-
-def _frame(message: bytes) -> bytes:
-    # The gRPC length prefix: uncompressed (0), then the length as 4 bytes big-endian.
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
 
 class _UnaryCall:
     """One call: a :class:`~eventgw.upstream.h2client.StreamListener` and a Deferred.
@@ -107,12 +81,13 @@ class _UnaryCall:
     """
 
     __slots__ = (
-        "_body",
+        "_decoder",
         "_done",
         "_expiring",
         "_headers",
         "_http_status",
         "_message",
+        "_messages",
         "_pool",
         "_response_class",
         "_retried",
@@ -136,7 +111,8 @@ class _UnaryCall:
         self._retried = False
         self._response_class = response_class
         self._expiring = expiring
-        self._body: list[bytes] = []
+        self._decoder = MessageDecoder()
+        self._messages: list[LengthPrefixedMessage] = []
         self._size = 0
         self._http_status = b""
         self._done = False
@@ -174,13 +150,13 @@ class _UnaryCall:
     def _reset(self, code: int, details: str) -> None:
         stream = self.stream
         if stream is not None:
-            stream.reset(_CANCEL)
+            stream.reset(ErrorCodes.CANCEL)
         self._fail(code, details)
 
     def _cancel(self, _: Deferred[Message]) -> None:
         # The caller gave up: reset the stream; Deferred.cancel fails with CancelledError.
         if self._finish() and self.stream is not None:
-            self.stream.reset(_CANCEL)
+            self.stream.reset(ErrorCodes.CANCEL)
 
     def expired(self) -> None:
         self._timer = None
@@ -203,7 +179,7 @@ class _UnaryCall:
             return
         if status != b"200":
             return  # decided when the stream ends: grpc-status wins, else the HTTP status
-        if not content_type.startswith(_CONTENT_TYPE):
+        if not content_type.startswith(CONTENT_TYPE):
             self._reset(GrpcStatus.UNKNOWN,
                         f"the broker answered with content-type {content_type!r}")
 
@@ -214,11 +190,11 @@ class _UnaryCall:
         if self._done:
             return
         self._size += len(data)
-        if self._size > MAX_RESPONSE_BYTES + 5:
+        if self._size > MAX_RESPONSE_BYTES + PREFIX_LENGTH:
             self._reset(GrpcStatus.RESOURCE_EXHAUSTED,
                         f"response larger than {MAX_RESPONSE_BYTES} bytes")
             return
-        self._body.append(data)
+        self._messages += self._decoder.feed(data)
         if end_stream:
             self._trailers([])
 
@@ -226,17 +202,18 @@ class _UnaryCall:
         self._trailers(trailers)
 
     def upstream_reset(self, error_code: int) -> None:
-        if error_code == _REFUSED_STREAM and not self._retried and not self._done:
+        if error_code == ErrorCodes.REFUSED_STREAM and not self._retried and not self._done:
             # The broker did not process the request (RFC 9113 section 8.7; e.g. the
             # streams past a GOAWAY): safe to send again, once, as gRPC clients do.
             self._retried = True
-            self._body = []
+            self._decoder = MessageDecoder()
+            self._messages = []
             self._size = 0
             self._http_status = b""
             self.stream = None
             self.start()
             return
-        code = _RESET_STATUS.get(error_code, GrpcStatus.INTERNAL)
+        code = grpc_status_for_reset(error_code)
         self._fail(code, f"stream reset by the broker (HTTP/2 error code {error_code})")
 
     def upstream_failed(self, reason: str) -> None:
@@ -271,45 +248,48 @@ class _UnaryCall:
                     metadata.append((key, value.decode("latin-1")))
         if status is None:
             code = (
-                _HTTP_STATUS.get(self._http_status, GrpcStatus.UNKNOWN)
+                grpc_status_for_http(_http_status(self._http_status))
                 if self._http_status != b"200"
                 else GrpcStatus.INTERNAL
             )
             self._fail(code, f"the broker ended the call without a grpc-status "
                              f"(HTTP status {self._http_status.decode('latin-1') or '-'})")
             return
-        try:
-            number = int(status)
-        except ValueError:
-            number = GrpcStatus.UNKNOWN
+        number = parse_grpc_status(status)
         if number != GrpcStatus.OK:
             if details_bin is not None:
                 metadata.append(("grpc-status-details-bin", details_bin))
-            details = unquote(message.decode("latin-1"), errors="replace") if message else ""
+            details = percent_decode_message(message) if message else ""
             self._fail(number, details, details_bin, metadata)
             return
         self._answer()
 
     def _answer(self) -> None:
-        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        self._body = []
-        if len(body) < 5:
+        messages, self._messages = self._messages, []
+        if not messages and self._decoder.at_boundary:
             self._fail(GrpcStatus.INTERNAL, "the broker sent no response message")
             return
-        if body[0] != 0:
-            self._fail(GrpcStatus.INTERNAL, "the broker sent a compressed message unasked")
-            return
-        length = int.from_bytes(body[1:5], "big")
-        if length != len(body) - 5:
+        if len(messages) != 1 or not self._decoder.at_boundary:
             self._fail(GrpcStatus.INTERNAL, "the broker's response is not one whole message")
             return
+        (message,) = messages
+        if message.flag != 0:
+            self._fail(GrpcStatus.INTERNAL, "the broker sent a compressed message unasked")
+            return
         try:
-            response = self._response_class.FromString(body[5:])
+            response = self._response_class.FromString(message.data)
         except DecodeError as e:
             self._fail(GrpcStatus.INTERNAL, f"cannot parse the broker's response: {e}")
             return
         if self._finish():
             self.deferred.callback(response)
+
+
+def _http_status(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0  # no (or no numeric) :status: UNKNOWN, like any unlisted status
 
 
 def _unbase64(value: bytes) -> bytes | None:
@@ -323,9 +303,10 @@ def _unbase64(value: bytes) -> bytes | None:
 class H2BrokerClient:
     """Calls into one Event Broker over pooled HTTP/2 connections, on the reactor thread.
 
-    Same interface and invariant as :class:`eventgw.events.broker.BrokerClient`: every Deferred
-    returned by :meth:`call` fires exactly once, with the response message or a
-    :class:`~eventgw.events.broker.BrokerCallFailed` (``CancelledError`` when cancelled).
+    A :class:`~eventgw.events.client.BrokerClient`, like
+    :class:`eventgw.events.broker.GrpcioBrokerClient`: every Deferred returned by
+    :meth:`call` fires exactly once, with the response message or a
+    :class:`~eventgw.errors.BrokerCallFailed` (``CancelledError`` when cancelled).
     """
 
     def __init__(
@@ -363,10 +344,10 @@ class H2BrokerClient:
         self._prefix = prefix
         self._suffix: Headers = [
             (b":authority", self._pool.authority),
-            (b"content-type", _CONTENT_TYPE),
+            (b"content-type", CONTENT_TYPE),
             (b"te", b"trailers"),
         ]
-        self._timeout = grpc_timeout(self.deadline)
+        self._timeout = format_grpc_timeout(self.deadline)
         self._paths: dict[str, bytes] = {}
         # Calls with the default deadline, in the order they started -- which is the
         # order they expire in -- with their expiry time.  One timer serves them all
@@ -399,12 +380,12 @@ class H2BrokerClient:
             *self._prefix,
             (b":path", path),
             *self._suffix,
-            (b"grpc-timeout", self._timeout if timeout is None else grpc_timeout(timeout)),
+            (b"grpc-timeout", self._timeout if timeout is None else format_grpc_timeout(timeout)),
             # Per-request values (request ids, trace ids) never repeat: adding them to
             # the HPACK dynamic table would only evict the entries that do.
             *[NeverIndexedHeaderTuple(name, value) for name, value in metadata],
         ]
-        call = _UnaryCall(self._pool, headers, _frame(request.SerializeToString()),
+        call = _UnaryCall(self._pool, headers, frame_message(request.SerializeToString()),
                           route.response_class, self._expiring)
         if timeout is None:
             self._expiring[call] = self._reactor.seconds() + self.deadline

@@ -1,13 +1,12 @@
 # -*- test-case-name: tests.test_events -*-
 """The ``/events`` target: CloudEvents over HTTP in, Event Broker gRPC calls out.
 
-Shell module: Twisted (Deferreds, logging) and the broker clients; the parsing and
+Shell module: Twisted (Deferreds, logging) and a broker client; the parsing and
 transcoding are the core's (:mod:`eventgw.events.cloudevents`, :mod:`eventgw.events.transcode`).
 
-Two broker clients with one interface (``call(route, request, metadata)`` -> Deferred,
-``close()``), chosen with ``client=``: ``"grpcio"`` (:class:`eventgw.events.broker.BrokerClient`,
-the default) or ``"h2"`` (:class:`eventgw.events.h2broker.H2BrokerClient`, unary calls over
-the gateway's own HTTP/2 connections, on the reactor thread).
+The broker is called through the :class:`eventgw.events.client.BrokerClient` interface;
+``client=`` chooses the implementation: ``"grpcio"`` (the default) or ``"h2"`` (unary
+calls over the gateway's own HTTP/2 connections, on the reactor thread).
 
 Per exchange (:class:`EventExchange`):
 
@@ -39,12 +38,10 @@ from twisted.python.failure import Failure
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
-from eventgw.errors import GatewayError, GrpcStatus
-from eventgw.events.broker import BrokerCallFailed, BrokerClient, call_metadata
-from eventgw.events.h2broker import H2BrokerClient
+from eventgw.errors import BrokerCallFailed, GatewayError, GrpcStatus, MethodNotAllowed
+from eventgw.events.client import BrokerClient, call_metadata, new_broker_client
 from eventgw.events.transcode import (
     BodyKind,
-    MethodNotAllowed,
     RouteMatch,
     RouteTable,
     build_request,
@@ -68,9 +65,9 @@ __all__ = ["BROKER_CLIENTS", "DEFAULT_CLIENT", "EVENT_BROKER_SERVICE", "EventExc
 
 EVENT_BROKER_SERVICE: Final = eventbroker_pb2.DESCRIPTOR.services_by_name["EventBroker"]
 
-# The broker client implementations (config key event_broker.client): grpcio
-# (DESIGN.md's), or unary calls over the gateway's own HTTP/2 connections
-# (eventgw.events.h2broker), one thread instead of grpcio's pool.
+# The broker client implementations (config key event_broker.client): grpcio, or
+# unary calls over the gateway's own HTTP/2 connections (eventgw.events.h2broker),
+# one thread instead of grpcio's pool.
 DEFAULT_CLIENT: Final = "grpcio"
 # CloudEvents HTTP webhook spec, section 4.2: the rate a sender may use ("*": unlimited;
 # the broker pushes back with RESOURCE_EXHAUSTED -> 429 instead).
@@ -104,12 +101,9 @@ class EventsEndpoint:
         if client not in BROKER_CLIENTS:
             raise ValueError(f"unknown broker client {client!r} (one of {BROKER_CLIENTS})")
         self.client_kind = client
-        self.client: BrokerClient | H2BrokerClient | None = None
+        self.client: BrokerClient | None = None
         if broker is not None:
-            if client == "h2":
-                self.client = H2BrokerClient(broker, reactor=reactor)
-            else:
-                self.client = BrokerClient(broker, reactor=reactor)
+            self.client = new_broker_client(broker, client, reactor=reactor)
         # CloudEvents intermediaries must pass events of 64 KiB, whatever the config says.
         self.max_event_size = max(limits.max_event_size, MIN_EVENT_SIZE)
         self.running: set[Deferred[Message]] = set()

@@ -51,19 +51,22 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from eventgw.errors import BadRequest, GatewayError, GrpcStatus, error_body
+from eventgw.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    RouteNotFound,
+    UnsupportedMediaType,
+    error_body,
+)
 from eventgw.events import cloudevents
 
 __all__ = [
     "BodyKind",
     "HttpRoute",
-    "MethodNotAllowed",
     "PathTemplate",
     "RouteMatch",
-    "RouteNotFound",
     "RouteTable",
     "TemplateError",
-    "UnsupportedMediaType",
     "build_request",
     "mapping_summary",
     "path_of",
@@ -83,31 +86,6 @@ _HTTP_METHODS: Final = ("get", "put", "post", "delete", "patch")
 
 class TemplateError(ValueError):
     """A ``google.api.http`` rule the gateway cannot compile (a bug in the proto)."""
-
-
-class RouteNotFound(GatewayError):
-    """No annotated method serves this path: 404."""
-
-    http_status = 404
-    grpc_status = GrpcStatus.NOT_FOUND
-
-
-class MethodNotAllowed(GatewayError):
-    """The path is served, but not with this HTTP method: 405 with ``allowed``."""
-
-    http_status = 405
-    grpc_status = GrpcStatus.UNIMPLEMENTED
-
-    def __init__(self, message: str, allowed: Sequence[str]) -> None:
-        super().__init__(message)
-        self.allowed = tuple(allowed)
-
-
-class UnsupportedMediaType(GatewayError):
-    """No route at this path and method takes this content type: 415."""
-
-    http_status = 415
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class BodyKind(enum.Enum):
@@ -423,7 +401,7 @@ def build_request(
     Precedence, as in grpc-gateway: the body first, then path variables, then query
     parameters (only for fields the body and path leave unbound).
 
-    :raises BadRequest: (or :class:`eventgw.events.cloudevents.InvalidEvent`) naming the
+    :raises BadRequest: (or :class:`eventgw.errors.InvalidEvent`) naming the
         field, parameter or attribute at fault.
     """
     route = match.route

@@ -10,20 +10,18 @@ never ``twisted``, ``grpc``, ``txaio``, ``socket`` or a clock.  Time arrives as
 What lives here:
 
 * the header rules for gRPC in both directions (:func:`upstream_request_headers`,
-  :func:`response_headers`);
-* ``grpc-timeout`` parsing and ``grpc-message`` percent-encoding (gRPC's
-  PROTOCOL-HTTP2.md);
-* the status tables: RST_STREAM error code -> gRPC status, and HTTP status ->
-  gRPC status (gRPC's http-grpc-status-mapping.md);
+  :func:`split_upstream_headers`) and which methods may pass (:func:`refusal`);
 * :class:`RelayStream`, the per-call state: who has finished, what the final status
   is, where the relay stands on flow control (request bytes queued towards the Master
   API, response bytes not yet acknowledged to it), and what to do when either side
   resets, fails or runs out of time.
 
-Messages are never decoded.  The only look inside the DATA stream is
-:class:`MessageFraming`, which follows the 5-byte length prefixes so the relay knows
-whether a response is between two messages -- the only point where it may still end
-the call with trailers of its own instead of resetting it.
+The wire rules it applies (status tables, ``grpc-timeout``, ``grpc-message``, the
+length prefix) are :mod:`eventgw.grpcwire`'s.  Messages are never decoded.  The only
+look inside the DATA stream is a non-collecting :class:`~eventgw.grpcwire.MessageDecoder`,
+which follows the 5-byte length prefixes so the relay knows whether a response is
+between two messages -- the only point where it may still end the call with trailers
+of its own instead of resetting it.
 """
 
 from __future__ import annotations
@@ -32,8 +30,19 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from h2.errors import ErrorCodes
+
 from eventgw.errors import GrpcStatus
-from eventgw.exchange import CANCEL, Headers, RequestHead
+from eventgw.exchange import Headers, RequestHead
+from eventgw.grpcwire import (
+    MessageDecoder,
+    grpc_status_for_http,
+    grpc_status_for_reset,
+    parse_grpc_status,
+    parse_grpc_timeout,
+    status_trailers,
+    trailers_only,
+)
 from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import MethodPolicy
 
@@ -45,7 +54,6 @@ __all__ = [
     "Action",
     "CancelTimer",
     "EndResponse",
-    "MessageFraming",
     "PauseRequestBody",
     "RelayStream",
     "ResetUpstream",
@@ -54,13 +62,8 @@ __all__ = [
     "StartTimer",
     "WriteBody",
     "WriteHead",
-    "grpc_status_for_http",
-    "grpc_status_for_reset",
-    "parse_grpc_timeout",
-    "percent_encode_message",
     "refusal",
-    "response_headers",
-    "trailers_only",
+    "split_upstream_headers",
     "upstream_request_headers",
 ]
 
@@ -72,109 +75,12 @@ __all__ = [
 HIGH_WATERMARK: Final = 256 * 1024
 LOW_WATERMARK: Final = 64 * 1024
 
-# HTTP/2 error codes (RFC 9113 section 7) the status table below names.
-NO_ERROR: Final = 0x0
-PROTOCOL_ERROR: Final = 0x1
-INTERNAL_ERROR: Final = 0x2
-FLOW_CONTROL_ERROR: Final = 0x3
-SETTINGS_TIMEOUT: Final = 0x4
-STREAM_CLOSED: Final = 0x5
-FRAME_SIZE_ERROR: Final = 0x6
-REFUSED_STREAM: Final = 0x7
-COMPRESSION_ERROR: Final = 0x9
-CONNECT_ERROR: Final = 0xA
-ENHANCE_YOUR_CALM: Final = 0xB
-INADEQUATE_SECURITY: Final = 0xC
-HTTP_1_1_REQUIRED: Final = 0xD
-
-# grpc-timeout (PROTOCOL-HTTP2.md): "TimeoutValue TimeoutUnit", at most 8 digits.
-_TIMEOUT_UNITS: Final[dict[int, float]] = {
-    ord("H"): 3600.0,
-    ord("M"): 60.0,
-    ord("S"): 1.0,
-    ord("m"): 1e-3,
-    ord("u"): 1e-6,
-    ord("n"): 1e-9,
-}
-_MAX_TIMEOUT_DIGITS: Final = 8
-
 # Connection-specific headers (RFC 9113 section 8.2.2) and ``host`` (":authority"
 # replaces it).  ``te`` is special: gRPC requires ``te: trailers`` and it is the one
 # value HTTP/2 permits, so it is kept when it says exactly that.
 _CONNECTION_SPECIFIC: Final = CONNECTION_SPECIFIC | {b"host", b"http2-settings"}
 
-# gRPC's http-grpc-status-mapping.md: the status a client derives from a non-200
-# HTTP response.
-_HTTP_TO_GRPC: Final[dict[int, GrpcStatus]] = {
-    400: GrpcStatus.INTERNAL,
-    401: GrpcStatus.UNAUTHENTICATED,
-    403: GrpcStatus.PERMISSION_DENIED,
-    404: GrpcStatus.UNIMPLEMENTED,
-    429: GrpcStatus.UNAVAILABLE,
-    502: GrpcStatus.UNAVAILABLE,
-    503: GrpcStatus.UNAVAILABLE,
-    504: GrpcStatus.UNAVAILABLE,
-}
-
-# PROTOCOL-HTTP2.md "Errors": how a client maps RST_STREAM codes to statuses.
-_RESET_TO_GRPC: Final[dict[int, GrpcStatus]] = {
-    NO_ERROR: GrpcStatus.INTERNAL,
-    PROTOCOL_ERROR: GrpcStatus.INTERNAL,
-    INTERNAL_ERROR: GrpcStatus.INTERNAL,
-    FLOW_CONTROL_ERROR: GrpcStatus.INTERNAL,
-    SETTINGS_TIMEOUT: GrpcStatus.INTERNAL,
-    FRAME_SIZE_ERROR: GrpcStatus.INTERNAL,
-    REFUSED_STREAM: GrpcStatus.UNAVAILABLE,
-    CANCEL: GrpcStatus.CANCELLED,
-    COMPRESSION_ERROR: GrpcStatus.INTERNAL,
-    CONNECT_ERROR: GrpcStatus.INTERNAL,
-    ENHANCE_YOUR_CALM: GrpcStatus.RESOURCE_EXHAUSTED,
-    INADEQUATE_SECURITY: GrpcStatus.PERMISSION_DENIED,
-}
-
-
 # --- pure helpers ---------------------------------------------------------------
-
-
-def parse_grpc_timeout(value: bytes) -> float | None:
-    """Seconds from a ``grpc-timeout`` value (``b"300m"`` -> 0.3), ``None`` if malformed."""
-    if len(value) < 2 or len(value) > _MAX_TIMEOUT_DIGITS + 1:
-        return None
-    scale = _TIMEOUT_UNITS.get(value[-1])
-    digits = value[:-1]
-    if scale is None or not digits.isdigit():
-        return None
-    return int(digits) * scale
-
-
-def percent_encode_message(text: str) -> bytes:
-    """``grpc-message`` encoding: UTF-8, then ``%XX`` for bytes outside 0x20-0x7E and ``%``."""
-    out = bytearray()
-    for byte in text.encode("utf-8"):
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
-    return bytes(out)
-
-
-def grpc_status_for_reset(error_code: int) -> GrpcStatus:
-    """The gRPC status a client derives from an RST_STREAM error code."""
-    return _RESET_TO_GRPC.get(error_code, GrpcStatus.INTERNAL)
-
-
-def grpc_status_for_http(status: int) -> GrpcStatus:
-    """The gRPC status a client derives from a non-200 HTTP status."""
-    return _HTTP_TO_GRPC.get(status, GrpcStatus.UNKNOWN)
-
-
-def trailers_only(code: int, message: str) -> Headers:
-    """The header list of a trailers-only response (status 200 is the shell's part)."""
-    return [
-        (b"content-type", b"application/grpc"),
-        (b"grpc-status", b"%d" % code),
-        (b"grpc-message", percent_encode_message(message)),
-    ]
 
 
 def refusal(path: bytes, policy: MethodPolicy) -> str | None:
@@ -213,8 +119,10 @@ def upstream_request_headers(
     return headers
 
 
-def response_headers(headers: Headers) -> tuple[int, Headers]:
-    """Split an upstream header block into ``:status`` and the headers to pass on."""
+def split_upstream_headers(headers: Headers) -> tuple[int, Headers]:
+    """Split an upstream header block (response head or trailers) into ``:status``
+    (0 when absent or malformed) and the headers to pass on downstream: no
+    pseudo-headers, no connection-specific ones, no ``te``."""
     status = 0
     kept: Headers = []
     for name, value in headers:
@@ -234,47 +142,8 @@ def response_headers(headers: Headers) -> tuple[int, Headers]:
 def _grpc_status_of(headers: Headers) -> int | None:
     for name, value in headers:
         if name == b"grpc-status":
-            try:
-                return int(value)
-            except ValueError:
-                return GrpcStatus.UNKNOWN
+            return parse_grpc_status(value)
     return None
-
-
-class MessageFraming:
-    """Follows gRPC's length-prefixed framing (1 flag byte, 4 length bytes, payload)
-    across DATA frames, without copying or decoding anything.
-
-    :ivar at_boundary: whether everything seen so far ends exactly after a message.
-    """
-
-    __slots__ = ("_header", "_remaining")
-
-    def __init__(self) -> None:
-        self._remaining = 0  # payload bytes still to come in the current message
-        self._header = bytearray()  # a prefix split across frames
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._remaining == 0 and not self._header
-
-    def feed(self, data: bytes) -> None:
-        """Account for the next bytes of the stream."""
-        pos = 0
-        size = len(data)
-        while pos < size:
-            if self._remaining:
-                step = min(self._remaining, size - pos)
-                self._remaining -= step
-                pos += step
-                continue
-            need = 5 - len(self._header)
-            chunk = data[pos : pos + need]
-            self._header += chunk
-            pos += len(chunk)
-            if len(self._header) == 5:
-                self._remaining = int.from_bytes(self._header[1:5], "big")
-                self._header.clear()
 
 
 # --- actions ----------------------------------------------------------------------
@@ -438,7 +307,7 @@ class RelayStream:
         self.peak_unacknowledged = 0
         self.bytes_up = 0
         self.bytes_down = 0
-        self._framing = MessageFraming()
+        self._framing = MessageDecoder(collect=False)
         self._request_paused = False
         self._response_paused = False
         self._upstream_done = False
@@ -487,7 +356,7 @@ class RelayStream:
         actions = self._stop_timer()
         if not self._upstream_done:
             self._upstream_done = True
-            actions.append(ResetUpstream(CANCEL))
+            actions.append(ResetUpstream(ErrorCodes.CANCEL))
         actions.extend(self._release())
         return actions
 
@@ -527,14 +396,14 @@ class RelayStream:
         """The response head (or a trailers-only response when ``end_stream``)."""
         if self.phase is not Phase.WAITING:
             return []
-        status, kept = response_headers(headers)
+        status, kept = split_upstream_headers(headers)
         if status != 200:
             code = grpc_status_for_http(status)
             message = f"upstream answered HTTP status {status}"
             actions = self._reply(code, message)
             if not end_stream:
                 self._upstream_done = True
-                actions.append(ResetUpstream(CANCEL))
+                actions.append(ResetUpstream(ErrorCodes.CANCEL))
             else:
                 self._upstream_done = True
             return actions
@@ -584,7 +453,7 @@ class RelayStream:
         if self.phase is not Phase.STREAMING:
             return []
         self.phase = Phase.DONE
-        _, kept = response_headers(trailers)
+        _, kept = split_upstream_headers(trailers)
         status_code = _grpc_status_of(kept)
         self.grpc_status = GrpcStatus.UNKNOWN if status_code is None else status_code
         return [*self._stop_timer(), EndResponse(kept), *self._release()]
@@ -621,7 +490,7 @@ class RelayStream:
         actions: list[Action] = []
         if not self._upstream_done:
             self._upstream_done = True
-            actions.append(ResetUpstream(CANCEL))
+            actions.append(ResetUpstream(ErrorCodes.CANCEL))
         actions.extend(self._fail(GrpcStatus.DEADLINE_EXCEEDED, "deadline exceeded"))
         return actions
 
@@ -657,10 +526,9 @@ class RelayStream:
         self.grpc_status = code
         actions = self._stop_timer()
         if self._framing.at_boundary:
-            trailers = trailers_only(code, message)[1:]
-            actions.append(EndResponse(trailers))
+            actions.append(EndResponse(status_trailers(code, message)))
         else:
             # Mid-message: trailers now would hand the client a truncated message.
-            actions.append(AbortResponse(CANCEL))
+            actions.append(AbortResponse(ErrorCodes.CANCEL))
         actions.extend(self._release())
         return actions

@@ -47,8 +47,8 @@ from eventgw.grpc.relay import (
     WriteBody,
     WriteHead,
     refusal,
-    trailers_only,
 )
+from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool

@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from eventgw.errors import GatewayError, GrpcStatus
+from eventgw.errors import ResponseError
 
 __all__ = [
     "MAX_CHUNK_LINE",
@@ -55,7 +55,6 @@ __all__ = [
     "Ended",
     "Event",
     "LocalProtocolError",
-    "ResponseError",
     "ResponseHead",
 ]
 
@@ -94,21 +93,6 @@ _FIELD_BYTES: Final = bytes([9, *range(32, 127), *range(128, 256)])
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNK_SIZE: Final = re.compile(rb"[0-9a-fA-F]{1,%d}" % _MAX_CHUNK_DIGITS)
 _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % _MAX_LENGTH_DIGITS)
-
-
-class ResponseError(GatewayError):
-    """The upstream's response is malformed or incomplete: the client gets 502.
-
-    :ivar no_response: ``True`` when the connection closed before a single response
-        byte arrived (a stale keep-alive connection looks like this).
-    """
-
-    http_status = 502
-    grpc_status = GrpcStatus.UNAVAILABLE
-
-    def __init__(self, message: str, *, no_response: bool = False) -> None:
-        super().__init__(message)
-        self.no_response = no_response
 
 
 class LocalProtocolError(Exception):

@@ -46,7 +46,13 @@ from twisted.python.failure import Failure
 
 from eventgw._reactor import default_reactor
 from eventgw.config import ApiUpstream
-from eventgw.errors import GatewayError, GrpcStatus
+from eventgw.errors import (
+    GatewayError,
+    PoolExhausted,
+    ResponseError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import (
     MAX_RESPONSE_HEAD,
@@ -54,7 +60,6 @@ from eventgw.upstream.h1client import (
     ClientConnection,
     Data,
     Ended,
-    ResponseError,
     ResponseHead,
 )
 from eventgw.upstream.trust import client_tls_options, load_trust
@@ -66,12 +71,9 @@ __all__ = [
     "IDLE_TIMEOUT",
     "MAX_IDLE",
     "MAX_WAITING",
-    "PoolExhausted",
     "ResponseSink",
     "UpstreamConnection",
     "UpstreamPool",
-    "UpstreamTimeout",
-    "UpstreamUnavailable",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -92,27 +94,6 @@ IDLE_TIMEOUT: Final = 30.0
 # Requests allowed to wait for a connection when max_connections are all busy; more
 # fail fast with 503 instead of holding client connections and memory.
 MAX_WAITING: Final = 256
-
-
-class UpstreamUnavailable(GatewayError):
-    """The upstream refused the connection, did not resolve, or went away: 502."""
-
-    http_status = 502
-    grpc_status = GrpcStatus.UNAVAILABLE
-
-
-class UpstreamTimeout(GatewayError):
-    """Connecting to (or waiting for) the upstream took too long: 504."""
-
-    http_status = 504
-    grpc_status = GrpcStatus.DEADLINE_EXCEEDED
-
-
-class PoolExhausted(GatewayError):
-    """Every connection is busy and the wait queue is full: 503."""
-
-    http_status = 503
-    grpc_status = GrpcStatus.UNAVAILABLE
 
 
 class ResponseSink(Protocol):

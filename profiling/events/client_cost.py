@@ -23,7 +23,8 @@ from twisted.internet import defer, reactor
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BrokerUpstream
-from eventgw.events.broker import BrokerClient, call_metadata
+from eventgw.events.broker import GrpcioBrokerClient
+from eventgw.events.client import call_metadata
 from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EVENT_BROKER_SERVICE
 from eventgw.events.transcode import RouteTable
@@ -62,7 +63,7 @@ def grpcio_variant(target: str, options: list[tuple[str, Any]] | None = None,
                    mode: str = "txaio") -> tuple[Starter, Callable[[], None]]:
     """grpcio futures; mode: txaio (as shipped), plain (Deferred + callFromThread)."""
     if mode == "txaio":
-        client = BrokerClient(BrokerUpstream(target=target, tls=False), reactor=reactor)
+        client = GrpcioBrokerClient(BrokerUpstream(target=target, tls=False), reactor=reactor)
         if options is not None:
             client._channel.close()
             client._channel = grpc.insecure_channel(target, options)
