@@ -36,6 +36,7 @@ from typing import Final, Protocol
 from h2.errors import ErrorCodes
 
 from eventgw.errors import error_body, grpc_code_for_http
+from eventgw.headers import Headers
 
 __all__ = [
     "Headers",
@@ -49,7 +50,6 @@ __all__ = [
     "send_error",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 @dataclass(slots=True, kw_only=True)
 class RequestHead:

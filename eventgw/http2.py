@@ -37,12 +37,12 @@ if TYPE_CHECKING:
     from hyperframe.frame import Frame
 
 __all__ = [
-    "CONNECTION_WINDOW",
     "DRAIN_TIMEOUT",
-    "HIGH_WATERMARK",
-    "LOW_WATERMARK",
     "MAX_FRAME_SIZE",
-    "STREAM_WINDOW",
+    "SERVER_CONNECTION_WINDOW",
+    "SERVER_STREAM_WINDOW",
+    "STREAM_BUFFER_HIGH",
+    "STREAM_BUFFER_LOW",
     "WRITES",
     "LeanH2Connection",
     "WatermarkBuffer",
@@ -55,13 +55,13 @@ __all__ = [
 # SETTINGS_INITIAL_WINDOW_SIZE we advertise: how much request body a client may send on
 # one stream before the target has consumed it.  1 MiB keeps a 4 MiB gRPC message moving
 # at full speed over a 10 ms link while bounding what one paused stream can pin.
-STREAM_WINDOW: Final = 1 << 20
+SERVER_STREAM_WINDOW: Final = 1 << 20
 
 # The connection-level receive window (stream 0), opened with a WINDOW_UPDATE right after
 # our SETTINGS.  It caps the request bytes held for *all* paused streams of a connection:
-# the inbound memory bound per connection is CONNECTION_WINDOW (4 MiB) plus h2's frame
+# the inbound memory bound per connection is SERVER_CONNECTION_WINDOW (4 MiB) plus h2's frame
 # buffer (one frame) plus one transport read.
-CONNECTION_WINDOW: Final = 4 << 20
+SERVER_CONNECTION_WINDOW: Final = 4 << 20
 
 # SETTINGS_MAX_FRAME_SIZE: the RFC 9113 default.  Larger frames save little CPU for our
 # message sizes and would let one frame hold a bigger share of the connection.
@@ -70,9 +70,9 @@ MAX_FRAME_SIZE: Final = 16384
 # Outbound watermarks per stream (Envoy flow_control.md): a stream whose buffered
 # response bytes (waiting for the client's window) pass HIGH pauses its producer; it
 # resumes once WINDOW_UPDATEs drain it to LOW.  So a slow reader costs at most about
-# HIGH_WATERMARK plus one producer write per stream, not the whole response.
-HIGH_WATERMARK: Final = 64 * 1024
-LOW_WATERMARK: Final = 16 * 1024
+# STREAM_BUFFER_HIGH plus one producer write per stream, not the whole response.
+STREAM_BUFFER_HIGH: Final = 64 * 1024
+STREAM_BUFFER_LOW: Final = 16 * 1024
 
 # --- time -----------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ class WatermarkBuffer:
 
     __slots__ = ("_data", "above_high", "high", "low")
 
-    def __init__(self, high: int = HIGH_WATERMARK, low: int = LOW_WATERMARK) -> None:
+    def __init__(self, high: int = STREAM_BUFFER_HIGH, low: int = STREAM_BUFFER_LOW) -> None:
         if not 0 <= low <= high:
             raise ValueError("need 0 <= low <= high")
         self._data = bytearray()

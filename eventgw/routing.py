@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_routing -*-
 """Which flow serves a request: the route table and the gRPC method policy.
 
-Core module: imports only the standard library.
+Core module: imports the standard library and :mod:`eventgw.grpcwire`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from eventgw.grpcwire import CONTENT_TYPE
 
 __all__ = ["MethodPolicy", "Route", "is_grpc", "route_for"]
 
@@ -47,9 +49,9 @@ def route_for(target: bytes, content_type: bytes | None, http2: bool) -> Route:
 
 def is_grpc(content_type: bytes) -> bool:
     """``application/grpc``, ``application/grpc+proto``, ``application/grpc;...``."""
-    if not content_type.startswith(b"application/grpc"):
+    if not content_type.startswith(CONTENT_TYPE):
         return False
-    rest = content_type[16:17]
+    rest = content_type[len(CONTENT_TYPE) : len(CONTENT_TYPE) + 1]
     return rest in (b"", b"+", b";")
 
 

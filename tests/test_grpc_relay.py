@@ -59,7 +59,7 @@ from eventgw.grpc import relay as relay_core
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy, is_grpc
 from eventgw.tls import ensure_dev_certificate, server_context_factory
-from eventgw.upstream.h2client import INITIAL_STREAM_WINDOW
+from eventgw.upstream.h2client import CLIENT_STREAM_WINDOW
 from eventgw.upstream.h2pool import GrpcConnectionPool
 from tests.support import RecordingWriter, make_head
 
@@ -416,21 +416,21 @@ class UpstreamPoolTests(TestCase):
         assert writer.producer is not None
         writer.producer.pause_producing()
         (call,) = relay.calls
-        yield wait_for(lambda: call.state.unacknowledged > INITIAL_STREAM_WINDOW // 2)
+        yield wait_for(lambda: call.state.unacknowledged > CLIENT_STREAM_WINDOW // 2)
         # Give the Master API ample time to send more if the relay let it.
         yield deferLater(reactor, 0.3, lambda: None)
         held = call.state.unacknowledged
         received = len(writer.body)
-        self.assertLessEqual(held, INITIAL_STREAM_WINDOW)
+        self.assertLessEqual(held, CLIENT_STREAM_WINDOW)
         self.assertLess(received, 400 * 16 * 1024 // 4)
         writer.producer.resume_producing()
         yield wait_for(lambda: writer.ended)
         self.assertEqual(status_of(writer.trailers), 0)
         self.assertGreater(len(writer.body), 400 * 16 * 1024)
-        self.assertLessEqual(relay.peak_unacknowledged, INITIAL_STREAM_WINDOW)
+        self.assertLessEqual(relay.peak_unacknowledged, CLIENT_STREAM_WINDOW)
         figure(
             f"slow reader (pool level): held {relay.peak_unacknowledged} bytes "
-            f"unacknowledged (window {INITIAL_STREAM_WINDOW})"
+            f"unacknowledged (window {CLIENT_STREAM_WINDOW})"
         )
 
     @inlineCallbacks
@@ -623,9 +623,9 @@ class GrpcEndToEndTests(GatewayFixture):
             stub.PutItems, items, metadata=[("x-delay-ms", "5")], timeout=WAIT * 2
         )
         self.assertEqual((reply.count, reply.total_bytes), (count, count * size))
-        self.assertGreater(relay.peak_queued_upstream, relay_core.HIGH_WATERMARK)
+        self.assertGreater(relay.peak_queued_upstream, relay_core.UPSTREAM_QUEUE_HIGH)
         self.assertLessEqual(
-            relay.peak_queued_upstream, relay_core.HIGH_WATERMARK + http2.MAX_FRAME_SIZE
+            relay.peak_queued_upstream, relay_core.UPSTREAM_QUEUE_HIGH + http2.MAX_FRAME_SIZE
         )
         figure(
             f"slow Master API: relay queued <= {relay.peak_queued_upstream} request bytes "
@@ -874,13 +874,13 @@ class GrpcEndToEndTests(GatewayFixture):
         go_on.set()
         received = yield done
         self.assertEqual(received, count * size)
-        self.assertLessEqual(peak_unacknowledged, INITIAL_STREAM_WINDOW)
+        self.assertLessEqual(peak_unacknowledged, CLIENT_STREAM_WINDOW)
         self.assertLess(stalled_at, count * size * 3 // 4)
         # The downstream buffer: its own high watermark, the DATA frame that crossed
         # it, and at most one upstream stream window that arrived after the pause.
         self.assertLessEqual(
             peak_buffer,
-            http2.HIGH_WATERMARK + http2.MAX_FRAME_SIZE + INITIAL_STREAM_WINDOW,
+            http2.STREAM_BUFFER_HIGH + http2.MAX_FRAME_SIZE + CLIENT_STREAM_WINDOW,
         )
         figure(
             f"slow reader: Master API stalled after {stalled_at} of {count * size} bytes; "

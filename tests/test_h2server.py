@@ -58,7 +58,7 @@ from eventgw.exchange import (
     ResponseWriter,
     StaticReply,
 )
-from eventgw.http2 import CONNECTION_WINDOW, HIGH_WATERMARK, STREAM_WINDOW, WRITES
+from eventgw.http2 import SERVER_CONNECTION_WINDOW, SERVER_STREAM_WINDOW, STREAM_BUFFER_HIGH, WRITES
 from tests.support import EchoTarget
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -730,7 +730,7 @@ class FlowControlTests(TestCase):
         self.assertEqual(streamer.pauses, 1)
         exchange = peer.server.streams[stream_id]
         # Sent: the client's initial 64 KiB window; buffered: at most one write past HIGH.
-        self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
+        self.assertLessEqual(len(exchange.out), STREAM_BUFFER_HIGH + 16384)
         self.assertGreater(streamer.remaining, size // 2)
         received = 0
         for _ in range(1000):
@@ -741,7 +741,7 @@ class FlowControlTests(TestCase):
                     peer.client.acknowledge_received_data(
                         event.flow_controlled_length, event.stream_id
                     )
-                    self.assertLessEqual(len(exchange.out), HIGH_WATERMARK + 16384)
+                    self.assertLessEqual(len(exchange.out), STREAM_BUFFER_HIGH + 16384)
             peer.send()
             if peer.response(stream_id)[3]:
                 break
@@ -920,11 +920,11 @@ class FlowControlTests(TestCase):
         assert isinstance(settings, SettingsFrame)
         self.assertEqual(settings.settings[SettingCodes.MAX_CONCURRENT_STREAMS], 7)
         self.assertEqual(settings.settings[SettingCodes.MAX_HEADER_LIST_SIZE], 9000)
-        self.assertEqual(settings.settings[SettingCodes.INITIAL_WINDOW_SIZE], STREAM_WINDOW)
+        self.assertEqual(settings.settings[SettingCodes.INITIAL_WINDOW_SIZE], SERVER_STREAM_WINDOW)
         update = frames[1]
         assert isinstance(update, WindowUpdateFrame)
         self.assertEqual(update.stream_id, 0)
-        self.assertEqual(update.window_increment, CONNECTION_WINDOW - 65535)
+        self.assertEqual(update.window_increment, SERVER_CONNECTION_WINDOW - 65535)
 
 
 class ResetTests(TestCase):
@@ -1182,7 +1182,7 @@ class AbuseTests(TestCase):
         stream_id = peer.request(b"POST", end=False)
         chunk = DataFrame(stream_id)
         chunk.data = b"x" * 16384
-        peer.send_raw(chunk.serialize() * (STREAM_WINDOW // 16384 + 1))
+        peer.send_raw(chunk.serialize() * (SERVER_STREAM_WINDOW // 16384 + 1))
         self.assertGoaway(peer, ErrorCodes.FLOW_CONTROL_ERROR)
 
     def test_oversized_headers_get_431(self) -> None:

@@ -13,8 +13,8 @@ from hyperframe.frame import DataFrame, Frame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.http2 import (
-    HIGH_WATERMARK,
-    LOW_WATERMARK,
+    STREAM_BUFFER_HIGH,
+    STREAM_BUFFER_LOW,
     LeanH2Connection,
     WatermarkBuffer,
     WriteCoalescer,
@@ -62,7 +62,7 @@ class WatermarkBufferTests(SynchronousTestCase):
     def test_defaults_and_validation(self) -> None:
         """The defaults are the module's watermarks; low above high is refused."""
         buffer = WatermarkBuffer()
-        self.assertEqual((buffer.high, buffer.low), (HIGH_WATERMARK, LOW_WATERMARK))
+        self.assertEqual((buffer.high, buffer.low), (STREAM_BUFFER_HIGH, STREAM_BUFFER_LOW))
         self.assertRaises(ValueError, WatermarkBuffer, 1, 2)
 
 

@@ -8,8 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import Headers, RequestHead
 from eventgw.grpc.relay import (
-    HIGH_WATERMARK,
-    LOW_WATERMARK,
+    UPSTREAM_QUEUE_HIGH,
+    UPSTREAM_QUEUE_LOW,
     AbortResponse,
     Acknowledge,
     CancelTimer,
@@ -255,12 +255,12 @@ class RelayStreamTests(SynchronousTestCase):
     def test_request_watermarks(self) -> None:
         """Queued request bytes pause the client above HIGH and resume at LOW."""
         r = self.relay()
-        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK), [])
-        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK + 1), [PauseRequestBody()])
-        self.assertEqual(r.upstream_buffered(HIGH_WATERMARK + 2), [])
-        self.assertEqual(r.upstream_buffered(LOW_WATERMARK + 1), [])
-        self.assertEqual(r.upstream_buffered(LOW_WATERMARK), [ResumeRequestBody()])
-        self.assertEqual(r.peak_queued_upstream, HIGH_WATERMARK + 2)
+        self.assertEqual(r.upstream_buffered(UPSTREAM_QUEUE_HIGH), [])
+        self.assertEqual(r.upstream_buffered(UPSTREAM_QUEUE_HIGH + 1), [PauseRequestBody()])
+        self.assertEqual(r.upstream_buffered(UPSTREAM_QUEUE_HIGH + 2), [])
+        self.assertEqual(r.upstream_buffered(UPSTREAM_QUEUE_LOW + 1), [])
+        self.assertEqual(r.upstream_buffered(UPSTREAM_QUEUE_LOW), [ResumeRequestBody()])
+        self.assertEqual(r.peak_queued_upstream, UPSTREAM_QUEUE_HIGH + 2)
 
     def test_slow_reader_holds_acknowledgements(self) -> None:
         """While the client is paused, upstream DATA is passed on but not acknowledged;

@@ -49,7 +49,7 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.headers import request_headers_for_upstream, response_headers_for_downstream
+from eventgw.headers import Headers, request_headers_for_upstream, response_headers_for_downstream
 from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import LocalProtocolError, ResponseHead
 from eventgw.upstream.httppool import (
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PENDING_BODY_HIGH", "ApiExchange", "ApiProxy"]
 
-Headers = list[tuple[bytes, bytes]]
 
 # Request body held while the upstream connection is being set up; past this the
 # client is paused.  64 KiB covers almost every API request body in one write.

@@ -25,10 +25,10 @@ errors = Logger(namespace="eventgw.protocol")
 # The text of an access line, for observers that render events (twistd's log file).
 # It is a %-format applied by _AccessText, not a ``{field}`` format: twisted.logger
 # renders ``{field}`` formats with ``string.Formatter``, which parses the format and
-# looks up every field on each event -- 27 us per line on the benchmark machine, 8% of
-# a relayed gRPC call's CPU.  The event's own format is the single call field
+# looks up every field on each event, a visible share of a relayed gRPC call's CPU (see
+# bench/).  The event's own format is the single call field
 # ``{access_text()}``, so rendering stays lazy (nothing is formatted unless an observer writes
-# the event out) and costs one %-format, about 2 us.  The fields themselves are all in
+# the event out) and costs one %-format.  The fields themselves are all in
 # the event under their stable names, for observers that filter or aggregate.
 _TEXT: Final = (
     "%s %s %s %s -> %s in=%s out=%s %.1fms route=%s upstream=%s grpc_status=%s"

@@ -21,18 +21,18 @@ Theory of operation:
   (``acknowledge_received_data``, by ``flow_controlled_length``) only once the target
   has taken it; a target that calls ``pause_request_body`` gets its DATA queued, and
   the client gets no WINDOW_UPDATE for it, so the queue is bounded by the windows we
-  advertised (:data:`~eventgw.http2.STREAM_WINDOW` per stream,
-  :data:`~eventgw.http2.CONNECTION_WINDOW` per connection).
+  advertised (:data:`~eventgw.http2.SERVER_STREAM_WINDOW` per stream,
+  :data:`~eventgw.http2.SERVER_CONNECTION_WINDOW` per connection).
 * Outbound: ``write_body`` sends what the stream's and the connection's send windows
   allow, in frames of at most the client's MAX_FRAME_SIZE, and buffers the rest per
-  stream.  Past :data:`~eventgw.http2.HIGH_WATERMARK` buffered bytes the target's
+  stream.  Past :data:`~eventgw.http2.STREAM_BUFFER_HIGH` buffered bytes the target's
   registered producer is paused; WINDOW_UPDATEs drain the buffer and resume it at
-  :data:`~eventgw.http2.LOW_WATERMARK`.  While the transport has paused us (the
+  :data:`~eventgw.http2.STREAM_BUFFER_LOW`.  While the transport has paused us (the
   client is not reading) no DATA is written at all and every producer is paused.
-* Memory per connection is bounded: inbound, at most CONNECTION_WINDOW (4 MiB) of
+* Memory per connection is bounded: inbound, at most SERVER_CONNECTION_WINDOW (4 MiB) of
   request body held for paused streams, plus h2's partial frame (16 KiB), one transport
   read and an unfinished header block (2 x max_header_bytes); outbound, per stream at
-  most HIGH_WATERMARK (64 KiB) plus one producer write, times max_concurrent_streams
+  most STREAM_BUFFER_HIGH (64 KiB) plus one producer write, times max_concurrent_streams
   (100 by default: 6.4 MiB if every stream stalls at once), plus what the transport
   buffers before it pauses us (about 64 KiB for TCP).  Targets that write without
   registering a producer are not bounded by us.
@@ -106,10 +106,10 @@ from eventgw.downstream.h2policy import (
 from eventgw.downstream.h2stream import H2Stream
 from eventgw.exchange import RequestTarget
 from eventgw.http2 import (
-    CONNECTION_WINDOW,
     DRAIN_TIMEOUT,
     MAX_FRAME_SIZE,
-    STREAM_WINDOW,
+    SERVER_CONNECTION_WINDOW,
+    SERVER_STREAM_WINDOW,
     WRITES,
     LeanH2Connection,
 )
@@ -124,8 +124,8 @@ __all__ = ["PROTOCOL", "H2ServerProtocol"]
 # h2's default initial connection window (RFC 9113 section 6.9.2); we add to it.
 _DEFAULT_WINDOW: Final = 65535
 
-# h2's outbound header validation and normalisation cost about 12-15 us per response
-# (HEADERS plus trailers), 10% of this server's share of a relayed unary gRPC call.  The
+# h2's outbound header validation and normalisation are a measurable share of this
+# server's cost per relayed unary gRPC call (HEADERS plus trailers; see profiling/).  The
 # exchange contract already promises lower-case names, the relay's headers come from an
 # h2 connection that validated them, and h2heads.h2_response_headers() drops what validation
 # would reject that a target might plausibly pass on (connection-specific fields,
@@ -167,7 +167,7 @@ class H2ServerProtocol(Protocol):
         self._target = target
         self._limits = limits
         self._policy = ConnectionPolicy(limits)
-        self._clock = reactor
+        self._reactor = reactor
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
@@ -210,7 +210,7 @@ class H2ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         policy = self._policy
-        first_timer = policy.connected(self._clock.seconds())
+        first_timer = policy.connected(self._reactor.seconds())
         self.peer = _peer_host(self.transport)
         self._facts = replace(self._facts, peer=self.peer)
         conn = self.conn
@@ -223,18 +223,18 @@ class H2ServerProtocol(Protocol):
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams + STREAM_BURST_SLACK,
                 SettingCodes.MAX_HEADER_LIST_SIZE: policy.hard_header_bytes,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.INITIAL_WINDOW_SIZE: SERVER_STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             },
         )
         conn.decoder.max_header_list_size = policy.hard_header_bytes
         conn.initiate_connection()
         conn.data_to_send()  # h2's SETTINGS carries the ceilings; send the limits instead
-        conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+        conn.increment_flow_control_window(SERVER_CONNECTION_WINDOW - _DEFAULT_WINDOW)
         settings = SettingsFrame(0)
         settings.settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: policy.max_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.INITIAL_WINDOW_SIZE: SERVER_STREAM_WINDOW,
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             SettingCodes.MAX_HEADER_LIST_SIZE: self._facts.max_header_bytes,
             SettingCodes.ENABLE_PUSH: 0,
@@ -248,7 +248,7 @@ class H2ServerProtocol(Protocol):
             transport.unregisterProducer()
             transport.registerProducer(self, True)
         self._registered = True
-        self._timer = self._clock.callLater(first_timer.delay, self._on_timer)
+        self._timer = self._reactor.callLater(first_timer.delay, self._on_timer)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -273,7 +273,7 @@ class H2ServerProtocol(Protocol):
                 return
             if events:
                 if not self._policy.preface_done:
-                    self._rearm(self._policy.preface_completed(self._clock.seconds()))
+                    self._rearm(self._policy.preface_completed(self._reactor.seconds()))
                 dispatch = self._dispatch
                 for event in events:
                     handle = dispatch.get(type(event))
@@ -365,13 +365,13 @@ class H2ServerProtocol(Protocol):
         if not self.streams:
             self._teardown("connection closed")
         else:
-            self._drain_timer = self._clock.callLater(timeout, self._drain_expired)
+            self._drain_timer = self._reactor.callLater(timeout, self._drain_expired)
         return waiter
 
     # --- StreamHost: what the streams use ---------------------------------------------
 
     def now(self) -> float:
-        return self._clock.seconds()
+        return self._reactor.seconds()
 
     def flush(self) -> None:
         """Write whatever h2 has queued."""
@@ -403,7 +403,7 @@ class H2ServerProtocol(Protocol):
     def stream_closed(self, stream: H2Stream, completed: bool) -> None:
         streams = self.streams
         streams.pop(stream.stream_id, None)
-        decision = self._policy.stream_closed(self._clock.seconds(), completed, len(streams))
+        decision = self._policy.stream_closed(self._reactor.seconds(), completed, len(streams))
         if not self.closing:
             self._decided(decision)
 
@@ -417,13 +417,13 @@ class H2ServerProtocol(Protocol):
             # streams cost a reset token: opening streams only to have them refused
             # is the rapid-reset attack by other means.
             conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            self._decided(self._policy.stream_refused(self._clock.seconds()))
+            self._decided(self._policy.stream_refused(self._reactor.seconds()))
             return
         decided = h2_request_head(
             event.headers, self._facts, end_stream=event.stream_ended is not None
         )
         stream = H2Stream(
-            self, stream_id, decided.head, self._clock.seconds(), access_log=self._access_log
+            self, stream_id, decided.head, self._reactor.seconds(), access_log=self._access_log
         )
         self.streams[stream_id] = stream
         if isinstance(decided, Refused):
@@ -441,7 +441,8 @@ class H2ServerProtocol(Protocol):
         data = event.data
         stream = self.streams.get(stream_id)
         if not data and event.stream_ended is None:
-            flood = self._policy.control_frame(self._clock.seconds(), "flood of empty DATA frames")
+            now = self._reactor.seconds()
+            flood = self._policy.control_frame(now, "flood of empty DATA frames")
             if self._decided(flood):
                 return
         if stream is None or stream.closed:
@@ -464,7 +465,7 @@ class H2ServerProtocol(Protocol):
         stream_id = event.stream_id
         code = code_name(event.error_code)
         if event.remote_reset:
-            if self._decided(self._policy.stream_reset(self._clock.seconds())):
+            if self._decided(self._policy.stream_reset(self._reactor.seconds())):
                 return
             reason = f"client reset the stream ({code})"
         else:
@@ -482,7 +483,7 @@ class H2ServerProtocol(Protocol):
             self._window_opened = True
 
     def _settings_changed(self, event: RemoteSettingsChanged) -> None:
-        if self._decided(self._policy.control_frame(self._clock.seconds(), "SETTINGS flood")):
+        if self._decided(self._policy.control_frame(self._reactor.seconds(), "SETTINGS flood")):
             return
         changed = event.changed_settings
         if self._blocked and (
@@ -492,7 +493,7 @@ class H2ServerProtocol(Protocol):
 
     def _control_frame(self, event: Event) -> None:
         flood = "PING flood" if isinstance(event, PingReceived) else "unknown frame flood"
-        self._decided(self._policy.control_frame(self._clock.seconds(), flood))
+        self._decided(self._policy.control_frame(self._reactor.seconds(), flood))
 
     def _connection_terminated(self, event: ConnectionTerminated) -> None:
         # h2 refuses to send anything after a GOAWAY, so every open stream is lost.
@@ -529,7 +530,7 @@ class H2ServerProtocol(Protocol):
         frames = self.conn.incoming_buffer
         pending = getattr(frames, "_headers_buffer", None)
         decision = self._policy.read_done(
-            self._clock.seconds(),
+            self._reactor.seconds(),
             partial=getattr(frames, "_data", None) or b"",
             max_frame_size=self.conn.max_inbound_frame_size,
             header_block=sum(len(frame.data) for frame in pending) if pending else None,
@@ -541,7 +542,7 @@ class H2ServerProtocol(Protocol):
         self._timer = None
         if self.closing:
             return
-        decision = self._policy.on_timer(self._clock.seconds(), bool(self.streams))
+        decision = self._policy.on_timer(self._reactor.seconds(), bool(self.streams))
         if isinstance(decision, GoAway) and not decision.abuse:
             self.log.info(
                 "{peer} HTTP/2 connection idle for {idle_timeout}s: closing",
@@ -553,8 +554,8 @@ class H2ServerProtocol(Protocol):
         """The timer must fire within ``rearm.delay``: schedule it or bring it forward."""
         timer = self._timer
         if timer is None or not timer.active():
-            self._timer = self._clock.callLater(rearm.delay, self._on_timer)
-        elif timer.getTime() - self._clock.seconds() > rearm.delay:
+            self._timer = self._reactor.callLater(rearm.delay, self._on_timer)
+        elif timer.getTime() - self._reactor.seconds() > rearm.delay:
             timer.reset(rearm.delay)
 
     def _decided(self, decision: Decision) -> bool:
@@ -617,7 +618,7 @@ class H2ServerProtocol(Protocol):
         if transport is not None and not self._lost:
             self._unregister()
             transport.loseConnection()
-            self._abort_timer = self._clock.callLater(ABORT_TIMEOUT, self._abort_now)
+            self._abort_timer = self._reactor.callLater(ABORT_TIMEOUT, self._abort_now)
 
     def _unregister(self) -> None:
         """Stop being the transport's producer; needed before closing it.

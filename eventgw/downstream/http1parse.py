@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from eventgw.errors import RequestError
+from eventgw.headers import Headers
 
 __all__ = [
     "MAX_CHUNK_EXTENSION_BYTES",
@@ -71,7 +72,6 @@ __all__ = [
     "Signal",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 # A request line longer than this is answered with 414.  8 KiB is what nginx
 # (large_client_header_buffers) and most servers allow; longer URLs are not portable.

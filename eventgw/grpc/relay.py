@@ -47,8 +47,8 @@ from eventgw.headers import CONNECTION_SPECIFIC
 from eventgw.routing import MethodPolicy
 
 __all__ = [
-    "HIGH_WATERMARK",
-    "LOW_WATERMARK",
+    "UPSTREAM_QUEUE_HIGH",
+    "UPSTREAM_QUEUE_LOW",
     "AbortResponse",
     "Acknowledge",
     "Action",
@@ -72,8 +72,8 @@ __all__ = [
 # watermarks: pause above HIGH, resume at or below LOW, so a busy stream does not
 # flap.  256 KiB keeps a 4 MiB upload moving at loopback speed while a stalled
 # upstream costs at most this much (plus one client window) per stream.
-HIGH_WATERMARK: Final = 256 * 1024
-LOW_WATERMARK: Final = 64 * 1024
+UPSTREAM_QUEUE_HIGH: Final = 256 * 1024
+UPSTREAM_QUEUE_LOW: Final = 64 * 1024
 
 # Connection-specific headers (RFC 9113 section 8.2.2) and ``host`` (":authority"
 # replaces it).  ``te`` is special: gRPC requires ``te: trailers`` and it is the one
@@ -384,10 +384,10 @@ class RelayStream:
             self.peak_queued_upstream = queued
         if self.phase is Phase.DONE:
             return []
-        if not self._request_paused and queued > HIGH_WATERMARK:
+        if not self._request_paused and queued > UPSTREAM_QUEUE_HIGH:
             self._request_paused = True
             return [_PAUSE]
-        if self._request_paused and queued <= LOW_WATERMARK:
+        if self._request_paused and queued <= UPSTREAM_QUEUE_LOW:
             self._request_paused = False
             return [_RESUME]
         return []

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from eventgw.errors import ResponseError
+from eventgw.headers import Headers
 
 __all__ = [
     "MAX_CHUNK_LINE",
@@ -58,7 +59,6 @@ __all__ = [
     "ResponseHead",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 # A response head (status line + headers), and separately the trailer block, may not
 # exceed this: it bounds what one upstream can make the gateway buffer before a single

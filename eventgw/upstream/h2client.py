@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = [
-    "CONNECTION_WINDOW",
-    "INITIAL_STREAM_WINDOW",
+    "CLIENT_CONNECTION_WINDOW",
+    "CLIENT_STREAM_WINDOW",
     "ConnectionOwner",
     "H2ClientConnection",
     "StreamListener",
@@ -73,10 +73,10 @@ __all__ = [
 # gateway hold per stream on the response side (the relay stops acknowledging once
 # the client stops reading), so it is the memory bound; 256 KiB still moves 4 MiB
 # messages at loopback speed.
-INITIAL_STREAM_WINDOW: Final = 256 * 1024
+CLIENT_STREAM_WINDOW: Final = 256 * 1024
 # The connection window, shared by all streams: large, so one stalled stream never
 # starves the others (64 stalled streams fit before it closes).
-CONNECTION_WINDOW: Final = 16 * 1024 * 1024
+CLIENT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 # Response header blocks (and trailers) the Master API may send: gRPC's own default
 # limit for metadata is 8 KiB; 64 KiB leaves room for large -bin details.
 MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
@@ -316,12 +316,12 @@ class H2ClientConnection(TwistedProtocol):
             initial_values={
                 SettingCodes.ENABLE_PUSH: 0,
                 SettingCodes.MAX_CONCURRENT_STREAMS: 0,
-                SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_STREAM_WINDOW,
+                SettingCodes.INITIAL_WINDOW_SIZE: CLIENT_STREAM_WINDOW,
                 SettingCodes.MAX_HEADER_LIST_SIZE: MAX_RESPONSE_HEADER_BYTES,
             },
         )
         h2.initiate_connection()
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        h2.increment_flow_control_window(CLIENT_CONNECTION_WINDOW - 65535)
         self._last_received = self.reactor.seconds()
         self.flush()
         self._schedule_keepalive()

@@ -53,6 +53,7 @@ from eventgw.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from eventgw.headers import Headers
 from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import (
     MAX_RESPONSE_HEAD,
@@ -76,7 +77,6 @@ __all__ = [
     "UpstreamPool",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 # The reactor must provide IReactorTime and IReactorTCP (and, for upstream host names,
 # IReactorPluggableNameResolver); typing cannot spell the intersection.
