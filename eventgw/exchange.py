@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_exchange -*-
 """The seam between downstream protocols and whatever serves a request.
 
-Core module: imports only the standard library and ``h2``'s error-code enum.
+Core module: imports the standard library, ``h2``'s error-code enum and
+:mod:`eventgw.headers`.
 
 One *exchange* is one request and its response.  The downstream protocols -- the
 HTTP/1.1 server (``http1server``) and each stream of the HTTP/2 server
@@ -10,6 +11,11 @@ HTTP/1.1 server (``http1server``) and each stream of the HTTP/2 server
 ``/events`` endpoint, the gRPC relay, local error replies -- implement
 :class:`RequestHandler` and never know which protocol (or which TLS state) the client
 speaks.  This is Envoy's HTTP connection manager / filter split, in two interfaces.
+
+Names follow the two sides: a protocol's per-request object is a *writer*
+(``Http1Writer``, ``H2Stream``); a flow's per-request object is a *handler*, and only
+handlers are called exchanges (``ApiExchange``, ``EventExchange``, the relay's
+``_RelayedCall``).
 
 Back-pressure runs both ways through the same objects:
 

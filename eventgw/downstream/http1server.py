@@ -11,7 +11,7 @@ access log.
 Flow of one exchange::
 
     dataReceived -> RequestParser.next_event() -> RequestHeadParsed
-        -> target.start_exchange(head, writer)     (writer: a fresh _Exchange)
+        -> target.start_exchange(head, writer)     (writer: a fresh Http1Writer)
         -> [100 Continue] -> handler.body_received(...)* -> handler.body_ended(...)
     writer.write_head / write_body / end  -> serialized into an output buffer
         -> one transport.write per dataReceived, per end(), or per reactor turn
@@ -111,7 +111,7 @@ class _Transport(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
-class ExchangeChannel(Protocol):
+class WriterHost(Protocol):
     """What an exchange may ask of the connection it runs on.
 
     :class:`Http1ServerProtocol` implements it; an exchange sees its connection only
@@ -131,17 +131,17 @@ class ExchangeChannel(Protocol):
     def output_paused(self) -> bool:
         """Whether the transport has asked us to stop writing (the client is slow)."""
 
-    def closes_after(self, exchange: _Exchange) -> bool:
+    def closes_after(self, exchange: Http1Writer) -> bool:
         """Whether the connection closes after ``exchange``'s response (asked when its
         head is written, so ``connection: close`` can be sent)."""
 
     def send(self, data: bytes) -> None:
         """Queue response bytes for the client; they are flushed in batches."""
 
-    def response_complete(self, exchange: _Exchange) -> None:
+    def response_complete(self, exchange: Http1Writer) -> None:
         """``exchange``'s response has been fully written."""
 
-    def abort_exchange(self, exchange: _Exchange) -> None:
+    def abort_exchange(self, exchange: Http1Writer) -> None:
         """``exchange``'s handler gave up on its response: close the connection."""
 
     def pause_request_body(self) -> None:
@@ -151,7 +151,7 @@ class ExchangeChannel(Protocol):
         """Read and deliver the request body again."""
 
 
-class _Exchange:
+class Http1Writer:
     """The :class:`~eventgw.exchange.ResponseWriter` of one request on a connection.
 
     Invariant: once ``closed`` is true every writer call is a no-op, so a handler may
@@ -182,7 +182,7 @@ class _Exchange:
 
     def __init__(
         self,
-        channel: ExchangeChannel,
+        channel: WriterHost,
         request: RequestHeadParsed,
         head: RequestHead,
         started: float,
@@ -382,7 +382,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self._transport: _Transport | None = None
         self._registered = False
         self.peer = "-"
-        self._exchange: _Exchange | None = None
+        self._exchange: Http1Writer | None = None
         self._consumed_mark = 0
         self._out: list[bytes] = []
         self._out_size = 0
@@ -567,7 +567,7 @@ class Http1ServerProtocol(TwistedProtocol):
             content_length=content_length,
             body_expected=content_length != 0,
         )
-        exchange = _Exchange(self, request, head, self._reactor.seconds(), self._consumed_mark)
+        exchange = Http1Writer(self, request, head, self._reactor.seconds(), self._consumed_mark)
         self._exchange = exchange
         try:
             exchange.handler = self._target.start_exchange(head, exchange)
@@ -583,14 +583,14 @@ class Http1ServerProtocol(TwistedProtocol):
         ):
             exchange.write_head(100, [])
 
-    # -- ExchangeChannel (what the exchange in flight may ask of its connection) -------
+    # -- WriterHost (what the exchange in flight may ask of its connection) -------
 
     @property
     def output_paused(self) -> bool:
         """Whether the transport has paused us (the client is not reading)."""
         return self._write_paused
 
-    def closes_after(self, exchange: _Exchange) -> bool:
+    def closes_after(self, exchange: Http1Writer) -> bool:
         """Whether the connection closes after ``exchange``'s response (decided when
         its head is written, so ``connection: close`` can be sent)."""
         if self._draining:
@@ -676,7 +676,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self._resume_reading("body")
         self._schedule_pump()
 
-    def response_complete(self, exchange: _Exchange) -> None:
+    def response_complete(self, exchange: Http1Writer) -> None:
         """The exchange's response is fully written: finish the exchange, or read and
         drop the rest of its request body, or close."""
         if exchange.closed:
@@ -701,7 +701,7 @@ class Http1ServerProtocol(TwistedProtocol):
         if not self._receiving:
             self._flush()
 
-    def _finish_exchange(self, exchange: _Exchange) -> None:
+    def _finish_exchange(self, exchange: Http1Writer) -> None:
         """Both directions are done: log, then close or get ready for the next request."""
         if exchange.closed:
             return
@@ -722,7 +722,7 @@ class Http1ServerProtocol(TwistedProtocol):
         if not self._receiving:
             self._flush()
 
-    def abort_exchange(self, exchange: _Exchange) -> None:
+    def abort_exchange(self, exchange: Http1Writer) -> None:
         """The handler gave up on its response: close the connection."""
         self._log_exchange(exchange, "aborted")
         self._exchange = None
@@ -736,7 +736,7 @@ class Http1ServerProtocol(TwistedProtocol):
             return
         self._close()
 
-    def _handler_failed(self, exchange: _Exchange) -> None:
+    def _handler_failed(self, exchange: Http1Writer) -> None:
         """A handler raised: answer 500 if we still can, else close."""
         self.log.failure("{peer} request handler failed", peer=self.peer)
         if exchange.closed:
@@ -784,7 +784,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self.send(data)
         return len(data)
 
-    def _log_exchange(self, exchange: _Exchange, status: int | str) -> float:
+    def _log_exchange(self, exchange: Http1Writer, status: int | str) -> float:
         now = self._reactor.seconds()
         if self._access_log:
             log_exchange(
