@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw.downstream.http1frame import frame_chunk, last_chunk
 from eventgw.downstream.http1parse import (
     MAX_CHUNK_EXTENSION_BYTES,
     MAX_HEADER_COUNT,
@@ -21,7 +22,6 @@ from eventgw.downstream.http1parse import (
     RequestHeadParsed,
     RequestParser,
 )
-from eventgw.downstream.http1write import frame_chunk, last_chunk
 from eventgw.errors import GatewayError, RequestError
 
 MAX_HEADER = 8192

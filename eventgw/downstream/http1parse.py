@@ -7,7 +7,11 @@ import ``twisted``, ``grpc``, ``txaio`` or ``socket``, and never reads the clock
 This module also holds the types both halves of the HTTP/1.1 codec share: the
 :data:`Headers` field list, :class:`RequestError` and :class:`RequestHeadParsed`.  The
 response half -- framing decisions and serialization -- is
-:mod:`eventgw.downstream.http1write`.
+:mod:`eventgw.downstream.http1frame`.
+
+Size: a little over 600 lines, most of them the smuggling defences -- one reader per
+framing rule of RFC 9112, each with the reason it refuses what it refuses.  They are
+one state machine over one buffer; splitting them would only spread that state.
 
 Theory of operation
 ===================

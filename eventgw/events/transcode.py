@@ -5,6 +5,10 @@ Core module: imports the standard library, protobuf (descriptors, ``json_format`
 generated ``google.api``/``google.rpc`` messages and :mod:`eventgw.events.cloudevents`; never
 ``twisted``, ``grpc``, ``txaio`` or ``socket``.
 
+Size: a little over 600 lines: the path-template compiler, the request builder and
+the response/error rendering share the compiled route type; a third of the module is
+the docs of what ``google/api/http.proto`` allows and what is supported.
+
 At start, :meth:`RouteTable.from_services` reads every method's ``google.api.http`` rule
 (and its ``additional_bindings``) from the compiled descriptors and compiles the path
 templates, the way grpc-gateway and Envoy's gRPC-JSON transcoder do -- so an annotated

@@ -4,6 +4,9 @@
 Core module: imports only the standard library and :mod:`eventgw.errors`.  It must not
 import ``twisted``, ``grpc``, ``txaio`` or ``socket``, and never reads the clock.
 
+Size: about 600 lines, the response-side mirror of the server's parser (status line,
+headers, the three body framings, trailers), one state machine over one buffer.
+
 One :class:`ClientConnection` lives as long as one upstream connection and serves its
 requests one after the other (no pipelining).  Bytes go out as return values
 (:meth:`~ClientConnection.send_request`, :meth:`~ClientConnection.send_body`,

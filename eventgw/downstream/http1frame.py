@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1write -*-
+# -*- test-case-name: tests.test_http1frame -*-
 """The HTTP/1.1 response side: framing decisions, status lines, fields, chunks, trailers.
 
 Core module: imports only the standard library, ``eventgw.errors`` and the request

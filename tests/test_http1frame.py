@@ -1,13 +1,12 @@
-# -*- test-case-name: tests.test_http1write -*-
+# -*- test-case-name: tests.test_http1frame -*-
 # mypy: disable-error-code="no-untyped-call"
-"""Tests for eventgw.downstream.http1write: HTTP/1.1 response framing and serialization."""
+"""Tests for eventgw.downstream.http1frame: HTTP/1.1 response framing and serialization."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.downstream.http1parse import RequestHeadParsed
-from eventgw.downstream.http1write import (
+from eventgw.downstream.http1frame import (
     BodyFraming,
     body_allowed,
     frame_chunk,
@@ -17,6 +16,7 @@ from eventgw.downstream.http1write import (
     serialize_interim_response,
     serialize_response_head,
 )
+from eventgw.downstream.http1parse import RequestHeadParsed
 from tests.test_http1parse import GET, head_of, parse
 
 
