@@ -111,7 +111,7 @@ from eventgw.http2 import (
     SERVER_CONNECTION_WINDOW,
     SERVER_STREAM_WINDOW,
     WRITES,
-    LeanH2Connection,
+    H2ServerConnection,
 )
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class H2ServerProtocol(Protocol):
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
-        self.conn = LeanH2Connection(
+        self.conn = H2ServerConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
