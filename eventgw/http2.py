@@ -306,7 +306,7 @@ class _ServerFrameBuffer(FrameBuffer):
             stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
             if frame_type == _SETTINGS_TYPE and flags & _ACK_FLAG and length:
                 raise FrameDataMissingError("SETTINGS ACK with a payload")
-            if stream_id and len(data) >= 9 + length:
+            if stream_id and len(data) >= 9 + length and length <= self.max_frame_size:
                 code = None
                 if frame_type == _PRIORITY_TYPE and length != 5:
                     code = ErrorCodes.FRAME_SIZE_ERROR
@@ -340,9 +340,11 @@ class H2ServerConnection(LeanH2Connection):
       SETTINGS ACK with a payload FRAME_SIZE_ERROR (6.5).
 
     A stream error on a stream h2 has open resets it through h2 (its state becomes
-    "closed by reset", so later frames on it get STREAM_CLOSED) and yields a
-    ``StreamReset`` with ``remote_reset=False``; on an idle or closed stream the
-    RST_STREAM is simply sent.  The upstream client keeps :class:`LeanH2Connection`.
+    "closed by reset", so later frames on it get STREAM_CLOSED); on an idle or closed
+    stream the RST_STREAM is simply sent.  Either way a ``StreamReset`` with
+    ``remote_reset=False`` is returned, which the server charges to its reset budget:
+    these errors used to close the connection, and must not become an unbounded
+    source of RST_STREAMs.  The upstream client keeps :class:`LeanH2Connection`.
     """
 
     def __init__(self, config: H2Configuration | None = None) -> None:
@@ -374,19 +376,24 @@ class H2ServerConnection(LeanH2Connection):
             # The header block must still be decoded to keep HPACK in step; then the
             # stream is reset and its request never surfaces.
             frame.depends_on = 0
-            super()._receive_frame(frame)
+            events = super()._receive_frame(frame)
+            stream = self.streams.get(frame.stream_id)
+            if stream is None or stream.closed:
+                return events  # h2 already answered it (a closed stream)
             return self._stream_error(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
         return super()._receive_frame(frame)
 
     def _stream_error(self, stream_id: int, code: ErrorCodes) -> list[Event]:
+        """RST_STREAM ``code`` on ``stream_id``, and the event that says so (which the
+        server counts against its reset budget)."""
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.closed:
             self.reset_stream(stream_id, code)
-            return [StreamReset(stream_id=stream_id, error_code=code, remote_reset=False)]
-        frame = RstStreamFrame(stream_id)
-        frame.error_code = code
-        self._prepare_for_sending([frame])
-        return []
+        else:
+            frame = RstStreamFrame(stream_id)
+            frame.error_code = code
+            self._prepare_for_sending([frame])
+        return [StreamReset(stream_id=stream_id, error_code=code, remote_reset=False)]
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
         try:

@@ -469,6 +469,8 @@ class H2ServerProtocol(Protocol):
                 return
             reason = f"client reset the stream ({code})"
         else:
+            if self._decided(self._policy.stream_error(self._reactor.seconds())):
+                return
             reason = f"stream reset for a protocol error ({code})"
             log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {reason}")
         stream = self.streams.get(stream_id)
