@@ -68,6 +68,7 @@ from hyperframe.frame import (
 from twisted.trial.unittest import TestCase
 
 from eventgw.config import Limits
+from eventgw.downstream.h2policy import RESET_BURST
 from eventgw.exchange import RequestTarget
 from eventgw.http2 import MAX_FRAME_SIZE
 from tests.conformance.framing_support import (
@@ -1367,6 +1368,27 @@ class FramingTests(TestCase):
         client.send(raw_frame(RST_STREAM, 0, 1, struct.pack(">L", 0xFF)))
         self.assertEqual(client.resets(), [])
         self.assertAlive(client)
+
+
+class StreamErrorBudgetTests(TestCase):
+    """Stream errors are answered one by one, but not without end."""
+
+    def test_stream_error_flood(self) -> None:
+        """Malformed frames that are stream errors (RFC 9113 §5.4.2) each draw a
+        RST_STREAM until the reset budget is spent, then GOAWAY ENHANCE_YOUR_CALM.
+        """
+        client = RawClient()
+        client.handshake()
+        for stream_id in range(1, 2 * RESET_BURST + 5, 2):
+            client.send(PriorityFrame(stream_id, depends_on=stream_id))
+            if client.closed:
+                break
+        # h2 queues a read's RST_STREAMs before the server sees their events, so the
+        # one over budget goes out with the GOAWAY; a single read is bounded by its size.
+        self.assertEqual(len(client.resets()), RESET_BURST + 1)
+        goaway = client.goaways()[0]
+        self.assertEqual(client.error_name(goaway.error_code), "ENHANCE_YOUR_CALM")
+        self.assertTrue(client.closed)
 
 
 class BytewiseFramingTests(FramingTests):
