@@ -14,6 +14,9 @@ from collections.abc import Iterable
 
 from h2.errors import ErrorCodes
 from hpack import Decoder, Encoder
+from hpack.hpack import encode_integer
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -54,6 +57,8 @@ __all__ = [
     "RawClient",
     "SilentTarget",
     "frame_bytes",
+    "hpack_literal",
+    "hpack_table_size_update",
     "raw_frame",
     "request_headers",
     "settings_payload",
@@ -119,6 +124,47 @@ class BodyTarget:
         writer.write_body(b"b" * self.size)
         writer.end()
         return StaticReply()
+
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+# RFC 7541 section 6.2: the pattern of the first octet and the width of the name index.
+_LITERALS = {
+    "incremental": (0x40, 6),
+    "without": (0x00, 4),
+    "never": (0x10, 4),
+}
+
+
+def _hpack_int(value: int, prefix_bits: int, pattern: int = 0) -> bytes:
+    encoded = encode_integer(value, prefix_bits)
+    encoded[0] |= pattern
+    return bytes(encoded)
+
+
+def _hpack_string(data: bytes, huffman: bool) -> bytes:
+    if huffman:
+        coded = _HUFFMAN.encode(data)
+        return _hpack_int(len(coded), 7, 0x80) + coded
+    return _hpack_int(len(data), 7) + data
+
+
+def hpack_literal(kind: str, name: int | bytes, value: bytes, *, huffman: bool = False) -> bytes:
+    """One literal field representation built by hand (RFC 7541 section 6.2).
+
+    ``kind`` is ``"incremental"``, ``"without"`` or ``"never"`` (indexing); ``name`` a
+    table index or a new name.  hpack's encoder never emits "without indexing" and
+    picks its own representations, so a checker's choices are made here.
+    """
+    pattern, bits = _LITERALS[kind]
+    if isinstance(name, int):
+        return _hpack_int(name, bits, pattern) + _hpack_string(value, huffman)
+    return bytes([pattern]) + _hpack_string(name, huffman) + _hpack_string(value, huffman)
+
+
+def hpack_table_size_update(size: int) -> bytes:
+    """A dynamic table size update (RFC 7541 section 6.3)."""
+    return _hpack_int(size, 5, 0x20)
 
 
 def _parse(data: bytes) -> tuple[list[Frame], bytes]:
