@@ -25,7 +25,7 @@ What lives here:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import hpack.hpack
 import hpack.table
@@ -395,7 +395,7 @@ class H2ServerConnection(LeanH2Connection):
             self._prepare_for_sending([frame])
         return [StreamReset(stream_id=stream_id, error_code=code, remote_reset=False)]
 
-    def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
         try:
             return super()._receive_headers_frame(frame)
         except ProtocolError as exc:

@@ -610,6 +610,22 @@ class FramingTests(TestCase):
         )
         self.assertConnectionError(client, E.PROTOCOL_ERROR)
 
+    def test_4_3_malformed_frames_inside_header_block(self) -> None:
+        """A PRIORITY of the wrong length or a WINDOW_UPDATE of 0 inside a header block
+        is the connection error PROTOCOL_ERROR, not the stream error it is elsewhere.
+
+        RFC 9113 §4.3, §6.10 (only CONTINUATION may follow); h2spec http2/4.3/2 (with
+        the frames of http2/6.3/2 and http2/6.9/2).
+        """
+        for intruder in (
+            raw_frame(PRIORITY, 0, 1, b"\x00\x00\x00"),
+            raw_frame(WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x00"),
+        ):
+            client = self.connect()
+            block = client.header_block(request_headers())
+            client.send(client.headers_frame(1, end_headers=False, block=block[:4]), intruder)
+            self.assertConnectionError(client, E.PROTOCOL_ERROR)
+
     # --- http2/5.1: stream states ---------------------------------------------------
 
     def test_5_1_1_idle_data(self) -> None:
