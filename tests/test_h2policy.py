@@ -123,6 +123,18 @@ class RapidResetTests(SynchronousTestCase):
         self.assertIn("refused", decision.reason)
 
 
+    def test_stream_errors_share_the_budget(self) -> None:
+        """Streams we reset for the client's protocol errors cost reset tokens too."""
+        policy = connected()
+        for _ in range(RESET_BURST // 2):
+            self.assertIs(policy.stream_error(T0), PROCEED)
+            self.assertIs(policy.stream_reset(T0), PROCEED)
+        decision = policy.stream_error(T0)
+        assert isinstance(decision, GoAway)
+        self.assertEqual(decision.code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertIn("stream errors", decision.reason)
+
+
 class ControlFloodTests(SynchronousTestCase):
     def test_flood_of_control_frames(self) -> None:
         """CONTROL_FRAME_BURST frames at once pass; one more is GOAWAY named after it."""

@@ -315,6 +315,14 @@ class ConnectionPolicy:
             "client reset too many streams (rapid reset, CVE-2023-44487)",
         )
 
+    def stream_error(self, now: float) -> GoAway | Proceed:
+        """We reset a stream for the client's protocol error (a stream error, RFC 9113
+        section 5.4.2): a reset token too, or malformed frames (a self-dependent
+        PRIORITY, a WINDOW_UPDATE of 0) would draw RST_STREAMs without end."""
+        if self._resets.take(now):
+            return PROCEED
+        return GoAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream errors")
+
     def stream_closed(self, now: float, completed: bool, open_streams: int) -> Close | Proceed:
         """A stream is over; one that ``completed`` normally earns a reset token back."""
         if completed:

@@ -111,7 +111,7 @@ from eventgw.http2 import (
     SERVER_CONNECTION_WINDOW,
     SERVER_STREAM_WINDOW,
     WRITES,
-    LeanH2Connection,
+    H2ServerConnection,
 )
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class H2ServerProtocol(Protocol):
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
-        self.conn = LeanH2Connection(
+        self.conn = H2ServerConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -469,6 +469,8 @@ class H2ServerProtocol(Protocol):
                 return
             reason = f"client reset the stream ({code})"
         else:
+            if self._decided(self._policy.stream_error(self._reactor.seconds())):
+                return
             reason = f"stream reset for a protocol error ({code})"
             log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {reason}")
         stream = self.streams.get(stream_id)
