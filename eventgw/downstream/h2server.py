@@ -90,7 +90,13 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_protocol_error
-from eventgw.downstream.h2heads import PROTOCOL, Refused, RequestFacts, h2_request_head
+from eventgw.downstream.h2heads import (
+    PROTOCOL,
+    Malformed,
+    Refused,
+    RequestFacts,
+    h2_request_head,
+)
 from eventgw.downstream.h2policy import (
     ABORT_TIMEOUT,
     PROCEED,
@@ -118,6 +124,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from h2.events import Event
+    from hyperframe.frame import DataFrame
 
 __all__ = ["PROTOCOL", "H2ServerProtocol"]
 
@@ -131,6 +138,22 @@ _DEFAULT_WINDOW: Final = 65535
 # would reject that a target might plausibly pass on (connection-specific fields,
 # pseudo-headers).  So both are off.
 _CHECK_OUTBOUND: Final = False
+
+
+class _ServerConnection(LeanH2Connection):
+    """h2's connection, minus its content-length check.
+
+    h2 treats DATA that does not add up to the content-length as a connection error;
+    RFC 9113 section 8.1.1 makes it a stream error, which
+    :meth:`~eventgw.downstream.h2stream.H2Stream.data_received` raises itself (and
+    before a target can forward a complete request).
+    """
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Any], list[Event]]:
+        stream = self.streams.get(frame.stream_id)
+        if stream is not None:
+            stream._expected_content_length = None
+        return super()._receive_data_frame(frame)
 
 
 def _peer_host(transport: object) -> str:
@@ -171,7 +194,7 @@ class H2ServerProtocol(Protocol):
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
-        self.conn = LeanH2Connection(
+        self.conn = _ServerConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -423,9 +446,17 @@ class H2ServerProtocol(Protocol):
             event.headers, self._facts, end_stream=event.stream_ended is not None
         )
         stream = H2Stream(
-            self, stream_id, decided.head, self._reactor.seconds(), access_log=self._access_log
+            self,
+            stream_id,
+            decided.head,
+            self._reactor.seconds(),
+            access_log=self._access_log,
+            declared_length=getattr(decided, "declared_length", None),
         )
         self.streams[stream_id] = stream
+        if isinstance(decided, Malformed):
+            stream.malformed(decided.reason)
+            return
         if isinstance(decided, Refused):
             if decided.log is not None:
                 log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {decided.log}")
@@ -449,7 +480,7 @@ class H2ServerProtocol(Protocol):
             if flow:
                 self.conn.acknowledge_received_data(flow, stream_id)
             return
-        stream.data_received(data, flow)
+        stream.data_received(data, flow, event.stream_ended is not None)
 
     def _trailers_received(self, event: TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)
