@@ -928,6 +928,77 @@ class FlowControlTests(TestCase):
         self.assertEqual(update.window_increment, SERVER_CONNECTION_WINDOW - 65535)
 
 
+class EarlyResponseTests(TestCase):
+    """RFC 9113 section 8.1: a response complete before the request asks the client to
+    stop sending with RST_STREAM(NO_ERROR); what the client had already sent is
+    discarded (section 5.1, "closed"), not answered with more resets."""
+
+    def early(self) -> tuple[Peer, int]:
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        return peer, stream_id
+
+    def server_frames_after(self, peer: Peer, count: int) -> list[Frame]:
+        return peer.server_frames()[count:]
+
+    def test_end_stream_then_rst_no_error(self) -> None:
+        """The response's END_STREAM goes out first, then RST_STREAM(NO_ERROR)."""
+        peer, stream_id = self.early()
+        frames = [f for f in peer.server_frames() if f.stream_id == stream_id]
+        self.assertIsInstance(frames[0], HeadersFrame)
+        self.assertIn("END_STREAM", frames[-2].flags)
+        self.assertIsInstance(frames[-1], RstStreamFrame)
+        self.assertEqual(frames[-1].error_code, ErrorCodes.NO_ERROR)
+
+    def test_in_flight_frames_are_discarded(self) -> None:
+        """DATA and trailers the client sent before it saw our RST_STREAM(NO_ERROR) get
+        no RST_STREAM back, and the connection goes on serving."""
+        peer, stream_id = self.early()
+        before = len(peer.server_frames())
+        for _ in range(3):
+            frame = DataFrame(stream_id)
+            frame.data = b"x" * 1000
+            peer.send_raw(frame.serialize())
+        trailers = HeadersFrame(stream_id)
+        trailers.data = peer.client.encoder.encode([(b"x-t", b"1")])  # HPACK in step
+        trailers.flags.add("END_HEADERS")
+        trailers.flags.add("END_STREAM")
+        peer.send_raw(trailers.serialize())
+        later = self.server_frames_after(peer, before)
+        self.assertEqual([f for f in later if isinstance(f, RstStreamFrame)], [])
+        self.assertIsNone(peer.goaway())
+        peer.receive()
+        after = peer.request(b"POST", b"/x", b"abc")
+        peer.receive()
+        self.assertEqual(status_of(peer.response(after)[0]), b"200")
+
+    def test_in_flight_data_still_credits_the_connection(self) -> None:
+        """DATA discarded on early-closed streams still counts toward the connection
+        window: the server sends the WINDOW_UPDATE(0) that keeps the client going."""
+        peer = Peer(EchoTarget())
+        before = len(peer.server_frames())
+        sent = 0
+        for _ in range(3):  # three streams, ~1 MiB in flight each: past half the window
+            stream_id = peer.request(b"POST", b"/missing", b"p", end=False)
+            for _ in range(SERVER_STREAM_WINDOW // 16384 - 1):
+                frame = DataFrame(stream_id)
+                frame.data = b"x" * 16384
+                peer.send_raw(frame.serialize())
+                sent += 16384
+        later = self.server_frames_after(peer, before)
+        credit = sum(
+            f.window_increment
+            for f in later
+            if isinstance(f, WindowUpdateFrame) and f.stream_id == 0
+        )
+        self.assertGreater(credit, 0)
+        self.assertLessEqual(credit, sent + 3)
+        self.assertEqual(
+            [f.error_code for f in later if isinstance(f, RstStreamFrame)],
+            [ErrorCodes.NO_ERROR] * 3,
+        )
+
+
 class ResetTests(TestCase):
     """Client resets reach the target; a reset flood closes the connection."""
 

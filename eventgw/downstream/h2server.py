@@ -77,9 +77,10 @@ from h2.events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame, SettingsFrame
+from h2.stream import StreamClosedBy
+from hyperframe.frame import GoAwayFrame, RstStreamFrame, SettingsFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -124,7 +125,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from h2.events import Event
-    from hyperframe.frame import DataFrame
+    from hyperframe.frame import DataFrame, HeadersFrame
 
 __all__ = ["PROTOCOL", "H2ServerProtocol"]
 
@@ -141,12 +142,18 @@ _CHECK_OUTBOUND: Final = False
 
 
 class _ServerConnection(LeanH2Connection):
-    """h2's connection, minus its content-length check.
+    """h2's connection with two server rules of RFC 9113 in place of h2's own.
 
-    h2 treats DATA that does not add up to the content-length as a connection error;
-    RFC 9113 section 8.1.1 makes it a stream error, which
-    :meth:`~eventgw.downstream.h2stream.H2Stream.data_received` raises itself (and
-    before a target can forward a complete request).
+    * Content-length: h2 treats DATA that does not add up to the content-length as a
+      connection error; section 8.1.1 makes it a stream error, which
+      :meth:`~eventgw.downstream.h2stream.H2Stream.data_received` raises itself (and
+      before a target can forward a complete request).
+    * Frames after our RST_STREAM: h2 answers every DATA or HEADERS frame on a stream
+      we reset with another RST_STREAM (STREAM_CLOSED).  Section 5.1 ("closed") says
+      frames the client sent before it saw our RST_STREAM are processed minimally and
+      discarded -- DATA still counted toward the connection window, which h2 does --
+      so a client whose upload we stopped early (RST_STREAM NO_ERROR, section 8.1)
+      or refused gets no error for what was already in flight.
     """
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Any], list[Event]]:
@@ -154,6 +161,23 @@ class _ServerConnection(LeanH2Connection):
         if stream is not None:
             stream._expected_content_length = None
         return super()._receive_data_frame(frame)
+
+    def _handle_data_on_closed_stream(
+        self, events: list[Event], exc: StreamClosedError, frame: DataFrame
+    ) -> tuple[list[Any], list[Event]]:
+        frames, events = super()._handle_data_on_closed_stream(events, exc, frame)
+        if self._stream_closed_by(frame.stream_id) is StreamClosedBy.SEND_RST_STREAM:
+            frames = [f for f in frames if not isinstance(f, RstStreamFrame)]
+        return frames, events
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Any], list[Event]]:
+        try:
+            return super()._receive_headers_frame(frame)
+        except (StreamClosedError, StreamIDTooLowError):
+            # h2 decoded the block first, so HPACK stays in step.
+            if self._stream_closed_by(frame.stream_id) is StreamClosedBy.SEND_RST_STREAM:
+                return [], []
+            raise
 
 
 def _peer_host(transport: object) -> str:
