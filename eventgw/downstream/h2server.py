@@ -80,6 +80,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamClosedBy
+from hpack import Decoder, HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame, RstStreamFrame, SettingsFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -141,8 +142,35 @@ _DEFAULT_WINDOW: Final = 65535
 _CHECK_OUTBOUND: Final = False
 
 
+class _CompressionError(ProtocolError):
+    """A field block HPACK cannot decode (RFC 9113 section 4.3)."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(Decoder):
+    """hpack's decoder whose failures are COMPRESSION_ERROR, not h2's PROTOCOL_ERROR.
+
+    RFC 9113 section 4.3: a decoding error in a field block is a connection error of
+    type COMPRESSION_ERROR.  h2 wraps every HPACK error in a plain ``ProtocolError``
+    (PROTOCOL_ERROR); raised as a ``ProtocolError`` of our own, the error passes
+    h2's wrapper and h2 sends its GOAWAY with the right code.  A header list over the
+    limit stays hpack's own error, which h2 answers with ENHANCE_YOUR_CALM.
+    """
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        try:
+            return super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise
+        except (HPACKError, IndexError) as exc:
+            raise _CompressionError(f"cannot decode the field block: {exc}") from exc
+
+
 class _ServerConnection(LeanH2Connection):
-    """h2's connection with two server rules of RFC 9113 in place of h2's own.
+    """h2's connection with three server rules of RFC 9113 in place of h2's own.
+
+    * HPACK errors are COMPRESSION_ERROR (section 4.3), see :class:`_Decoder`.
 
     * Content-length: h2 treats DATA that does not add up to the content-length as a
       connection error; section 8.1.1 makes it a stream error, which
@@ -155,6 +183,13 @@ class _ServerConnection(LeanH2Connection):
       so a client whose upload we stopped early (RST_STREAM NO_ERROR, section 8.1)
       or refused gets no error for what was already in flight.
     """
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        decoder = _Decoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Any], list[Event]]:
         stream = self.streams.get(frame.stream_id)
