@@ -86,6 +86,21 @@ class RequestHeadTests(SynchronousTestCase):
         )
         self.assertIsInstance(decided, Malformed)
 
+    def test_method_and_path_form(self) -> None:
+        """RFC 9113 section 8.3.1: :method is a token, :path origin-form or "*" for
+        OPTIONS; anything else is malformed."""
+        for headers in (
+            request(b"G T"),
+            request(b""),
+            request(path=b"x"),
+            request(path=b"*"),
+            request(path=b"?q"),
+        ):
+            decided = h2_request_head(headers, FACTS, end_stream=True)
+            self.assertIsInstance(decided, Malformed, headers)
+        self.accepted(request(b"OPTIONS", b"*"))
+        self.accepted(request(b"M-SEARCH", b"/a?b"))
+
     def test_expect_continue(self) -> None:
         """expect: 100-continue (any case) is reported, other expectations are not."""
         self.assertTrue(

@@ -11,14 +11,16 @@ connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets
 server answers itself, without a target: a header list larger
 than we advertised (431, or a trailers-only RESOURCE_EXHAUSTED for gRPC, whose
 clients read the status from trailers) and CONNECT (501 Not Implemented) -- or into a
-malformed request the server resets (a content-length on a stream that ended with its
-HEADERS).
+malformed request the server resets (a :method that is not a token, a :path that is
+neither origin-form nor ``*`` for OPTIONS, a content-length on a stream that ended with
+its HEADERS).
 :func:`h2_response_headers` filters what a target passes for a response or trailers
 block.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 PROTOCOL: Final = "HTTP/2"
+
+# tchar (RFC 9110 section 5.6.2): a method is a token (section 9.1).
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,16 @@ def h2_request_head(
         ),
         body_expected=body_expected,
     )
+    # RFC 9113 section 8.3.1 (h2 checks the pseudo-headers are there, once, first):
+    # :method is a token; :path is origin-form, or "*" for OPTIONS; CONNECT has none.
+    if method is None or _TOKEN.fullmatch(method) is None:
+        return Malformed(head, "invalid :method")
+    if method != b"CONNECT" and not (
+        (path or b"")[:1] == b"/" or (path == b"*" and method == b"OPTIONS")
+    ):
+        return Malformed(head, "invalid :path")
+    if declared and end_stream:
+        return Malformed(head, f"content-length {declared} on a request without DATA")
     if size > facts.max_header_bytes:
         log = f"header list of {size} bytes exceeds {facts.max_header_bytes}"
         content_type = head.header(b"content-type")
@@ -148,8 +163,6 @@ def h2_request_head(
             reply = trailers_only(GrpcStatus.RESOURCE_EXHAUSTED, "request headers too large")
             return Refused(head, 431, "request header fields too large", reply, log)
         return Refused(head, 431, "request header fields too large", log=log)
-    if declared and end_stream:
-        return Malformed(head, f"content-length {declared} on a request without DATA")
     if method == b"CONNECT":
         # RFC 9110 section 15.6.2: a method the server does not support, as HTTP/1.1
         # answers it.
