@@ -54,7 +54,8 @@ Theory of operation:
 Size: a little over 600 lines, a tenth of them this theory of operation.  What is
 left is one state machine -- the connection's life (handshake, read batch, transport
 pause, drain, teardown) and its event dispatch -- whose parts share the stream table
-and the timers; the per-stream, policy and head-building parts are already out.
+and the timers; the per-stream, policy, head-building and ``h2``-rules
+(:mod:`~eventgw.downstream.h2conn`) parts are already out.
 """
 
 from __future__ import annotations
@@ -77,11 +78,9 @@ from h2.events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamClosedBy
-from hpack import Decoder, HPACKError, OversizedHeaderListError
-from hyperframe.frame import GoAwayFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -92,6 +91,7 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_protocol_error
+from eventgw.downstream.h2conn import ServerConnection
 from eventgw.downstream.h2heads import (
     PROTOCOL,
     Malformed,
@@ -119,14 +119,12 @@ from eventgw.http2 import (
     SERVER_CONNECTION_WINDOW,
     SERVER_STREAM_WINDOW,
     WRITES,
-    LeanH2Connection,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from h2.events import Event
-    from hyperframe.frame import DataFrame, HeadersFrame
 
 __all__ = ["PROTOCOL", "H2ServerProtocol"]
 
@@ -140,79 +138,6 @@ _DEFAULT_WINDOW: Final = 65535
 # would reject that a target might plausibly pass on (connection-specific fields,
 # pseudo-headers).  So both are off.
 _CHECK_OUTBOUND: Final = False
-
-
-class _CompressionError(ProtocolError):
-    """A field block HPACK cannot decode (RFC 9113 section 4.3)."""
-
-    error_code = ErrorCodes.COMPRESSION_ERROR
-
-
-class _Decoder(Decoder):
-    """hpack's decoder whose failures are COMPRESSION_ERROR, not h2's PROTOCOL_ERROR.
-
-    RFC 9113 section 4.3: a decoding error in a field block is a connection error of
-    type COMPRESSION_ERROR.  h2 wraps every HPACK error in a plain ``ProtocolError``
-    (PROTOCOL_ERROR); raised as a ``ProtocolError`` of our own, the error passes
-    h2's wrapper and h2 sends its GOAWAY with the right code.  A header list over the
-    limit stays hpack's own error, which h2 answers with ENHANCE_YOUR_CALM.
-    """
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        try:
-            return super().decode(data, raw)
-        except OversizedHeaderListError:
-            raise
-        except (HPACKError, IndexError) as exc:
-            raise _CompressionError(f"cannot decode the field block: {exc}") from exc
-
-
-class _ServerConnection(LeanH2Connection):
-    """h2's connection with three server rules of RFC 9113 in place of h2's own.
-
-    * HPACK errors are COMPRESSION_ERROR (section 4.3), see :class:`_Decoder`.
-
-    * Content-length: h2 treats DATA that does not add up to the content-length as a
-      connection error; section 8.1.1 makes it a stream error, which
-      :meth:`~eventgw.downstream.h2stream.H2Stream.data_received` raises itself (and
-      before a target can forward a complete request).
-    * Frames after our RST_STREAM: h2 answers every DATA or HEADERS frame on a stream
-      we reset with another RST_STREAM (STREAM_CLOSED).  Section 5.1 ("closed") says
-      frames the client sent before it saw our RST_STREAM are processed minimally and
-      discarded -- DATA still counted toward the connection window, which h2 does --
-      so a client whose upload we stopped early (RST_STREAM NO_ERROR, section 8.1)
-      or refused gets no error for what was already in flight.
-    """
-
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config)
-        decoder = _Decoder()
-        decoder.max_header_list_size = self.decoder.max_header_list_size
-        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
-        self.decoder = decoder
-
-    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Any], list[Event]]:
-        stream = self.streams.get(frame.stream_id)
-        if stream is not None:
-            stream._expected_content_length = None
-        return super()._receive_data_frame(frame)
-
-    def _handle_data_on_closed_stream(
-        self, events: list[Event], exc: StreamClosedError, frame: DataFrame
-    ) -> tuple[list[Any], list[Event]]:
-        frames, events = super()._handle_data_on_closed_stream(events, exc, frame)
-        if self._stream_closed_by(frame.stream_id) is StreamClosedBy.SEND_RST_STREAM:
-            frames = [f for f in frames if not isinstance(f, RstStreamFrame)]
-        return frames, events
-
-    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Any], list[Event]]:
-        try:
-            return super()._receive_headers_frame(frame)
-        except (StreamClosedError, StreamIDTooLowError):
-            # h2 decoded the block first, so HPACK stays in step.
-            if self._stream_closed_by(frame.stream_id) is StreamClosedBy.SEND_RST_STREAM:
-                return [], []
-            raise
 
 
 def _peer_host(transport: object) -> str:
@@ -253,7 +178,7 @@ class H2ServerProtocol(Protocol):
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
-        self.conn = _ServerConnection(
+        self.conn = ServerConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
