@@ -6,9 +6,13 @@ Shell module (Twisted logging, the access log).  :class:`H2Stream` is the
 the request side's dispatch point for that stream's events.  It owns what is per
 stream: the response bytes waiting for the client's windows (a
 :class:`~eventgw.http2.WatermarkBuffer`), the target's producer and whether it is
-paused, the request body queued while the target has paused it, the counters of the
-access-log line, and the logic that ends the stream (END_STREAM, trailers, the early
-RST_STREAM NO_ERROR of RFC 9113 section 8.1, resets and losses).
+paused, the request body queued while the target has paused it, the declared
+content-length the request body is held against (RFC 9113 section 8.1.1: a mismatch
+is a stream error PROTOCOL_ERROR, and the frame that completes the declared length
+waits for END_STREAM, so a target never forwards a complete request that turns out
+malformed), the counters of the access-log line, and the logic that ends the stream
+(END_STREAM, trailers, the early RST_STREAM NO_ERROR of RFC 9113 section 8.1, resets
+and losses).
 
 The connection (:class:`~eventgw.downstream.h2server.H2ServerProtocol`) owns the
 ``h2`` state machine, the stream table, the timers, the event dispatch and the one
