@@ -6,11 +6,11 @@ Core module: pure functions over header lists; no ``twisted``, ``grpc``, ``txaio
 
 :func:`h2_request_head` turns the header list of a RequestReceived event (which h2
 has validated: pseudo-headers well-formed, no connection-specific fields) and the
-connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets --
-(with the declared content-length, which the stream enforces) or into a refusal the
-server answers itself, without a target: a header list larger
-than we advertised (431, or a trailers-only RESOURCE_EXHAUSTED for gRPC, whose
-clients read the status from trailers) and CONNECT (501 Not Implemented) -- or into a
+connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets,
+with the declared content-length the stream enforces -- or into a refusal the server
+answers itself, without a target: a header list larger than we advertised (431, or
+a trailers-only RESOURCE_EXHAUSTED for gRPC, whose clients read the status from
+trailers) and CONNECT (501 Not Implemented) -- or into a
 malformed request the server resets (a :method that is not a token, a :path that is
 neither origin-form nor ``*`` for OPTIONS, a content-length on a stream that ended with
 its HEADERS).

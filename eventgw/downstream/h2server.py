@@ -94,6 +94,7 @@ from eventgw.downstream.accesslog import log_protocol_error
 from eventgw.downstream.h2conn import ServerConnection
 from eventgw.downstream.h2heads import (
     PROTOCOL,
+    Accepted,
     Malformed,
     Refused,
     RequestFacts,
@@ -435,7 +436,7 @@ class H2ServerProtocol(Protocol):
             decided.head,
             self._reactor.seconds(),
             access_log=self._access_log,
-            declared_length=getattr(decided, "declared_length", None),
+            declared_length=decided.declared_length if isinstance(decided, Accepted) else None,
         )
         self.streams[stream_id] = stream
         if isinstance(decided, Malformed):
