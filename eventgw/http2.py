@@ -16,10 +16,7 @@ What lives here:
   until the read being processed is done, so one read costs one write per connection;
 * :class:`LeanH2Connection`, the ``H2Connection`` both sides of the gateway use: h2
   without the debugging work it does on every frame and every header even when nobody
-  logs (see the class and :func:`_silence_hpack_debug_log` for what and why);
-* :class:`H2ServerConnection`, the downstream server's: a ``LeanH2Connection`` that
-  gives the error RFC 9113 requires where h2 4.x gives another one (the framing
-  conformance suite, ``tests/conformance``, checks each).
+  logs (see the class and :func:`_silence_hpack_debug_log` for what and why).
 """
 
 from __future__ import annotations
@@ -29,25 +26,11 @@ from typing import TYPE_CHECKING, Final
 
 import hpack.hpack
 import hpack.table
-from h2.config import DummyLogger, H2Configuration
+from h2.config import DummyLogger
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import StreamReset
-from h2.exceptions import (
-    FrameDataMissingError,
-    NoSuchStreamError,
-    ProtocolError,
-    StreamClosedError,
-    StreamIDTooLowError,
-)
-from h2.frame_buffer import FrameBuffer
-from hpack.exceptions import HPACKError
-from hyperframe.frame import (
-    HeadersFrame,
-    PriorityFrame,
-    RstStreamFrame,
-    SettingsFrame,
-)
+from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from hyperframe.frame import RstStreamFrame
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -61,7 +44,6 @@ __all__ = [
     "STREAM_BUFFER_HIGH",
     "STREAM_BUFFER_LOW",
     "WRITES",
-    "H2ServerConnection",
     "LeanH2Connection",
     "WatermarkBuffer",
     "WriteCoalescer",
@@ -261,149 +243,6 @@ class LeanH2Connection(H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events
-
-
-class _CompressionError(ProtocolError):
-    """A header block that does not decode (RFC 9113 section 4.3)."""
-
-    error_code = ErrorCodes.COMPRESSION_ERROR
-
-
-class _StreamErrorFrame(PriorityFrame):
-    """Stands for a frame that is a stream error, found by :class:`_ServerFrameBuffer`
-    before hyperframe would parse (and reject) it; ``error_code`` says which."""
-
-    error_code: ErrorCodes = ErrorCodes.PROTOCOL_ERROR
-
-
-# Frame types and the SETTINGS ACK flag (RFC 9113 section 6), for the header peek below.
-_PRIORITY_TYPE: Final = 0x2
-_SETTINGS_TYPE: Final = 0x4
-_WINDOW_UPDATE_TYPE: Final = 0x8
-_ACK_FLAG: Final = 0x1
-
-
-class _ServerFrameBuffer(FrameBuffer):
-    """h2's frame buffer, with three frames told apart before hyperframe parses them.
-
-    hyperframe rejects all three with an ``InvalidDataError``/``InvalidFrameError`` that
-    h2 turns into a connection error of the wrong kind; RFC 9113 asks for:
-
-    * a SETTINGS ACK with a payload: a connection error FRAME_SIZE_ERROR (section 6.5);
-    * a PRIORITY frame not 5 octets long: a *stream* error FRAME_SIZE_ERROR (6.3);
-    * a WINDOW_UPDATE of 0 on a stream: a *stream* error PROTOCOL_ERROR (6.9).
-
-    The two stream errors are consumed here and handed on as a
-    :class:`_StreamErrorFrame` through h2's header-block check (so inside a header
-    block they are still the connection error section 6.10 requires).
-    """
-
-    def __next__(self) -> Frame:
-        data = self._data
-        if len(data) >= 9:
-            length = int.from_bytes(data[0:3], "big")
-            frame_type, flags = data[3], data[4]
-            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-            if frame_type == _SETTINGS_TYPE and flags & _ACK_FLAG and length:
-                raise FrameDataMissingError("SETTINGS ACK with a payload")
-            if stream_id and len(data) >= 9 + length and length <= self.max_frame_size:
-                code = None
-                if frame_type == _PRIORITY_TYPE and length != 5:
-                    code = ErrorCodes.FRAME_SIZE_ERROR
-                elif frame_type == _WINDOW_UPDATE_TYPE and length == 4:
-                    if not int.from_bytes(data[9:13], "big") & 0x7FFFFFFF:
-                        code = ErrorCodes.PROTOCOL_ERROR
-                if code is not None:
-                    del data[: 9 + length]
-                    frame = _StreamErrorFrame(stream_id)
-                    frame.error_code = code
-                    passed = self._update_header_buffer(frame)
-                    return passed if passed is not None else self.__next__()
-        return super().__next__()
-
-
-class H2ServerConnection(LeanH2Connection):
-    """The downstream server's ``H2Connection``: RFC 9113's error where h2 4.x differs.
-
-    On top of :class:`LeanH2Connection` (same frame handling otherwise):
-
-    * the first frame after the client preface must be SETTINGS, else a connection
-      error PROTOCOL_ERROR (section 3.4; h2 accepts any frame);
-    * RST_STREAM on an idle stream is a connection error PROTOCOL_ERROR (sections 5.1
-      and 6.4; h2 ignores it once any stream has been opened);
-    * a header block that does not decode is a connection error COMPRESSION_ERROR
-      (section 4.3; h2 says PROTOCOL_ERROR);
-    * a stream that depends on itself (HEADERS or PRIORITY) is a stream error
-      PROTOCOL_ERROR (section 5.3.1; h2 makes it a connection error), and so are a
-      PRIORITY frame of the wrong length (FRAME_SIZE_ERROR, 6.3) and a stream
-      WINDOW_UPDATE of 0 (6.9), via :class:`_ServerFrameBuffer`, which also makes a
-      SETTINGS ACK with a payload FRAME_SIZE_ERROR (6.5).
-
-    A stream error on a stream h2 has open resets it through h2 (its state becomes
-    "closed by reset", so later frames on it get STREAM_CLOSED); on an idle or closed
-    stream the RST_STREAM is simply sent.  Either way a ``StreamReset`` with
-    ``remote_reset=False`` is returned, which the server charges to its reset budget:
-    these errors used to close the connection, and must not become an unbounded
-    source of RST_STREAMs.  The upstream client keeps :class:`LeanH2Connection`.
-    """
-
-    def __init__(self, config: H2Configuration | None = None) -> None:
-        super().__init__(config=config)
-        self.incoming_buffer = _ServerFrameBuffer(server=not self.config.client_side)
-        self._settings_seen = False
-
-    def _receive_frame(self, frame: Frame) -> list[Event]:
-        if not self._settings_seen:
-            if not isinstance(frame, SettingsFrame) or "ACK" in frame.flags:
-                raise ProtocolError("the client preface is not followed by SETTINGS")
-            self._settings_seen = True
-        if isinstance(frame, _StreamErrorFrame):
-            return self._stream_error(frame.stream_id, frame.error_code)
-        if isinstance(frame, RstStreamFrame) and frame.stream_id not in self.streams:
-            try:
-                self._get_stream_by_id(frame.stream_id)
-            except NoSuchStreamError:
-                raise ProtocolError("RST_STREAM on an idle stream") from None
-            except StreamClosedError:
-                pass
-        if isinstance(frame, PriorityFrame) and frame.depends_on == frame.stream_id:
-            return self._stream_error(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
-        if (
-            isinstance(frame, HeadersFrame)
-            and "PRIORITY" in frame.flags
-            and frame.depends_on == frame.stream_id
-        ):
-            # The header block must still be decoded to keep HPACK in step; then the
-            # stream is reset and its request never surfaces.
-            frame.depends_on = 0
-            events = super()._receive_frame(frame)
-            stream = self.streams.get(frame.stream_id)
-            if stream is None or stream.closed:
-                return events  # h2 already answered it (a closed stream)
-            return self._stream_error(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
-        return super()._receive_frame(frame)
-
-    def _stream_error(self, stream_id: int, code: ErrorCodes) -> list[Event]:
-        """RST_STREAM ``code`` on ``stream_id``, and the event that says so (which the
-        server counts against its reset budget)."""
-        stream = self.streams.get(stream_id)
-        if stream is not None and not stream.closed:
-            self.reset_stream(stream_id, code)
-        else:
-            frame = RstStreamFrame(stream_id)
-            frame.error_code = code
-            self._prepare_for_sending([frame])
-        return [StreamReset(stream_id=stream_id, error_code=code, remote_reset=False)]
-
-    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
-        try:
-            return super()._receive_headers_frame(frame)
-        except ProtocolError as exc:
-            if type(exc) is ProtocolError and isinstance(
-                exc.__cause__, HPACKError | IndexError | TypeError | UnicodeDecodeError
-            ):
-                raise _CompressionError(str(exc)) from exc
-            raise
 
 
 def _discard_debug(*_args: object) -> None:

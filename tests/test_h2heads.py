@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from eventgw.downstream.h2heads import (
     PROTOCOL,
     Accepted,
+    Malformed,
     Refused,
     RequestFacts,
     h2_request_head,
@@ -66,6 +67,39 @@ class RequestHeadTests(SynchronousTestCase):
         self.assertIsNone(
             self.accepted(request(extra=junk), end_stream=False).head.content_length
         )
+
+    def test_declared_length(self) -> None:
+        """The declared length goes to the stream; a declared 0 on an open stream is an
+        unknown length for the target (END_STREAM, not the header, ends that body)."""
+        twelve = self.accepted(request(extra=[(b"content-length", b"12")]), end_stream=False)
+        self.assertEqual(twelve.declared_length, 12)
+        zero = self.accepted(request(extra=[(b"content-length", b"0")]), end_stream=False)
+        self.assertEqual((zero.declared_length, zero.head.content_length), (0, None))
+        self.assertTrue(zero.head.body_expected)
+        ended = self.accepted(request(extra=[(b"content-length", b"0")]))
+        self.assertEqual((ended.declared_length, ended.head.content_length), (None, 0))
+
+    def test_declared_length_on_ended_stream_is_malformed(self) -> None:
+        """RFC 9113 section 8.1.1: content-length 5 with END_STREAM on HEADERS."""
+        decided = h2_request_head(
+            request(b"POST", extra=[(b"content-length", b"5")]), FACTS, end_stream=True
+        )
+        self.assertIsInstance(decided, Malformed)
+
+    def test_method_and_path_form(self) -> None:
+        """RFC 9113 section 8.3.1: :method is a token, :path origin-form or "*" for
+        OPTIONS; anything else is malformed."""
+        for headers in (
+            request(b"G T"),
+            request(b""),
+            request(path=b"x"),
+            request(path=b"*"),
+            request(path=b"?q"),
+        ):
+            decided = h2_request_head(headers, FACTS, end_stream=True)
+            self.assertIsInstance(decided, Malformed, headers)
+        self.accepted(request(b"OPTIONS", b"*"))
+        self.accepted(request(b"M-SEARCH", b"/a?b"))
 
     def test_expect_continue(self) -> None:
         """expect: 100-continue (any case) is reported, other expectations are not."""

@@ -43,6 +43,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
 
 from eventgw.config import Limits
 from eventgw.downstream.h2policy import (
@@ -927,6 +928,77 @@ class FlowControlTests(TestCase):
         self.assertEqual(update.window_increment, SERVER_CONNECTION_WINDOW - 65535)
 
 
+class EarlyResponseTests(TestCase):
+    """RFC 9113 section 8.1: a response complete before the request asks the client to
+    stop sending with RST_STREAM(NO_ERROR); what the client had already sent is
+    discarded (section 5.1, "closed"), not answered with more resets."""
+
+    def early(self) -> tuple[Peer, int]:
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        return peer, stream_id
+
+    def server_frames_after(self, peer: Peer, count: int) -> list[Frame]:
+        return peer.server_frames()[count:]
+
+    def test_end_stream_then_rst_no_error(self) -> None:
+        """The response's END_STREAM goes out first, then RST_STREAM(NO_ERROR)."""
+        peer, stream_id = self.early()
+        frames = [f for f in peer.server_frames() if f.stream_id == stream_id]
+        self.assertIsInstance(frames[0], HeadersFrame)
+        self.assertIn("END_STREAM", frames[-2].flags)
+        self.assertIsInstance(frames[-1], RstStreamFrame)
+        self.assertEqual(frames[-1].error_code, ErrorCodes.NO_ERROR)
+
+    def test_in_flight_frames_are_discarded(self) -> None:
+        """DATA and trailers the client sent before it saw our RST_STREAM(NO_ERROR) get
+        no RST_STREAM back, and the connection goes on serving."""
+        peer, stream_id = self.early()
+        before = len(peer.server_frames())
+        for _ in range(3):
+            frame = DataFrame(stream_id)
+            frame.data = b"x" * 1000
+            peer.send_raw(frame.serialize())
+        trailers = HeadersFrame(stream_id)
+        trailers.data = peer.client.encoder.encode([(b"x-t", b"1")])  # HPACK in step
+        trailers.flags.add("END_HEADERS")
+        trailers.flags.add("END_STREAM")
+        peer.send_raw(trailers.serialize())
+        later = self.server_frames_after(peer, before)
+        self.assertEqual([f for f in later if isinstance(f, RstStreamFrame)], [])
+        self.assertIsNone(peer.goaway())
+        peer.receive()
+        after = peer.request(b"POST", b"/x", b"abc")
+        peer.receive()
+        self.assertEqual(status_of(peer.response(after)[0]), b"200")
+
+    def test_in_flight_data_still_credits_the_connection(self) -> None:
+        """DATA discarded on early-closed streams still counts toward the connection
+        window: the server sends the WINDOW_UPDATE(0) that keeps the client going."""
+        peer = Peer(EchoTarget())
+        before = len(peer.server_frames())
+        sent = 0
+        for _ in range(3):  # three streams, ~1 MiB in flight each: past half the window
+            stream_id = peer.request(b"POST", b"/missing", b"p", end=False)
+            for _ in range(SERVER_STREAM_WINDOW // 16384 - 1):
+                frame = DataFrame(stream_id)
+                frame.data = b"x" * 16384
+                peer.send_raw(frame.serialize())
+                sent += 16384
+        later = self.server_frames_after(peer, before)
+        credit = sum(
+            f.window_increment
+            for f in later
+            if isinstance(f, WindowUpdateFrame) and f.stream_id == 0
+        )
+        self.assertGreater(credit, 0)
+        self.assertLessEqual(credit, sent + 3)
+        self.assertEqual(
+            [f.error_code for f in later if isinstance(f, RstStreamFrame)],
+            [ErrorCodes.NO_ERROR] * 3,
+        )
+
+
 class ResetTests(TestCase):
     """Client resets reach the target; a reset flood closes the connection."""
 
@@ -992,6 +1064,125 @@ class ResetTests(TestCase):
         self.assertEqual(len(target.handlers), 3)
         self.assertNotIn(fourth, peer.resets())
         self.assertIsNone(peer.goaway())
+
+
+class ContentLengthTests(TestCase):
+    """RFC 9113 section 8.1.1: DATA that does not add up to the content-length makes the
+    request malformed, a stream error PROTOCOL_ERROR; the target never sees a complete
+    request of that shape, and the connection goes on serving other streams."""
+
+    def open(self, length: bytes) -> tuple[Peer, RecordingTarget, int]:
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", extra=[(b"content-length", length)], end=False)
+        return peer, target, stream_id
+
+    def assertMalformed(self, peer: Peer, target: RecordingTarget, stream_id: int) -> None:
+        peer.receive()
+        self.assertEqual(peer.resets().get(stream_id), ErrorCodes.PROTOCOL_ERROR)
+        self.assertIsNone(peer.goaway())
+        handler = target.handlers[0]
+        self.assertIsNone(handler.trailers, "the target was told the body ended")
+        self.assertIsNotNone(handler.lost)
+        self.assertEqual(peer.server.open_streams, 0)
+        # The connection still serves: a well-formed request completes.
+        after = peer.request(b"POST", body=b"abc", extra=[(b"content-length", b"3")])
+        self.assertEqual(bytes(target.handlers[-1].body), b"abc")
+        self.assertEqual(target.handlers[-1].trailers, [])
+        target.handlers[-1].writer.write_head(200, [], end=True)
+        peer.receive()
+        self.assertEqual(status_of(peer.response(after)[0]), b"200")
+
+    def test_declared_zero_is_unknown_length_until_end_stream(self) -> None:
+        """A declared 0 on an open stream reaches the target as an unknown length whose
+        end comes only with END_STREAM."""
+        peer, target, stream_id = self.open(b"0")
+        handler = target.handlers[0]
+        self.assertIsNone(handler.head.content_length)
+        self.assertIsNone(handler.trailers)
+        peer.client.end_stream(stream_id)
+        peer.send()
+        self.assertEqual(handler.trailers, [])
+        self.assertIsNone(peer.resets().get(stream_id))
+
+    def test_data_after_declared_zero(self) -> None:
+        """DATA on a stream that declared content-length 0 is a stream error."""
+        peer, target, stream_id = self.open(b"0")
+        peer.client.send_data(stream_id, b"abc")
+        peer.send()
+        self.assertMalformed(peer, target, stream_id)
+        self.assertEqual(bytes(target.handlers[0].body), b"")
+
+    def test_more_data_than_declared(self) -> None:
+        """DATA beyond the declared length is a stream error; the frame that completed
+        the declared length without END_STREAM never reached the target."""
+        peer, target, stream_id = self.open(b"3")
+        peer.client.send_data(stream_id, b"abc")
+        peer.send()
+        self.assertEqual(bytes(target.handlers[0].body), b"")  # held: END_STREAM may not come
+        peer.client.send_data(stream_id, b"d", end_stream=True)
+        peer.send()
+        self.assertMalformed(peer, target, stream_id)
+        self.assertEqual(bytes(target.handlers[0].body), b"")
+
+    def test_end_stream_before_declared_length(self) -> None:
+        """END_STREAM before the declared length is a stream error, not a GOAWAY."""
+        peer, target, stream_id = self.open(b"10")
+        peer.client.send_data(stream_id, b"abc", end_stream=True)
+        peer.send()
+        self.assertMalformed(peer, target, stream_id)
+
+    def test_trailers_before_declared_length(self) -> None:
+        """Trailers ending the stream before the declared length: a stream error."""
+        peer, target, stream_id = self.open(b"10")
+        peer.client.send_data(stream_id, b"abc")
+        peer.client.send_headers(stream_id, [(b"x-t", b"1")], end_stream=True)
+        peer.send()
+        self.assertMalformed(peer, target, stream_id)
+
+    def test_declared_length_without_data(self) -> None:
+        """A content-length above 0 on HEADERS with END_STREAM: reset, no target."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", extra=[(b"content-length", b"3")])
+        peer.receive()
+        self.assertEqual(peer.resets().get(stream_id), ErrorCodes.PROTOCOL_ERROR)
+        self.assertEqual(target.handlers, [])
+        self.assertIsNone(peer.goaway())
+
+    def test_exact_length_completes(self) -> None:
+        """The declared length in several frames, END_STREAM on an empty last one."""
+        peer, target, stream_id = self.open(b"6")
+        peer.client.send_data(stream_id, b"abc")
+        peer.client.send_data(stream_id, b"def")
+        peer.send()
+        handler = target.handlers[0]
+        self.assertEqual(bytes(handler.body), b"abc")  # the completing frame waits
+        peer.client.end_stream(stream_id)
+        peer.send()
+        self.assertEqual((bytes(handler.body), handler.trailers), (b"abcdef", []))
+        self.assertIsNone(peer.resets().get(stream_id))
+
+    def test_exact_length_with_trailers(self) -> None:
+        """The declared length then trailers: complete, trailers passed on."""
+        peer, target, stream_id = self.open(b"3")
+        peer.client.send_data(stream_id, b"abc")
+        peer.client.send_headers(stream_id, [(b"x-t", b"1")], end_stream=True)
+        peer.send()
+        handler = target.handlers[0]
+        self.assertEqual((bytes(handler.body), handler.trailers), (b"abc", [(b"x-t", b"1")]))
+
+    def test_held_frame_waits_for_a_paused_target(self) -> None:
+        """END_STREAM releases the held frame only when the target is not paused."""
+        peer, target, stream_id = self.open(b"3")
+        handler = target.handlers[0]
+        handler.writer.pause_request_body()
+        peer.client.send_data(stream_id, b"abc")
+        peer.client.end_stream(stream_id)
+        peer.send()
+        self.assertEqual((bytes(handler.body), handler.trailers), (b"", None))
+        handler.writer.resume_request_body()
+        self.assertEqual((bytes(handler.body), handler.trailers), (b"abc", []))
 
 
 class AbuseTests(TestCase):
@@ -1230,17 +1421,6 @@ class AbuseTests(TestCase):
             peer.resets().get(1) == ErrorCodes.PROTOCOL_ERROR
             or (peer.goaway() is not None and peer.goaway().error_code == 1)  # type: ignore[union-attr]
         )
-
-    def test_content_length_mismatch(self) -> None:
-        """A body shorter than its content-length is a connection error in h2 (GOAWAY)."""
-        target = RecordingTarget()
-        peer = Peer(target)
-        stream_id = peer.request(b"POST", b"/api/x", extra=[(b"content-length", b"10")],
-                                 end=False)
-        peer.client.send_data(stream_id, b"abc", end_stream=True)
-        peer.send()
-        self.assertGoaway(peer, ErrorCodes.PROTOCOL_ERROR)
-        self.assertIsNotNone(target.handlers[0].lost)
 
     def test_client_goaway_loses_streams(self) -> None:
         """A client GOAWAY ends every open stream with connection_lost and closes."""
@@ -1499,6 +1679,124 @@ class EndToEndTests(TestCase):
     def test_cleartext_h2c(self) -> Deferred[None]:
         """Over cleartext (h2c prior knowledge) the same holds."""
         return self.check(tls=False)
+
+
+class RecordingBackend(resource.Resource):
+    """A Master API that records every request it received complete."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes]] = []
+
+    def render(self, request: server.Request) -> bytes:
+        body = request.content.read()  # type: ignore[union-attr]
+        self.seen.append((request.uri, body))
+        return b"ok"
+
+
+def _malformed_then_good(port: int) -> dict[int, tuple[str, int]]:
+    """Over h2c: five malformed POSTs to /api, each in its own writes with pauses (so
+    the gateway has time to forward what it would forward), then a good one.
+
+    Returns, per stream, ("reset", code) or ("status", status).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    outcome: dict[int, tuple[str, int]] = {}
+
+    def post(stream_id: int, length: bytes, *, end: bool = False) -> None:
+        client.send_headers(
+            stream_id,
+            request_headers(b"POST", f"/api/s{stream_id}".encode(),
+                            [(b"content-length", length)]),
+            end_stream=end,
+        )
+
+    closed: list[bool] = []
+
+    def step() -> None:
+        data = client.data_to_send()
+        if not closed:
+            try:
+                sock.sendall(data)
+            except OSError:  # the gateway closed the connection (a GOAWAY)
+                closed.append(True)
+        time.sleep(0.2)
+
+    def read_until(done: Any) -> None:
+        while not done() and not closed:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            for event in client.receive_data(data):
+                if isinstance(event, StreamReset):
+                    outcome[event.stream_id] = ("reset", event.error_code)
+                elif isinstance(event, ResponseReceived):
+                    outcome[event.stream_id] = ("status", int(dict(event.headers)[b":status"]))
+            step()
+
+    try:
+        post(1, b"0")  # declared 0, then DATA
+        step()
+        client.send_data(1, b"abc")
+        step()
+        post(3, b"3")  # the declared length, then more
+        client.send_data(3, b"abc")
+        step()
+        client.send_data(3, b"d", end_stream=True)
+        step()
+        post(5, b"10")  # END_STREAM before the declared length
+        client.send_data(5, b"abc")
+        step()
+        client.send_data(5, b"def", end_stream=True)
+        step()
+        post(7, b"4", end=True)  # a declared length and no DATA at all
+        step()
+        post(9, b"3")  # the declared length, then trailers early
+        client.send_data(9, b"ab")
+        step()
+        client.send_headers(9, [(b"x-t", b"1")], end_stream=True)
+        step()
+        post(11, b"3")
+        client.send_data(11, b"abc", end_stream=True)
+        step()
+        read_until(lambda: len(outcome) == 6)
+    finally:
+        sock.close()
+    return outcome
+
+
+class MalformedRequestEndToEndTests(TestCase):
+    """RFC 9113 section 8.1.1 end to end: the real gateway (h2c) in front of a real HTTP
+    backend; a malformed request is never forwarded as a complete one."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_content_length_mismatches_never_reach_the_backend(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """Every content-length mismatch is reset (PROTOCOL_ERROR) and the backend sees
+        none of them complete; the same connection then serves a good request."""
+        from tests.rig import gateway_config, listen_site, settle, start_gateway
+
+        backend = RecordingBackend()
+        port = listen_site(self, backend)
+        gateway = start_gateway(self, gateway_config(api=f"http://127.0.0.1:{port}"))
+        outcome = yield deferToThread(_malformed_then_good, gateway.cleartext_port)
+        yield settle(0.3)
+        self.assertEqual(backend.seen, [(b"/api/s11", b"abc")])
+        for stream_id in (1, 3, 5, 7, 9):
+            self.assertEqual(
+                outcome.get(stream_id), ("reset", ErrorCodes.PROTOCOL_ERROR), stream_id
+            )
+        self.assertEqual(outcome.get(11), ("status", 200))
 
 
 # Silence "imported but unused" for names used only in type positions above.

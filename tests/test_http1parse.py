@@ -357,6 +357,13 @@ REJECTED: list[tuple[str, bytes, int]] = [
     ("version-2", b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     ("version-12", b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505),
     ("bad-method", b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    # An invalid line is a 400 whatever its version says: the form before the version.
+    ("bad-method-bad-version", b"G@T / HTTP/9.9\r\nHost: h\r\n\r\n", 400),
+    ("bad-method-version-2", b"G(T / HTTP/2.0\r\nHost: h\r\n\r\n", 400),
+    ("bad-target-bad-version", b"GET a\x01 HTTP/9.9\r\nHost: h\r\n\r\n", 400),
+    ("relative-target-version-2", b"GET api/x HTTP/2.0\r\nHost: h\r\n\r\n", 400),
+    ("asterisk-get-version-2", b"GET * HTTP/2.0\r\nHost: h\r\n\r\n", 400),
+    ("valid-line-version-99", b"GET /x HTTP/9.9\r\nHost: h\r\n\r\n", 505),
     ("empty-method", b" / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     ("connect", b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 501),
     ("relative-target", b"GET api/x HTTP/1.1\r\nHost: h\r\n\r\n", 400),

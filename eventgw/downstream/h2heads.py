@@ -6,16 +6,21 @@ Core module: pure functions over header lists; no ``twisted``, ``grpc``, ``txaio
 
 :func:`h2_request_head` turns the header list of a RequestReceived event (which h2
 has validated: pseudo-headers well-formed, no connection-specific fields) and the
-connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets --
-or into a refusal the server answers itself, without a target: a header list larger
-than we advertised (431, or a trailers-only RESOURCE_EXHAUSTED for gRPC, whose
-clients read the status from trailers) and CONNECT (501 Not Implemented).
+connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets,
+with the declared content-length the stream enforces -- or into a refusal the server
+answers itself, without a target: a header list larger than we advertised (431, or
+a trailers-only RESOURCE_EXHAUSTED for gRPC, whose clients read the status from
+trailers) and CONNECT (501 Not Implemented) -- or into a
+malformed request the server resets (a :method that is not a token, a :path that is
+neither origin-form nor ``*`` for OPTIONS, a content-length on a stream that ended with
+its HEADERS).
 :func:`h2_response_headers` filters what a target passes for a response or trailers
 block.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +33,7 @@ from eventgw.routing import is_grpc
 __all__ = [
     "PROTOCOL",
     "Accepted",
+    "Malformed",
     "Refused",
     "RequestFacts",
     "h2_request_head",
@@ -35,6 +41,9 @@ __all__ = [
 ]
 
 PROTOCOL: Final = "HTTP/2"
+
+# tchar (RFC 9110 section 5.6.2): a method is a token (section 9.1).
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +57,15 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A request for the target; ``expect_continue`` when it asked for ``100-continue``."""
+    """A request for the target; ``expect_continue`` when it asked for ``100-continue``.
+
+    ``declared_length`` is the content-length the client sent, which the stream holds
+    its DATA against (RFC 9113 section 8.1.1); ``None`` when there was none.
+    """
 
     head: RequestHead
     expect_continue: bool
+    declared_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +84,18 @@ class Refused:
     log: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A malformed request (RFC 9113 section 8.1.1): a stream error PROTOCOL_ERROR,
+    never shown to a target.  ``head`` is still built for the access log."""
+
+    head: RequestHead
+    reason: str
+
+
 def h2_request_head(
     headers: Headers, facts: RequestFacts, *, end_stream: bool
-) -> Accepted | Refused:
+) -> Accepted | Refused | Malformed:
     """The head of a request stream (``end_stream``: END_STREAM was on its HEADERS).
 
     The size is counted as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 section
@@ -100,6 +123,9 @@ def h2_request_head(
             elif name == b"expect":
                 expect_continue = value.lower() == b"100-continue"
     body_expected = not end_stream
+    declared = (
+        int(content_length) if content_length is not None and content_length.isdigit() else None
+    )
     head = RequestHead(
         method=method or b"",
         target=path or b"",
@@ -108,13 +134,27 @@ def h2_request_head(
         headers=regular,
         protocol=PROTOCOL,
         peer=facts.peer,
+        # A declared 0 on a stream still open is not a complete request until
+        # END_STREAM proves it (DATA may follow, which makes it malformed): the target
+        # gets an unknown length and the body's end, so nothing upstream completes
+        # before the stream has.
         content_length=(
-            int(content_length)
-            if content_length is not None and content_length.isdigit()
+            (None if declared == 0 and body_expected else declared)
+            if declared is not None
             else (None if body_expected else 0)
         ),
         body_expected=body_expected,
     )
+    # RFC 9113 section 8.3.1 (h2 checks the pseudo-headers are there, once, first):
+    # :method is a token; :path is origin-form, or "*" for OPTIONS; CONNECT has none.
+    if method is None or _TOKEN.fullmatch(method) is None:
+        return Malformed(head, "invalid :method")
+    if method != b"CONNECT" and not (
+        (path or b"")[:1] == b"/" or (path == b"*" and method == b"OPTIONS")
+    ):
+        return Malformed(head, "invalid :path")
+    if declared and end_stream:
+        return Malformed(head, f"content-length {declared} on a request without DATA")
     if size > facts.max_header_bytes:
         log = f"header list of {size} bytes exceeds {facts.max_header_bytes}"
         content_type = head.header(b"content-type")
@@ -127,7 +167,7 @@ def h2_request_head(
         # RFC 9110 section 15.6.2: a method the server does not support, as HTTP/1.1
         # answers it.
         return Refused(head, 501, "CONNECT is not supported")
-    return Accepted(head, expect_continue)
+    return Accepted(head, expect_continue, declared if body_expected else None)
 
 
 def h2_response_headers(headers: Headers) -> Headers:

@@ -54,7 +54,8 @@ Theory of operation:
 Size: a little over 600 lines, a tenth of them this theory of operation.  What is
 left is one state machine -- the connection's life (handshake, read batch, transport
 pause, drain, teardown) and its event dispatch -- whose parts share the stream table
-and the timers; the per-stream, policy and head-building parts are already out.
+and the timers; the per-stream, policy, head-building and ``h2``-rules
+(:mod:`~eventgw.downstream.h2conn`) parts are already out.
 """
 
 from __future__ import annotations
@@ -90,7 +91,15 @@ from zope.interface import implementer
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
 from eventgw.downstream.accesslog import log_protocol_error
-from eventgw.downstream.h2heads import PROTOCOL, Refused, RequestFacts, h2_request_head
+from eventgw.downstream.h2conn import ServerConnection
+from eventgw.downstream.h2heads import (
+    PROTOCOL,
+    Accepted,
+    Malformed,
+    Refused,
+    RequestFacts,
+    h2_request_head,
+)
 from eventgw.downstream.h2policy import (
     ABORT_TIMEOUT,
     PROCEED,
@@ -111,7 +120,6 @@ from eventgw.http2 import (
     SERVER_CONNECTION_WINDOW,
     SERVER_STREAM_WINDOW,
     WRITES,
-    H2ServerConnection,
 )
 
 if TYPE_CHECKING:
@@ -171,7 +179,7 @@ class H2ServerProtocol(Protocol):
         self._access_log = access_log
         self.peer = "-"
         self._facts = RequestFacts(scheme, self.peer, limits.max_header_bytes)
-        self.conn = H2ServerConnection(
+        self.conn = ServerConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -423,9 +431,17 @@ class H2ServerProtocol(Protocol):
             event.headers, self._facts, end_stream=event.stream_ended is not None
         )
         stream = H2Stream(
-            self, stream_id, decided.head, self._reactor.seconds(), access_log=self._access_log
+            self,
+            stream_id,
+            decided.head,
+            self._reactor.seconds(),
+            access_log=self._access_log,
+            declared_length=decided.declared_length if isinstance(decided, Accepted) else None,
         )
         self.streams[stream_id] = stream
+        if isinstance(decided, Malformed):
+            stream.malformed(decided.reason)
+            return
         if isinstance(decided, Refused):
             if decided.log is not None:
                 log_protocol_error(self.peer, PROTOCOL, f"stream {stream_id}: {decided.log}")
@@ -449,7 +465,7 @@ class H2ServerProtocol(Protocol):
             if flow:
                 self.conn.acknowledge_received_data(flow, stream_id)
             return
-        stream.data_received(data, flow)
+        stream.data_received(data, flow, event.stream_ended is not None)
 
     def _trailers_received(self, event: TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)

@@ -6,9 +6,13 @@ Shell module (Twisted logging, the access log).  :class:`H2Stream` is the
 the request side's dispatch point for that stream's events.  It owns what is per
 stream: the response bytes waiting for the client's windows (a
 :class:`~eventgw.http2.WatermarkBuffer`), the target's producer and whether it is
-paused, the request body queued while the target has paused it, the counters of the
-access-log line, and the logic that ends the stream (END_STREAM, trailers, the early
-RST_STREAM NO_ERROR of RFC 9113 section 8.1, resets and losses).
+paused, the request body queued while the target has paused it, the declared
+content-length the request body is held against (RFC 9113 section 8.1.1: a mismatch
+is a stream error PROTOCOL_ERROR, and the frame that completes the declared length
+waits for END_STREAM, so a target never forwards a complete request that turns out
+malformed), the counters of the access-log line, and the logic that ends the stream
+(END_STREAM, trailers, the early RST_STREAM NO_ERROR of RFC 9113 section 8.1, resets
+and losses).
 
 The connection (:class:`~eventgw.downstream.h2server.H2ServerProtocol`) owns the
 ``h2`` state machine, the stream table, the timers, the event dispatch and the one
@@ -102,10 +106,12 @@ class H2Stream:
         "bytes_in",
         "bytes_out",
         "closed",
+        "declared",
         "delivering",
         "end_pending",
         "handler",
         "head",
+        "held",
         "inbox",
         "inbox_ended",
         "lost_reason",
@@ -131,6 +137,7 @@ class H2Stream:
         started: float,
         *,
         access_log: bool = True,
+        declared_length: int | None = None,
     ) -> None:
         self._host = host
         self._access_log = access_log
@@ -151,6 +158,8 @@ class H2Stream:
         self.inbox: list[tuple[bytes, int]] = []
         self.inbox_ended = False
         self.delivering = False
+        self.declared = declared_length
+        self.held = False
         self.request_trailers: Headers = []
         self.bytes_in = 0
         self.bytes_out = 0
@@ -283,10 +292,27 @@ class H2Stream:
         else:
             send_error(self, status, message)
 
-    def data_received(self, data: bytes, flow: int) -> None:
-        """A DATA frame: to the handler now, or queued while it is paused."""
+    def data_received(self, data: bytes, flow: int, ends: bool = False) -> None:
+        """A DATA frame (``ends``: it carries END_STREAM): to the handler now, or
+        queued while it is paused.
+
+        RFC 9113 section 8.1.1: the DATA must add up to the declared content-length.
+        More than declared is a stream error; the frame that completes the declared
+        length without END_STREAM is held until END_STREAM arrives, so that a target
+        which forwarded the length never hands on a complete request that turns out
+        malformed.
+        """
         self.bytes_in += len(data)
-        if self.request_paused or self.inbox or self.delivering:
+        declared = self.declared
+        if declared is not None:
+            if self.bytes_in > declared:
+                if flow:
+                    self._host.conn.acknowledge_received_data(flow, self.stream_id)
+                self.malformed(f"{self.bytes_in} bytes of DATA for content-length {declared}")
+                return
+            if self.bytes_in == declared and data and not ends:
+                self.held = True
+        if self.request_paused or self.inbox or self.delivering or self.held:
             self.inbox.append((data, flow))
             return
         self._deliver(data, flow)
@@ -294,7 +320,15 @@ class H2Stream:
     def remote_end(self) -> None:
         """The client's END_STREAM: the request body is complete."""
         self.remote_ended = True
-        if self.request_paused or self.inbox or self.delivering:
+        declared = self.declared
+        if declared is not None and self.bytes_in != declared:
+            self.malformed(f"{self.bytes_in} bytes of DATA for content-length {declared}")
+            return
+        if self.held:
+            self.held = False
+            self.inbox_ended = True
+            self._deliver_queued()
+        elif self.request_paused or self.inbox or self.delivering:
             self.inbox_ended = True
         else:
             self._body_ended()
@@ -361,6 +395,21 @@ class H2Stream:
         except ProtocolError:
             pass
         self.finish(self.status if self.status is not None else "-")
+
+    def malformed(self, reason: str) -> None:
+        """RFC 9113 section 8.1.1: a malformed request is a stream error PROTOCOL_ERROR;
+        the handler is told the request is lost, so nothing completes upstream."""
+        if self.closed:
+            return
+        try:
+            self._host.conn.reset_stream(self.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        except ProtocolError:
+            pass  # h2 had closed the stream already
+        log_protocol_error(
+            self.head.peer, PROTOCOL, f"stream {self.stream_id}: malformed request: {reason}"
+        )
+        self.lose(f"malformed request: {reason}", "reset")
+        self._host.written()
 
     def failed(self, exc: ProtocolError) -> None:
         """h2 refused a writer call: the stream is already gone or the target sent junk."""
@@ -480,7 +529,7 @@ class H2Stream:
         self.delivering = True
         try:
             inbox = self.inbox
-            while inbox and not self.request_paused and not self.closed:
+            while inbox and not self.request_paused and not self.closed and not self.held:
                 data, flow = inbox.pop(0)
                 self._deliver(data, flow)
             if self.inbox_ended and not inbox and not self.request_paused and not self.closed:

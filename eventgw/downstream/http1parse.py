@@ -402,27 +402,28 @@ class RequestParser:
         if len(parts) != 3:
             raise RequestError("malformed request line")
         method, target, version = parts
-        if version == b"HTTP/1.1":
-            http11 = True
-        elif version == b"HTTP/1.0":
-            http11 = False
-        elif _VERSION_RE.fullmatch(version) is not None:
-            raise RequestError("HTTP version not supported", 505)
-        else:
-            raise RequestError("malformed HTTP version")
+        # RFC 9112 section 3: the line's form first (an invalid line is a 400 whatever
+        # its version says), then whether we speak its version (505), then the method.
         if _TOKEN_RE.fullmatch(method) is None:
             raise RequestError("invalid method")
+        http11 = version == b"HTTP/1.1"
+        supported = http11 or version == b"HTTP/1.0"
+        if not supported and _VERSION_RE.fullmatch(version) is None:
+            raise RequestError("malformed HTTP version")
+        target_host: bytes | None = None
+        if method != b"CONNECT":
+            if _TARGET_RE.fullmatch(target) is None:
+                raise RequestError("invalid request target")
+            if target[0] != 0x2F:  # not "/": asterisk-form or absolute-form
+                if target == b"*":
+                    if method != b"OPTIONS":
+                        raise RequestError("asterisk-form target is only for OPTIONS")
+                else:
+                    target, target_host = _absolute_form(target)
+        if not supported:
+            raise RequestError("HTTP version not supported", 505)
         if method == b"CONNECT":
             raise RequestError("CONNECT is not supported", 501)
-        if _TARGET_RE.fullmatch(target) is None:
-            raise RequestError("invalid request target")
-        target_host: bytes | None = None
-        if target[0] != 0x2F:  # not "/": asterisk-form or absolute-form
-            if target == b"*":
-                if method != b"OPTIONS":
-                    raise RequestError("asterisk-form target is only for OPTIONS")
-            else:
-                target, target_host = _absolute_form(target)
 
         headers: Headers = []
         _parse_fields(lines, 1, headers)
