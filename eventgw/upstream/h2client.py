@@ -15,6 +15,12 @@ drains or is gone.
 * :class:`H2ClientConnection` is ready once the server's SETTINGS arrived.  On GOAWAY
   the in-flight streams the server accepted finish and the others are reset as
   REFUSED_STREAM (UNAVAILABLE for the client).
+* Late frames: a stream the gateway reset (a deadline, a cancelled client) or that
+  closed may still get HEADERS, DATA, WINDOW_UPDATE or RST_STREAM the server sent
+  before it heard of the end.  RFC 9113 section 5.1 says to ignore them, and so does
+  :class:`_GracefulH2Connection` (header blocks still decoded, DATA still credited to
+  the connection window); h2 alone would take a late HEADERS for a stream it already
+  forgot as the server opening a stream, and kill the whole connection.
 * Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
   no answer within another interval aborts the connection.  gRPC servers with their
   default ping policy answer the third PING on a connection without calls with
@@ -32,6 +38,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -47,7 +54,14 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -85,6 +99,15 @@ MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
 SHUTDOWN_GRACE: Final = 2.0
 # The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
 _PING_DATA: Final = b"eventgw!"
+# Frames on a stream that may arrive after it was reset or closed, and the connection
+# state machine input each one is.
+_LATE_FRAMES: Final = {
+    HeadersFrame: ConnectionInputs.RECV_HEADERS,
+    DataFrame: ConnectionInputs.RECV_DATA,
+    WindowUpdateFrame: ConnectionInputs.RECV_WINDOW_UPDATE,
+    RstStreamFrame: ConnectionInputs.RECV_RST_STREAM,
+}
+
 
 
 class ConnectionOwner(Protocol):
@@ -120,14 +143,57 @@ class ConnectionOwner(Protocol):
 
 
 class _GracefulH2Connection(LeanH2Connection):
-    """An h2 client connection that survives a GOAWAY from the server.
+    """An h2 client connection that survives a GOAWAY from the server, and frames
+    that cross the gateway's own RST_STREAM.
 
     h2 moves the whole connection to CLOSED when it receives GOAWAY and drops its
     outbound buffer, so the frames of streams the server still finishes -- often in the
     same read as the GOAWAY -- raise ProtocolError (python-hyper/h2 #1181).  RFC 9113
     section 6.8 lets streams up to the last stream id complete; the pool opens no new
     streams on a connection after GOAWAY, so only the event is kept.
+
+    Late frames: an odd stream id no higher than the highest one we opened is one of
+    ours, never a stream the server opens.  Once h2 cleaned such a stream up (it does
+    whenever another stream is opened), h2 would treat a HEADERS on it as a new
+    inbound stream -- checked against our SETTINGS_MAX_CONCURRENT_STREAMS of 0, a
+    connection error -- and a RST_STREAM on it as a frame on a closed stream, answered
+    with RST_STREAM or GOAWAY.  RFC 9113 section 5.1: frames received on a stream
+    after one sent RST_STREAM are ignored, except for what they change in the
+    connection (HPACK state, the connection's flow-control window).  So HEADERS,
+    DATA, WINDOW_UPDATE and RST_STREAM on such a stream, closed or forgotten, are
+    dropped here: a header block is still decoded, DATA is still counted against the
+    connection window and credited straight back, and nothing is sent in answer but
+    that WINDOW_UPDATE.
     """
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        stream_id = frame.stream_id
+        if stream_id & 1 and stream_id <= self.highest_outbound_stream_id:
+            connection_input = _LATE_FRAMES.get(type(frame))
+            if connection_input is not None:
+                stream = self.streams.get(stream_id)
+                if stream is None or stream.closed:
+                    return self._receive_late_frame(frame, connection_input)
+        return super()._receive_frame(frame)
+
+    def _receive_late_frame(
+        self, frame: Frame, connection_input: ConnectionInputs
+    ) -> list[Event]:
+        """Drop a frame for a stream of ours that is over, keeping the connection's
+        state (HPACK, flow control) as if it had been processed."""
+        events: list[Event] = self.state_machine.process_input(connection_input)
+        if isinstance(frame, HeadersFrame):
+            _decode_headers(self.decoder, frame.data)
+        elif isinstance(frame, DataFrame):
+            size = frame.flow_controlled_length
+            manager = self._inbound_flow_control_window_manager
+            manager.window_consumed(size)
+            increment = manager.process_bytes(size)
+            if increment:
+                update = WindowUpdateFrame(0)
+                update.window_increment = increment
+                self._prepare_for_sending([update])
+        return events
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
         event = ConnectionTerminated()
