@@ -7,6 +7,8 @@ never the connection.  The peers here:
 * :class:`FramePeer`, a server written frame by frame with hyperframe and hpack on
   127.0.0.1, which sends exactly the crossing frames and records every frame the
   gateway sends;
+* an ``h2`` server connection fed through a ``StringTransport`` with a ``Clock``
+  (the deadline forwarded, where time has to be exact);
 * the demo Master API (grpcio), for the same races at full speed.
 """
 
@@ -18,9 +20,12 @@ from typing import Any
 
 import grpc
 import hpack
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.events import RequestReceived
 from h2.frame_buffer import FrameBuffer
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from hyperframe.frame import (
     DataFrame,
     Frame,
@@ -34,7 +39,8 @@ from hyperframe.frame import (
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -42,13 +48,14 @@ from demo.masterapi._proto import demo_pb2
 from demo.masterapi.grpc_server import ItemsServicer
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.config import BrokerUpstream, GrpcUpstream
+from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.target import EVENT_BROKER_SERVICE
 from eventgw.events.transcode import HttpRoute, RouteTable
 from eventgw.exchange import Headers
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy
-from eventgw.upstream.h2client import UpstreamStream
+from eventgw.upstream.h2client import H2ClientConnection, UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool
 from tests.support import RecordingWriter, make_head
 
@@ -133,6 +140,10 @@ class Recorder:
 
     def upstream_buffered(self, queued: int) -> None:
         pass
+
+    def upstream_deadline_exceeded(self) -> None:
+        self.events.append(("deadline",))
+        self.ended = True
 
 
 # --- a server written frame by frame -----------------------------------------------------
@@ -392,6 +403,180 @@ class GoawayCrossingTests(_PeerTestCase):
         response = yield client.call(route, request).addTimeout(WAIT, reactor)
         self.assertEqual(response.id, "x")
         self.assertEqual(len(factory.peers), 2)
+
+
+# --- the deadline forwarded -----------------------------------------------------------
+
+
+class _ClockedConnection:
+    """A pool on a Clock with one connection over a StringTransport, and an h2 server
+    on the other end that the test drives."""
+
+    def __init__(self, max_streams: int = 1, **kw: Any) -> None:
+        self.clock = Clock()
+        options = _pool_options(kw)
+        self.pool = GrpcConnectionPool(config(1, max_connections=1, **kw), reactor=self.clock,
+                                       **options)
+        self.connection = H2ClientConnection(self.pool, self.clock)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+        self.server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.server.local_settings = Settings(
+            client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+        self.server.initiate_connection()
+        self.requests: dict[int, dict[bytes, bytes]] = {}
+        self.order: dict[int, list[bytes]] = {}
+        self.pings = 0
+        self.exchange()
+
+    def exchange(self) -> None:
+        """Carry bytes both ways until both sides are quiet."""
+        from h2.events import PingReceived
+
+        while True:
+            moved = False
+            sent = self.transport.value()
+            if sent:
+                self.transport.clear()
+                moved = True
+                for event in self.server.receive_data(sent):
+                    if isinstance(event, RequestReceived):
+                        self.requests[event.stream_id] = dict(event.headers)
+                        self.order[event.stream_id] = [n for n, _ in event.headers]
+                    elif isinstance(event, PingReceived):
+                        self.pings += 1
+            answer = self.server.data_to_send()
+            if answer:
+                moved = True
+                self.connection.dataReceived(answer)
+            if not moved:
+                return
+
+    def answer(self, stream_id: int) -> None:
+        self.server.send_headers(stream_id, RESPONSE_HEAD)
+        self.server.send_data(stream_id, EMPTY_MESSAGE)
+        self.server.send_headers(stream_id, OK_TRAILERS, end_stream=True)
+        self.exchange()
+
+    def open(self, headers: Headers, deadline: float | None) -> Recorder:
+        recorder = Recorder()
+        recorder.stream = self.pool.open_stream(headers, recorder, deadline)
+        recorder.stream.send(EMPTY_MESSAGE, end=True)
+        self.connection.flush()
+        self.exchange()
+        return recorder
+
+
+def _pool_options(kw: dict[str, Any]) -> dict[str, Any]:
+    return {key: kw.pop(key) for key in ("keepalive_without_calls",
+                                         "min_ping_interval_without_data") if key in kw}
+
+
+class DeadlineForwardingTests(_PeerTestCase):
+    """grpc-timeout goes upstream as what is left when the HEADERS are sent."""
+
+    def test_wait_for_a_slot_is_deducted(self) -> None:
+        """A call that waited 400 ms for a stream slot (the server allows one) goes
+        upstream with 600m of its 1 s, replacing the client's grpc-timeout in place."""
+        rig = _ClockedConnection(max_streams=1)
+        busy = rig.open(list(REQUEST), None)
+        headers = [*REQUEST[:4], (b"grpc-timeout", b"1S"), *REQUEST[4:]]
+        waiting = rig.open(headers, rig.clock.seconds() + 1.0)
+        self.assertEqual(sorted(rig.requests), [1])
+        rig.clock.advance(0.4)
+        rig.answer(1)
+        self.assertTrue(busy.ended)
+        self.assertEqual(sorted(rig.requests), [1, 3])
+        self.assertEqual(rig.requests[3][b"grpc-timeout"], b"600m")
+        self.assertEqual(rig.order[3][4], b"grpc-timeout")
+        self.assertEqual(rig.order[3].count(b"grpc-timeout"), 1)
+        self.assertFalse(waiting.ended)
+
+    def test_timeout_added_when_absent(self) -> None:
+        """A stream with a deadline but no grpc-timeout header gets one."""
+        rig = _ClockedConnection(max_streams=10)
+        rig.clock.advance(5)
+        rig.open(list(REQUEST), rig.clock.seconds() + 2.5)
+        self.assertEqual(rig.requests[1][b"grpc-timeout"], b"2500m")
+
+    def test_nothing_left_is_not_sent(self) -> None:
+        """A waiting call whose deadline passed before a slot freed is never sent: its
+        listener hears deadline-exceeded and the server sees no HEADERS for it."""
+        rig = _ClockedConnection(max_streams=1)
+        rig.open(list(REQUEST), None)
+        waiting = rig.open([*REQUEST, (b"grpc-timeout", b"300m")], rig.clock.seconds() + 0.3)
+        rig.clock.advance(0.5)
+        rig.answer(1)
+        self.assertEqual(waiting.events, [("deadline",)])
+        self.assertEqual(sorted(rig.requests), [1])
+        # The slot it would have taken is free for the next call.
+        rig.open(list(REQUEST), None)
+        self.assertEqual(sorted(rig.requests), [1, 3])
+
+    @inlineCallbacks
+    def test_relay_deducts_the_connect(self) -> Any:
+        """Through the relay: a Master API that takes 300 ms to send its SETTINGS gets
+        at most 700m of a client's 1S grpc-timeout."""
+        def on_frame(peer: FramePeer, frame: Frame) -> None:
+            if isinstance(frame, DataFrame) and "END_STREAM" in frame.flags:
+                peer.send(*peer.answer(frame.stream_id))
+
+        factory = FramePeerFactory(on_frame, settings_delay=0.3)
+        pool = self.pool(self.listen(factory))
+        relay = GrpcRelay(None, POLICY, reactor=reactor, pool=pool)
+        writer = RecordingWriter()
+        head = make_head(b"POST", GET_ITEM, [(b"content-type", b"application/grpc"),
+                                             (b"te", b"trailers"), (b"grpc-timeout", b"1S")],
+                         protocol="HTTP/2", content_length=None, body_expected=True)
+        handler = relay.start_exchange(head, writer)
+        handler.body_received(EMPTY_MESSAGE)
+        handler.body_ended([])
+        yield wait_for(lambda: writer.ended)
+        self.assertEqual(grpc_status(writer.trailers), 0)
+        sent = dict(factory.peers[0].requests[1])[b"grpc-timeout"]
+        self.assertTrue(sent.endswith(b"m"), sent)
+        self.assertTrue(0 < int(sent[:-1]) <= 700, sent)
+
+    @inlineCallbacks
+    def test_broker_deducts_the_connect(self) -> Any:
+        """The HTTP/2 broker client: with a 1 s deadline and a broker that takes 300 ms
+        to send its SETTINGS, at most 700m goes upstream."""
+        def on_frame(peer: FramePeer, frame: Frame) -> None:
+            if isinstance(frame, DataFrame) and "END_STREAM" in frame.flags:
+                message = eventbroker_pb2.PublishResponse(id="x").SerializeToString()
+                framed = b"\x00" + len(message).to_bytes(4, "big") + message
+                peer.send(*peer.answer(frame.stream_id, framed))
+
+        factory = FramePeerFactory(on_frame, settings_delay=0.3)
+        port = self.listen(factory)
+        client = H2BrokerClient(BrokerUpstream(target=f"127.0.0.1:{port}", tls=False,
+                                               deadline=1.0), reactor=reactor)
+        self.addCleanup(client.close)
+        route = publish_route()
+        response = yield client.call(route, eventbroker_pb2.PublishRequest()).addTimeout(
+            WAIT, reactor)
+        self.assertEqual(response.id, "x")
+        sent = dict(factory.peers[0].requests[1])[b"grpc-timeout"]
+        self.assertTrue(0 < int(sent[:-1]) <= 700, sent)
+
+    @inlineCallbacks
+    def test_broker_deadline_passes_while_connecting(self) -> Any:
+        """A broker call whose whole deadline passes before the connection is ready
+        fails DEADLINE_EXCEEDED and nothing is sent for it."""
+        factory = FramePeerFactory(settings_delay=0.5)
+        port = self.listen(factory)
+        client = H2BrokerClient(BrokerUpstream(target=f"127.0.0.1:{port}", tls=False,
+                                               deadline=1.0), reactor=reactor)
+        self.addCleanup(client.close)
+        route = publish_route()
+        try:
+            yield client.call(route, eventbroker_pb2.PublishRequest(), timeout=0.2)
+        except BrokerCallFailed as e:
+            self.assertEqual(e.code, GrpcStatus.DEADLINE_EXCEEDED)
+        else:
+            self.fail("the call succeeded")
+        yield sleep(0.5)
+        self.assertEqual(factory.peers[0].requests, {})
 
 
 class RealMasterApiTests(_PeerTestCase):

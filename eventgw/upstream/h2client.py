@@ -21,6 +21,10 @@ drains or is gone.
   :class:`_GracefulH2Connection` (header blocks still decoded, DATA still credited to
   the connection window); h2 alone would take a late HEADERS for a stream it already
   forgot as the server opening a stream, and kill the whole connection.
+* Deadlines: a stream opened with a ``deadline`` (the reactor's clock) goes upstream
+  with ``grpc-timeout`` set to what is left of it when its HEADERS are written -- the
+  wait for a connection slot and the connect are deducted; with nothing left it is
+  never sent and its listener hears :meth:`StreamListener.upstream_deadline_exceeded`.
 * Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
   no answer within another interval aborts the connection.  gRPC servers with their
   default ping policy answer the third PING on a connection without calls with
@@ -69,6 +73,7 @@ from twisted.python.failure import Failure
 
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
+from eventgw.grpcwire import format_grpc_timeout
 from eventgw.http2 import WRITES, LeanH2Connection
 
 if TYPE_CHECKING:
@@ -225,6 +230,9 @@ class StreamListener(Protocol):
 
     def upstream_buffered(self, queued: int) -> None: ...
 
+    def upstream_deadline_exceeded(self) -> None:
+        """The deadline passed before the request could be sent (nothing was)."""
+
 
 class UpstreamStream:
     """One request to the Master API, before and after it has a connection.
@@ -240,6 +248,7 @@ class UpstreamStream:
         "_end_queued",
         "_pending",
         "closed",
+        "deadline",
         "headers",
         "listener",
         "local_ended",
@@ -249,11 +258,16 @@ class UpstreamStream:
     )
 
     def __init__(
-        self, pool: ConnectionOwner, headers: Headers, listener: StreamListener
+        self,
+        pool: ConnectionOwner,
+        headers: Headers,
+        listener: StreamListener,
+        deadline: float | None = None,
     ) -> None:
         self.pool = pool
         self.headers = headers
         self.listener = listener
+        self.deadline = deadline
         self._connection: H2ClientConnection | None = None
         self.stream_id = 0
         self._pending: deque[bytes] = deque()
@@ -330,6 +344,38 @@ class UpstreamStream:
         self._pending.clear()
         self.queued = 0
         self.listener.upstream_failed(reason)
+
+    def expire(self) -> None:
+        """The deadline passed before the HEADERS went out: never send them."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self.queued = 0
+        self.listener.upstream_deadline_exceeded()
+
+    def headers_at(self, now: float) -> Headers | None:
+        """The HEADERS to send at ``now``: ``grpc-timeout`` says what is left of the
+        deadline (in place, or appended); ``None`` when nothing is left."""
+        deadline = self.deadline
+        if deadline is None:
+            return self.headers
+        left = deadline - now
+        if left <= 0:
+            return None
+        timeout = (b"grpc-timeout", format_grpc_timeout(left))
+        headers: Headers = []
+        replaced = False
+        for header in self.headers:
+            if header[0] == b"grpc-timeout":
+                if not replaced:
+                    headers.append(timeout)
+                    replaced = True
+            else:
+                headers.append(header)
+        if not replaced:
+            headers.append(timeout)
+        return headers
 
 
 class H2ClientConnection(TwistedProtocol):
@@ -457,11 +503,16 @@ class H2ClientConnection(TwistedProtocol):
         )
 
     def start_stream(self, stream: UpstreamStream) -> None:
-        """Open ``stream`` on this connection and send what it has queued."""
+        """Open ``stream`` on this connection and send what it has queued; a stream
+        whose deadline has passed is not sent but expired."""
+        headers = stream.headers_at(self.reactor.seconds())
+        if headers is None:
+            stream.expire()
+            return
         stream_id = self.h2.get_next_available_stream_id()
         stream.attach(self, stream_id)
         self.streams[stream_id] = stream
-        self.h2.send_headers(stream_id, stream.headers)
+        self.h2.send_headers(stream_id, headers)
         self.write_pending(stream)
 
     def write_pending(self, stream: UpstreamStream) -> None:

@@ -125,9 +125,15 @@ class GrpcConnectionPool:
 
     # -- the relay's side -------------------------------------------------------------
 
-    def open_stream(self, headers: Headers, listener: StreamListener) -> UpstreamStream:
-        """A new request; it starts at once or when a connection slot is free."""
-        stream = UpstreamStream(self, headers, listener)
+    def open_stream(
+        self, headers: Headers, listener: StreamListener, deadline: float | None = None
+    ) -> UpstreamStream:
+        """A new request; it starts at once or when a connection slot is free.
+
+        ``deadline`` (on this pool's reactor clock) is the call's: ``grpc-timeout``
+        goes upstream as what is left of it when the HEADERS are sent.
+        """
+        stream = UpstreamStream(self, headers, listener, deadline)
         for connection in self._connections:
             if connection.has_capacity():
                 connection.start_stream(stream)
