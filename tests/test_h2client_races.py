@@ -8,12 +8,14 @@ never the connection.  The peers here:
   127.0.0.1, which sends exactly the crossing frames and records every frame the
   gateway sends;
 * an ``h2`` server connection fed through a ``StringTransport`` with a ``Clock``
-  (the deadline forwarded, where time has to be exact);
-* the demo Master API (grpcio), for the same races at full speed.
+  (deadline and keepalive pacing, where time has to be exact);
+* the demo Master API (grpcio), for the same races at full speed and for its ping
+  policy.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -358,6 +360,38 @@ class LateFrameTests(_PeerTestCase):
         self.assertEqual(peer.received(RstStreamFrame, 1), [])
         self.assertEqual(len(pool._connections), 1)
 
+    @inlineCallbacks
+    def test_stream_closed_reset_is_logged_and_unknown(self) -> Any:
+        """RST_STREAM(STREAM_CLOSED) on an open call: logged at warn with the stream
+        and the upstream, and the call ends UNKNOWN (the spec maps no status to it:
+        the call ended without one), not INTERNAL."""
+        lines = self.logged()
+
+        def on_frame(peer: FramePeer, frame: Frame) -> None:
+            if isinstance(frame, HeadersFrame):
+                reset = RstStreamFrame(frame.stream_id)
+                reset.error_code = ErrorCodes.STREAM_CLOSED
+                peer.send(reset)
+
+        factory = FramePeerFactory(on_frame)
+        port = self.listen(factory)
+        pool = self.pool(port)
+        relay = GrpcRelay(None, POLICY, reactor=reactor, pool=pool)
+        writer = RecordingWriter()
+        head = make_head(b"POST", GET_ITEM, [(b"content-type", b"application/grpc"),
+                                             (b"te", b"trailers")],
+                         protocol="HTTP/2", content_length=None, body_expected=True)
+        handler = relay.start_exchange(head, writer)
+        handler.body_received(EMPTY_MESSAGE)
+        handler.body_ended([])
+        yield wait_for(lambda: writer.ended)
+        self.assertEqual(grpc_status(writer.headers), GrpcStatus.UNKNOWN)
+        warned = [line for line in lines if "STREAM_CLOSED" in line]
+        self.assertEqual(len(warned), 1, lines)
+        self.assertIn("stream 1", warned[0])
+        self.assertIn(f"127.0.0.1:{port}", warned[0])
+
+
 class GoawayCrossingTests(_PeerTestCase):
     """A GOAWAY that crosses a stream the gateway has just opened."""
 
@@ -579,6 +613,73 @@ class DeadlineForwardingTests(_PeerTestCase):
         self.assertEqual(factory.peers[0].requests, {})
 
 
+# --- keepalive ---------------------------------------------------------------------------
+
+
+class KeepalivePacingTests(TestCase):
+    """When keepalive PINGs go out (a Clock, an h2 server over a StringTransport)."""
+
+    def test_no_ping_without_calls(self) -> None:
+        """With no stream open, no PING goes out however long the connection idles."""
+        rig = _ClockedConnection(keepalive_interval=1.0)
+        for _ in range(20):
+            rig.clock.advance(1.0)
+            rig.exchange()
+        self.assertEqual(rig.pings, 0)
+
+    def test_ping_without_calls_when_permitted(self) -> None:
+        """keepalive_without_calls: an idle connection is pinged (at the pace the
+        server allows without data)."""
+        rig = _ClockedConnection(keepalive_interval=1.0, keepalive_without_calls=True,
+                                 min_ping_interval_without_data=1.0)
+        for _ in range(5):
+            rig.clock.advance(1.0)
+            rig.exchange()
+        self.assertGreaterEqual(rig.pings, 4)
+
+    def test_silent_stream_pinged_no_more_than_allowed(self) -> None:
+        """A stream open and silent for 30 keepalive intervals: one PING right away,
+        then none sooner than min_ping_interval_without_data after the last."""
+        rig = _ClockedConnection(keepalive_interval=1.0, min_ping_interval_without_data=10.0)
+        rig.open(list(REQUEST), None)
+        times: list[float] = []
+        for _ in range(300):
+            before = rig.pings
+            rig.clock.advance(0.1)
+            rig.exchange()
+            if rig.pings > before:
+                times.append(rig.clock.seconds())
+        self.assertGreaterEqual(len(times), 2)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        self.assertTrue(all(gap >= 10.0 - 1e-6 for gap in gaps), times)
+
+    def test_response_data_allows_the_next_ping(self) -> None:
+        """Response DATA between PINGs lifts the without-data limit: the next PING
+        may go out after one keepalive interval of silence again."""
+        rig = _ClockedConnection(max_streams=10, keepalive_interval=1.0,
+                                 min_ping_interval_without_data=100.0)
+        rig.open(list(REQUEST), None)
+        rig.clock.advance(1.0)
+        rig.exchange()
+        self.assertEqual(rig.pings, 1)
+        rig.server.send_headers(1, RESPONSE_HEAD)
+        rig.server.send_data(1, EMPTY_MESSAGE)
+        rig.exchange()
+        for _ in range(3):
+            rig.clock.advance(1.0)
+            rig.exchange()
+        self.assertEqual(rig.pings, 2)
+
+    def test_too_many_pings_doubles_the_interval(self) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM "too_many_pings" doubles the pool's keepalive
+        interval (for the connections it opens next, as grpc-core does)."""
+        rig = _ClockedConnection(keepalive_interval=1.0)
+        rig.server.close_connection(ErrorCodes.ENHANCE_YOUR_CALM,
+                                    additional_data=b"too_many_pings")
+        rig.exchange()
+        self.assertEqual(rig.pool.keepalive_interval, 2.0)
+
+
 class RealMasterApiTests(_PeerTestCase):
     """The demo Master API's gRPC server (grpcio) behind the relay."""
 
@@ -640,3 +741,28 @@ class RealMasterApiTests(_PeerTestCase):
         self.assertEqual(pool._connections, [connection])
         self.assertFalse(connection.draining or connection.lost)
         self.assertEqual([line for line in lines if "protocol error" in line], [])
+
+    @inlineCallbacks
+    def test_silent_stream_survives_the_ping_policy(self) -> Any:
+        """A server-streaming call silent for 30 keepalive intervals, against a
+        grpcio server with a strict ping policy (1 s between PINGs without data, two
+        strikes): the call completes and the connection is not GOAWAY'd."""
+        lines = self.logged()
+        port, _ = self.serve([
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ])
+        pool = GrpcConnectionPool(config(port, keepalive_interval=0.1), reactor=reactor,
+                                  min_ping_interval_without_data=1.0)
+        self.addCleanup(pool.close)
+        relay = GrpcRelay(None, POLICY, reactor=reactor, pool=pool)
+        writer = self.call(relay, WATCH_ITEMS, demo_pb2.WatchItemsRequest(
+            count=1, behaviour=demo_pb2.Behaviour(delay_ms=3000)))
+        yield wait_for(lambda: pool._connections)
+        connection = pool._connections[0]
+        yield wait_for(lambda: writer.ended)
+        self.assertEqual(grpc_status(writer.trailers), 0, (writer, lines))
+        self.assertGreater(len(writer.body), 5)
+        self.assertEqual(pool._connections, [connection])
+        self.assertFalse(connection.draining or connection.lost)
+        self.assertEqual([line for line in lines if "too_many_pings" in line], [])

@@ -69,7 +69,9 @@ MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 # Streams to the broker share few connections: HTTP/2 multiplexes them, and each extra
 # connection costs the broker a thread of attention for nothing.
 DEFAULT_MAX_CONNECTIONS: Final = 2
-# A dead broker connection is noticed within a minute even when no call is running.
+# A dead broker connection under a running call is noticed within a minute (PINGs
+# follow gRPC's keepalive rules: none without a call, none more often than the
+# broker's ping policy allows without data).
 KEEPALIVE_INTERVAL: Final = 30.0
 # Connecting never takes longer than this, whatever the deadline (which bounds it too).
 MAX_CONNECT_TIMEOUT: Final = 5.0

@@ -25,11 +25,14 @@ drains or is gone.
   with ``grpc-timeout`` set to what is left of it when its HEADERS are written -- the
   wait for a connection slot and the connect are deducted; with nothing left it is
   never sent and its listener hears :meth:`StreamListener.upstream_deadline_exceeded`.
-* Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
-  no answer within another interval aborts the connection.  gRPC servers with their
-  default ping policy answer the third PING on a connection without calls with
-  GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"); the pool then lets that idle
-  connection go and opens a new one on the next call.
+* Keepalive, after gRPC's client-side keepalive rules (gRFC A8) and the ping policy
+  gRPC servers enforce: a PING when nothing was received for the keepalive interval,
+  only while a stream is open (unless the pool permits it without calls), and never
+  twice within ``min_ping_interval_without_data`` unless response HEADERS or DATA
+  arrived in between (a gRPC server counts such a PING as a strike, and past two
+  strikes answers GOAWAY ENHANCE_YOUR_CALM "too_many_pings").  No answer within
+  another interval aborts the connection.  A "too_many_pings" GOAWAY doubles the
+  pool's keepalive interval for the connections it opens next, as grpc-core does.
 * Flow control: response DATA is acknowledged only when the listener's owner says so
   (:meth:`UpstreamStream.acknowledge`).
 * ``data_to_send`` is flushed once per ``dataReceived`` and once per call from the
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_CONNECTION_WINDOW",
     "CLIENT_STREAM_WINDOW",
+    "MIN_PING_INTERVAL_WITHOUT_DATA",
     "ConnectionOwner",
     "H2ClientConnection",
     "StreamListener",
@@ -104,6 +108,12 @@ MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
 SHUTDOWN_GRACE: Final = 2.0
 # The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
 _PING_DATA: Final = b"eventgw!"
+# grpc-core servers' default ``grpc.http2.min_ping_interval_without_data_ms``: a PING
+# sooner than this after the previous one, with no HEADERS or DATA sent in between,
+# is a strike.  The gateway's keepalive never pings that often without data.
+MIN_PING_INTERVAL_WITHOUT_DATA: Final = 300.0
+# The GOAWAY debug data of a gRPC server whose ping policy was violated (gRFC A8).
+TOO_MANY_PINGS: Final = b"too_many_pings"
 # Frames on a stream that may arrive after it was reset or closed, and the connection
 # state machine input each one is.
 _LATE_FRAMES: Final = {
@@ -114,13 +124,17 @@ _LATE_FRAMES: Final = {
 }
 
 
-
 class ConnectionOwner(Protocol):
     """What connections and streams report to: the pool
     (:class:`eventgw.upstream.h2pool.GrpcConnectionPool`).
 
     :ivar address: the upstream's ``host:port``, for logs.
-    :ivar config: the upstream's settings (``tls``, ``keepalive_interval``).
+    :ivar config: the upstream's settings (``tls``).
+    :ivar keepalive_interval: the keepalive interval for connections (it starts at
+        ``config.keepalive_interval`` and doubles on each "too_many_pings").
+    :ivar keepalive_without_calls: whether to ping connections with no stream open.
+    :ivar min_ping_interval_without_data: the least time between two PINGs with no
+        response HEADERS or DATA received in between.
     """
 
     @property
@@ -128,6 +142,18 @@ class ConnectionOwner(Protocol):
 
     @property
     def config(self) -> GrpcUpstream: ...
+
+    @property
+    def keepalive_interval(self) -> float: ...
+
+    @property
+    def keepalive_without_calls(self) -> bool: ...
+
+    @property
+    def min_ping_interval_without_data(self) -> float: ...
+
+    def pings_too_frequent(self, connection: H2ClientConnection) -> None:
+        """The server answered GOAWAY "too_many_pings": ping less often."""
 
     def forget(self, stream: UpstreamStream) -> None:
         """A stream that never had a connection was cancelled."""
@@ -410,6 +436,8 @@ class H2ClientConnection(TwistedProtocol):
         self._blocked: set[UpstreamStream] = set()
         self._last_received = 0.0
         self._ping_outstanding = False
+        self._last_ping_sent: float | None = None
+        self._data_since_ping = False
         self._keepalive: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self.closed: Deferred[None] = Deferred()
@@ -595,6 +623,7 @@ class H2ClientConnection(TwistedProtocol):
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, DataReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 # A stream the relay already let go: give the window back.
@@ -606,6 +635,7 @@ class H2ClientConnection(TwistedProtocol):
                 event.data, event.flow_controlled_length, event.stream_ended is not None
             )
         elif isinstance(event, ResponseReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.listener.upstream_headers(
@@ -613,6 +643,7 @@ class H2ClientConnection(TwistedProtocol):
                     event.stream_ended is not None,
                 )
         elif isinstance(event, TrailersReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.listener.upstream_trailers(event.headers)
@@ -621,9 +652,19 @@ class H2ClientConnection(TwistedProtocol):
         elif isinstance(event, StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
+                error_code = int(event.error_code or 0)
+                if error_code == ErrorCodes.STREAM_CLOSED:
+                    # PROTOCOL-HTTP2.md "Errors": no status to map, implementations
+                    # log it.  The server holds a stream the gateway thinks open as
+                    # closed: something went wrong between the two.
+                    self.log.warn(
+                        "{upstream} reset stream {stream_id} with STREAM_CLOSED",
+                        upstream=self.pool.address,
+                        stream_id=event.stream_id,
+                    )
                 self._blocked.discard(stream)
                 stream.closed = True
-                stream.listener.upstream_reset(int(event.error_code or 0))
+                stream.listener.upstream_reset(error_code)
                 self.pool.capacity_freed(self)
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
@@ -636,7 +677,7 @@ class H2ClientConnection(TwistedProtocol):
             if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
                 self.pool.capacity_freed(self)
         elif isinstance(event, ConnectionTerminated):
-            self._goaway(event.last_stream_id, event.error_code)
+            self._goaway(event.last_stream_id, event.error_code, event.additional_data)
         elif isinstance(event, PingAckReceived):
             self._ping_outstanding = False
 
@@ -666,7 +707,9 @@ class H2ClientConnection(TwistedProtocol):
         for stream in list(self._blocked):
             self.write_pending(stream)
 
-    def _goaway(self, last_stream_id: int | None, error_code: object) -> None:
+    def _goaway(
+        self, last_stream_id: int | None, error_code: object, debug_data: bytes | None
+    ) -> None:
         self.draining = True
         self.log.info(
             "{upstream} sent GOAWAY ({error_code}, last stream {last_stream_id})",
@@ -674,6 +717,8 @@ class H2ClientConnection(TwistedProtocol):
             error_code=error_code,
             last_stream_id=last_stream_id,
         )
+        if error_code == ErrorCodes.ENHANCE_YOUR_CALM and debug_data == TOO_MANY_PINGS:
+            self.pool.pings_too_frequent(self)
         last = last_stream_id if last_stream_id is not None else 2**31
         for stream_id in [sid for sid in self.streams if sid > last]:
             stream = self.streams.pop(stream_id)
@@ -687,25 +732,47 @@ class H2ClientConnection(TwistedProtocol):
 
     # -- keepalive ------------------------------------------------------------------------
 
-    def _schedule_keepalive(self) -> None:
-        interval = self.pool.config.keepalive_interval
-        self._keepalive = self.reactor.callLater(interval, self._keepalive_due)
+    def _schedule_keepalive(self, delay: float | None = None) -> None:
+        if delay is None:
+            delay = self.pool.keepalive_interval
+        self._keepalive = self.reactor.callLater(delay, self._keepalive_due)
 
     def _keepalive_due(self) -> None:
         self._keepalive = None
         if self.lost or self.draining or self.transport is None:
             return
-        interval = self.pool.config.keepalive_interval
-        idle = self.reactor.seconds() - self._last_received
-        if idle >= interval:
-            if self._ping_outstanding:
-                self.log.warn(
-                    "{upstream} did not answer a keepalive PING; closing",
-                    upstream=self.pool.address,
-                )
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+        pool = self.pool
+        interval = pool.keepalive_interval
+        now = self.reactor.seconds()
+        if self._ping_outstanding:
+            # Nothing at all arrived since the PING (any read clears this).
+            assert self._last_ping_sent is not None
+            waited = now - self._last_ping_sent
+            if waited < interval:
+                self._schedule_keepalive(interval - waited)
                 return
-            self._ping_outstanding = True
-            self.h2.ping(_PING_DATA)
-            self.flush()
+            self.log.warn(
+                "{upstream} did not answer a keepalive PING; closing",
+                upstream=pool.address,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        idle = now - self._last_received
+        if idle < interval:
+            self._schedule_keepalive(interval - idle)
+            return
+        if not self.streams and not pool.keepalive_without_calls:
+            # No call to keep alive: a gRPC server would count the PING as a strike.
+            self._schedule_keepalive()
+            return
+        if self._last_ping_sent is not None and not self._data_since_ping:
+            allowed = self._last_ping_sent + pool.min_ping_interval_without_data
+            if now < allowed:
+                self._schedule_keepalive(allowed - now)
+                return
+        self._ping_outstanding = True
+        self._last_ping_sent = now
+        self._data_since_ping = False
+        self.h2.ping(_PING_DATA)
+        self.flush()
         self._schedule_keepalive()
