@@ -572,6 +572,29 @@ class DeadlineForwardingTests(_PeerTestCase):
         self.assertTrue(0 < int(sent[:-1]) <= 700, sent)
 
     @inlineCallbacks
+    def test_relay_zero_timeout_is_not_sent(self) -> Any:
+        """Through the relay: a grpc-timeout of 0m has nothing left to forward; the
+        client gets DEADLINE_EXCEEDED and the Master API never sees the call."""
+        factory = FramePeerFactory()
+        pool = self.pool(self.listen(factory))
+        relay = GrpcRelay(None, POLICY, reactor=reactor, pool=pool)
+        warm = self.open(pool)
+        yield wait_for(lambda: factory.peers and 1 in factory.peers[0].requests)
+        factory.peers[0].send(*factory.peers[0].answer(1))
+        yield wait_for(lambda: warm.ended)
+        writer = RecordingWriter()
+        head = make_head(b"POST", GET_ITEM, [(b"content-type", b"application/grpc"),
+                                             (b"te", b"trailers"), (b"grpc-timeout", b"0m")],
+                         protocol="HTTP/2", content_length=None, body_expected=True)
+        handler = relay.start_exchange(head, writer)
+        handler.body_received(EMPTY_MESSAGE)
+        handler.body_ended([])
+        self.assertTrue(writer.ended)
+        self.assertEqual(grpc_status(writer.headers), GrpcStatus.DEADLINE_EXCEEDED)
+        yield sleep(0.1)
+        self.assertEqual(sorted(factory.peers[0].requests), [1])
+
+    @inlineCallbacks
     def test_broker_deducts_the_connect(self) -> Any:
         """The HTTP/2 broker client: with a 1 s deadline and a broker that takes 300 ms
         to send its SETTINGS, at most 700m goes upstream."""
