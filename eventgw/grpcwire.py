@@ -73,14 +73,18 @@ HTTP_STATUS_TO_GRPC: Final[Mapping[int, GrpcStatus]] = {
 }
 
 #: PROTOCOL-HTTP2.md "Errors": the status a client derives from an RST_STREAM error
-#: code.  STREAM_CLOSED has no mapping there (no open stream to report it on) and
-#: HTTP_1_1_REQUIRED is not listed; like any unknown code they count as INTERNAL.
+#: code.  STREAM_CLOSED has no mapping there ("no open stream to propagate to";
+#: implementations log it): the peer says the stream is already over, so the call
+#: ended without any status -- UNKNOWN, as for a response that ends without
+#: ``grpc-status``.  HTTP_1_1_REQUIRED is not listed; like any unknown code it
+#: counts as INTERNAL.
 RESET_TO_GRPC: Final[Mapping[int, GrpcStatus]] = {
     ErrorCodes.NO_ERROR: GrpcStatus.INTERNAL,
     ErrorCodes.PROTOCOL_ERROR: GrpcStatus.INTERNAL,
     ErrorCodes.INTERNAL_ERROR: GrpcStatus.INTERNAL,
     ErrorCodes.FLOW_CONTROL_ERROR: GrpcStatus.INTERNAL,
     ErrorCodes.SETTINGS_TIMEOUT: GrpcStatus.INTERNAL,
+    ErrorCodes.STREAM_CLOSED: GrpcStatus.UNKNOWN,
     ErrorCodes.FRAME_SIZE_ERROR: GrpcStatus.INTERNAL,
     # Never processed: the request may be sent again, possibly elsewhere.
     ErrorCodes.REFUSED_STREAM: GrpcStatus.UNAVAILABLE,

@@ -193,8 +193,10 @@ class UpstreamPoolTests(TestCase):
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
-    def relay(self, port: int, **kw: Any) -> GrpcRelay:
-        pool = GrpcConnectionPool(upstream_config(port, **kw), reactor=reactor)
+    def relay(self, port: int, pool_options: dict[str, Any] | None = None,
+              **kw: Any) -> GrpcRelay:
+        pool = GrpcConnectionPool(upstream_config(port, **kw), reactor=reactor,
+                                  **(pool_options or {}))
         relay = GrpcRelay(None, POLICY, reactor=reactor, pool=pool)
         self.addCleanup(relay.close)
         return relay
@@ -326,12 +328,17 @@ class UpstreamPoolTests(TestCase):
 
     @inlineCallbacks
     def test_keepalive_ping_on_idle_connection(self) -> Any:
-        """An idle connection gets keepalive PINGs and, answered, stays open."""
+        """An idle connection gets keepalive PINGs when the pool permits them without
+        calls and, answered, stays open."""
         def script(server: ScriptedServer, stream_id: int, what: str) -> None:
             if what == "ended":
                 server.respond(stream_id, trailers_only=True)
         factory = ScriptedFactory(script)
-        relay = self.relay(self.listen(factory), keepalive_interval=0.05)
+        relay = self.relay(
+            self.listen(factory),
+            {"keepalive_without_calls": True, "min_ping_interval_without_data": 0.05},
+            keepalive_interval=0.05,
+        )
         writer, _ = self.call(relay)
         yield wait_for(lambda: writer.ended)
         yield wait_for(lambda: factory.events.count(("ping",)) >= 2)

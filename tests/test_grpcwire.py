@@ -70,6 +70,9 @@ class ResetCodeTests(SynchronousTestCase):
         GrpcStatus.CANCELLED: (ErrorCodes.CANCEL,),
         GrpcStatus.RESOURCE_EXHAUSTED: (ErrorCodes.ENHANCE_YOUR_CALM,),
         GrpcStatus.PERMISSION_DENIED: (ErrorCodes.INADEQUATE_SECURITY,),
+        # No mapping in the spec ("no open stream to propagate to"): the call ended
+        # without a status.
+        GrpcStatus.UNKNOWN: (ErrorCodes.STREAM_CLOSED,),
         GrpcStatus.INTERNAL: (
             ErrorCodes.NO_ERROR,
             ErrorCodes.PROTOCOL_ERROR,
@@ -83,24 +86,22 @@ class ResetCodeTests(SynchronousTestCase):
     }
 
     def test_every_row(self) -> None:
-        """Each code the spec lists gives its status; STREAM_CLOSED (no mapping) and
-        HTTP_1_1_REQUIRED (not listed) are the only codes left out."""
+        """Each code the spec lists gives its status, STREAM_CLOSED (no mapping there)
+        UNKNOWN; HTTP_1_1_REQUIRED (not listed) is the only code left out."""
         listed = set()
         for status, codes in self.EXPECTED.items():
             for code in codes:
                 self.assertEqual(grpc_status_for_reset(code), status, code.name)
                 listed.add(code)
         self.assertEqual(set(RESET_TO_GRPC), listed)
-        self.assertEqual(
-            set(ErrorCodes) - listed, {ErrorCodes.STREAM_CLOSED, ErrorCodes.HTTP_1_1_REQUIRED}
-        )
+        self.assertEqual(set(ErrorCodes) - listed, {ErrorCodes.HTTP_1_1_REQUIRED})
 
     def test_plain_ints_and_unknown_codes(self) -> None:
         """A code given as a plain int maps like the enum member; unlisted and unknown
         codes are INTERNAL."""
         self.assertEqual(grpc_status_for_reset(0x7), GrpcStatus.UNAVAILABLE)
         self.assertEqual(grpc_status_for_reset(0x8), GrpcStatus.CANCELLED)
-        for code in (ErrorCodes.STREAM_CLOSED, ErrorCodes.HTTP_1_1_REQUIRED, 0x99, 2**31):
+        for code in (ErrorCodes.HTTP_1_1_REQUIRED, 0x99, 2**31):
             self.assertEqual(grpc_status_for_reset(code), GrpcStatus.INTERNAL, code)
 
 

@@ -18,8 +18,10 @@ per call and no future to wrap.  One call is, per the gRPC over HTTP/2 spec
   (percent-encoded) and ``grpc-status-details-bin`` (base64); or a trailers-only
   response (one HEADERS with END_STREAM carrying the status).
 
-The deadline is sent as ``grpc-timeout`` and enforced here too: when it passes, the
-stream is reset (CANCEL) and the call fails with DEADLINE_EXCEEDED.  Cancelling the
+The deadline runs from the call's start.  It is sent as ``grpc-timeout``, set to what
+is left of it when the HEADERS are actually written (after any wait for a connection),
+and enforced here too: when it passes, the stream is reset (CANCEL) -- or never sent --
+and the call fails with DEADLINE_EXCEEDED.  Cancelling the
 Deferred resets the stream (CANCEL).  A broker that cannot be reached, or a connection
 lost mid-call, is UNAVAILABLE; an HTTP/2 reset maps to a status as the spec's table says.
 """
@@ -67,7 +69,9 @@ MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
 # Streams to the broker share few connections: HTTP/2 multiplexes them, and each extra
 # connection costs the broker a thread of attention for nothing.
 DEFAULT_MAX_CONNECTIONS: Final = 2
-# A dead broker connection is noticed within a minute even when no call is running.
+# A dead broker connection under a running call is noticed within a minute (PINGs
+# follow gRPC's keepalive rules: none without a call, none more often than the
+# broker's ping policy allows without data).
 KEEPALIVE_INTERVAL: Final = 30.0
 # Connecting never takes longer than this, whatever the deadline (which bounds it too).
 MAX_CONNECT_TIMEOUT: Final = 5.0
@@ -81,6 +85,7 @@ class _UnaryCall:
     """
 
     __slots__ = (
+        "_deadline",
         "_decoder",
         "_done",
         "_expiring",
@@ -104,9 +109,11 @@ class _UnaryCall:
         message: bytes,
         response_class: type[Message],
         expiring: dict[_UnaryCall, float],
+        deadline: float,
     ) -> None:
         self._pool = pool
         self._headers = headers
+        self._deadline = deadline
         self._message = message
         self._retried = False
         self._response_class = response_class
@@ -122,7 +129,7 @@ class _UnaryCall:
 
     def start(self) -> None:
         """Open the stream and send the request (HEADERS, then DATA with END_STREAM)."""
-        stream = self._pool.open_stream(self._headers, self)
+        stream = self._pool.open_stream(self._headers, self, self._deadline)
         if not self._done:  # the pool may fail a stream at once (e.g. in back-off)
             self.stream = stream
             stream.send(self._message, end=True)
@@ -221,6 +228,9 @@ class _UnaryCall:
 
     def upstream_buffered(self, queued: int) -> None:
         pass  # one small message: nothing to hold back
+
+    def upstream_deadline_exceeded(self) -> None:
+        self._fail(GrpcStatus.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     # -- the answer ----------------------------------------------------------------
 
@@ -347,7 +357,6 @@ class H2BrokerClient:
             (b"content-type", CONTENT_TYPE),
             (b"te", b"trailers"),
         ]
-        self._timeout = format_grpc_timeout(self.deadline)
         self._paths: dict[str, bytes] = {}
         # Calls with the default deadline, in the order they started -- which is the
         # order they expire in -- with their expiry time.  One timer serves them all
@@ -373,6 +382,7 @@ class H2BrokerClient:
         """Start a unary call; the Deferred fires on the reactor thread."""
         if self._closed:
             return fail(BrokerCallFailed(GrpcStatus.UNAVAILABLE, "event broker client closed"))
+        seconds = self.deadline if timeout is None else timeout
         path = self._paths.get(route.grpc_path)
         if path is None:
             path = self._paths[route.grpc_path] = route.grpc_path.encode("ascii")
@@ -380,15 +390,17 @@ class H2BrokerClient:
             *self._prefix,
             (b":path", path),
             *self._suffix,
-            (b"grpc-timeout", self._timeout if timeout is None else format_grpc_timeout(timeout)),
+            # A stand-in: the pool writes what is left of the deadline when it sends.
+            (b"grpc-timeout", format_grpc_timeout(seconds)),
             # Per-request values (request ids, trace ids) never repeat: adding them to
             # the HPACK dynamic table would only evict the entries that do.
             *[NeverIndexedHeaderTuple(name, value) for name, value in metadata],
         ]
+        now = self._reactor.seconds()
         call = _UnaryCall(self._pool, headers, frame_message(request.SerializeToString()),
-                          route.response_class, self._expiring)
+                          route.response_class, self._expiring, now + seconds)
         if timeout is None:
-            self._expiring[call] = self._reactor.seconds() + self.deadline
+            self._expiring[call] = now + self.deadline
             if self._sweep is None:
                 self._sweep = self._reactor.callLater(self.deadline, self._expire)
         else:

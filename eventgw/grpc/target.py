@@ -147,7 +147,11 @@ class _RelayedCall:
     def begin(self) -> None:
         self.relay.calls.add(self)
         self.writer.register_producer(self)
-        self.stream = self.pool.open_stream(self.state.request_headers, self)
+        timeout = self.state.timeout
+        # Measured from here: the wait for a connection is deducted from the
+        # grpc-timeout that goes upstream.
+        deadline = None if timeout is None else self.relay.reactor.seconds() + timeout
+        self.stream = self.pool.open_stream(self.state.request_headers, self, deadline)
         self._run(self.state.start())
 
     # -- RequestHandler (the client) ------------------------------------------------
@@ -188,6 +192,9 @@ class _RelayedCall:
 
     def upstream_buffered(self, queued: int) -> None:
         self._run(self.state.upstream_buffered(queued))
+
+    def upstream_deadline_exceeded(self) -> None:
+        self._run(self.state.deadline_expired())
 
     # -- the clock ----------------------------------------------------------------------
 

@@ -15,11 +15,24 @@ drains or is gone.
 * :class:`H2ClientConnection` is ready once the server's SETTINGS arrived.  On GOAWAY
   the in-flight streams the server accepted finish and the others are reset as
   REFUSED_STREAM (UNAVAILABLE for the client).
-* Keepalive: a PING on a connection that received nothing for ``keepalive_interval``;
-  no answer within another interval aborts the connection.  gRPC servers with their
-  default ping policy answer the third PING on a connection without calls with
-  GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings"); the pool then lets that idle
-  connection go and opens a new one on the next call.
+* Late frames: a stream the gateway reset (a deadline, a cancelled client) or that
+  closed may still get HEADERS, DATA, WINDOW_UPDATE or RST_STREAM the server sent
+  before it heard of the end.  RFC 9113 section 5.1 says to ignore them, and so does
+  :class:`_GracefulH2Connection` (header blocks still decoded, DATA still credited to
+  the connection window); h2 alone would take a late HEADERS for a stream it already
+  forgot as the server opening a stream, and kill the whole connection.
+* Deadlines: a stream opened with a ``deadline`` (the reactor's clock) goes upstream
+  with ``grpc-timeout`` set to what is left of it when its HEADERS are written -- the
+  wait for a connection slot and the connect are deducted; with nothing left it is
+  never sent and its listener hears :meth:`StreamListener.upstream_deadline_exceeded`.
+* Keepalive, after gRPC's client-side keepalive rules (gRFC A8) and the ping policy
+  gRPC servers enforce: a PING when nothing was received for the keepalive interval,
+  only while a stream is open (unless the pool permits it without calls), and never
+  twice within ``min_ping_interval_without_data`` unless response HEADERS or DATA
+  arrived in between (a gRPC server counts such a PING as a strike, and past two
+  strikes answers GOAWAY ENHANCE_YOUR_CALM "too_many_pings").  No answer within
+  another interval aborts the connection.  A "too_many_pings" GOAWAY doubles the
+  pool's keepalive interval for the connections it opens next, as grpc-core does.
 * Flow control: response DATA is acknowledged only when the listener's owner says so
   (:meth:`UpstreamStream.acknowledge`).
 * ``data_to_send`` is flushed once per ``dataReceived`` and once per call from the
@@ -32,6 +45,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -47,7 +61,14 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -55,6 +76,7 @@ from twisted.python.failure import Failure
 
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
+from eventgw.grpcwire import format_grpc_timeout
 from eventgw.http2 import WRITES, LeanH2Connection
 
 if TYPE_CHECKING:
@@ -63,6 +85,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_CONNECTION_WINDOW",
     "CLIENT_STREAM_WINDOW",
+    "MIN_PING_INTERVAL_WITHOUT_DATA",
     "ConnectionOwner",
     "H2ClientConnection",
     "StreamListener",
@@ -85,6 +108,20 @@ MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
 SHUTDOWN_GRACE: Final = 2.0
 # The opaque payload of keepalive PINGs (8 bytes, RFC 9113 section 6.7).
 _PING_DATA: Final = b"eventgw!"
+# grpc-core servers' default ``grpc.http2.min_ping_interval_without_data_ms``: a PING
+# sooner than this after the previous one, with no HEADERS or DATA sent in between,
+# is a strike.  The gateway's keepalive never pings that often without data.
+MIN_PING_INTERVAL_WITHOUT_DATA: Final = 300.0
+# The GOAWAY debug data of a gRPC server whose ping policy was violated (gRFC A8).
+TOO_MANY_PINGS: Final = b"too_many_pings"
+# Frames on a stream that may arrive after it was reset or closed, and the connection
+# state machine input each one is.
+_LATE_FRAMES: Final = {
+    HeadersFrame: ConnectionInputs.RECV_HEADERS,
+    DataFrame: ConnectionInputs.RECV_DATA,
+    WindowUpdateFrame: ConnectionInputs.RECV_WINDOW_UPDATE,
+    RstStreamFrame: ConnectionInputs.RECV_RST_STREAM,
+}
 
 
 class ConnectionOwner(Protocol):
@@ -92,7 +129,12 @@ class ConnectionOwner(Protocol):
     (:class:`eventgw.upstream.h2pool.GrpcConnectionPool`).
 
     :ivar address: the upstream's ``host:port``, for logs.
-    :ivar config: the upstream's settings (``tls``, ``keepalive_interval``).
+    :ivar config: the upstream's settings (``tls``).
+    :ivar keepalive_interval: the keepalive interval for connections (it starts at
+        ``config.keepalive_interval`` and doubles on each "too_many_pings").
+    :ivar keepalive_without_calls: whether to ping connections with no stream open.
+    :ivar min_ping_interval_without_data: the least time between two PINGs with no
+        response HEADERS or DATA received in between.
     """
 
     @property
@@ -100,6 +142,18 @@ class ConnectionOwner(Protocol):
 
     @property
     def config(self) -> GrpcUpstream: ...
+
+    @property
+    def keepalive_interval(self) -> float: ...
+
+    @property
+    def keepalive_without_calls(self) -> bool: ...
+
+    @property
+    def min_ping_interval_without_data(self) -> float: ...
+
+    def pings_too_frequent(self, connection: H2ClientConnection) -> None:
+        """The server answered GOAWAY "too_many_pings": ping less often."""
 
     def forget(self, stream: UpstreamStream) -> None:
         """A stream that never had a connection was cancelled."""
@@ -120,14 +174,57 @@ class ConnectionOwner(Protocol):
 
 
 class _GracefulH2Connection(LeanH2Connection):
-    """An h2 client connection that survives a GOAWAY from the server.
+    """An h2 client connection that survives a GOAWAY from the server, and frames
+    that cross the gateway's own RST_STREAM.
 
     h2 moves the whole connection to CLOSED when it receives GOAWAY and drops its
     outbound buffer, so the frames of streams the server still finishes -- often in the
     same read as the GOAWAY -- raise ProtocolError (python-hyper/h2 #1181).  RFC 9113
     section 6.8 lets streams up to the last stream id complete; the pool opens no new
     streams on a connection after GOAWAY, so only the event is kept.
+
+    Late frames: an odd stream id no higher than the highest one we opened is one of
+    ours, never a stream the server opens.  Once h2 cleaned such a stream up (it does
+    whenever another stream is opened), h2 would treat a HEADERS on it as a new
+    inbound stream -- checked against our SETTINGS_MAX_CONCURRENT_STREAMS of 0, a
+    connection error -- and a RST_STREAM on it as a frame on a closed stream, answered
+    with RST_STREAM or GOAWAY.  RFC 9113 section 5.1: frames received on a stream
+    after one sent RST_STREAM are ignored, except for what they change in the
+    connection (HPACK state, the connection's flow-control window).  So HEADERS,
+    DATA, WINDOW_UPDATE and RST_STREAM on such a stream, closed or forgotten, are
+    dropped here: a header block is still decoded, DATA is still counted against the
+    connection window and credited straight back, and nothing is sent in answer but
+    that WINDOW_UPDATE.
     """
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        stream_id = frame.stream_id
+        if stream_id & 1 and stream_id <= self.highest_outbound_stream_id:
+            connection_input = _LATE_FRAMES.get(type(frame))
+            if connection_input is not None:
+                stream = self.streams.get(stream_id)
+                if stream is None or stream.closed:
+                    return self._receive_late_frame(frame, connection_input)
+        return super()._receive_frame(frame)
+
+    def _receive_late_frame(
+        self, frame: Frame, connection_input: ConnectionInputs
+    ) -> list[Event]:
+        """Drop a frame for a stream of ours that is over, keeping the connection's
+        state (HPACK, flow control) as if it had been processed."""
+        events: list[Event] = self.state_machine.process_input(connection_input)
+        if isinstance(frame, HeadersFrame):
+            _decode_headers(self.decoder, frame.data)
+        elif isinstance(frame, DataFrame):
+            size = frame.flow_controlled_length
+            manager = self._inbound_flow_control_window_manager
+            manager.window_consumed(size)
+            increment = manager.process_bytes(size)
+            if increment:
+                update = WindowUpdateFrame(0)
+                update.window_increment = increment
+                self._prepare_for_sending([update])
+        return events
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
         event = ConnectionTerminated()
@@ -159,6 +256,9 @@ class StreamListener(Protocol):
 
     def upstream_buffered(self, queued: int) -> None: ...
 
+    def upstream_deadline_exceeded(self) -> None:
+        """The deadline passed before the request could be sent (nothing was)."""
+
 
 class UpstreamStream:
     """One request to the Master API, before and after it has a connection.
@@ -174,6 +274,7 @@ class UpstreamStream:
         "_end_queued",
         "_pending",
         "closed",
+        "deadline",
         "headers",
         "listener",
         "local_ended",
@@ -183,11 +284,16 @@ class UpstreamStream:
     )
 
     def __init__(
-        self, pool: ConnectionOwner, headers: Headers, listener: StreamListener
+        self,
+        pool: ConnectionOwner,
+        headers: Headers,
+        listener: StreamListener,
+        deadline: float | None = None,
     ) -> None:
         self.pool = pool
         self.headers = headers
         self.listener = listener
+        self.deadline = deadline
         self._connection: H2ClientConnection | None = None
         self.stream_id = 0
         self._pending: deque[bytes] = deque()
@@ -265,6 +371,38 @@ class UpstreamStream:
         self.queued = 0
         self.listener.upstream_failed(reason)
 
+    def expire(self) -> None:
+        """The deadline passed before the HEADERS went out: never send them."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self.queued = 0
+        self.listener.upstream_deadline_exceeded()
+
+    def headers_at(self, now: float) -> Headers | None:
+        """The HEADERS to send at ``now``: ``grpc-timeout`` says what is left of the
+        deadline (in place, or appended); ``None`` when nothing is left."""
+        deadline = self.deadline
+        if deadline is None:
+            return self.headers
+        left = deadline - now
+        if left <= 0:
+            return None
+        timeout = (b"grpc-timeout", format_grpc_timeout(left))
+        headers: Headers = []
+        replaced = False
+        for header in self.headers:
+            if header[0] == b"grpc-timeout":
+                if not replaced:
+                    headers.append(timeout)
+                    replaced = True
+            else:
+                headers.append(header)
+        if not replaced:
+            headers.append(timeout)
+        return headers
+
 
 class H2ClientConnection(TwistedProtocol):
     """One HTTP/2 client connection to the Master API.
@@ -298,6 +436,8 @@ class H2ClientConnection(TwistedProtocol):
         self._blocked: set[UpstreamStream] = set()
         self._last_received = 0.0
         self._ping_outstanding = False
+        self._last_ping_sent: float | None = None
+        self._data_since_ping = False
         self._keepalive: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self.closed: Deferred[None] = Deferred()
@@ -391,11 +531,16 @@ class H2ClientConnection(TwistedProtocol):
         )
 
     def start_stream(self, stream: UpstreamStream) -> None:
-        """Open ``stream`` on this connection and send what it has queued."""
+        """Open ``stream`` on this connection and send what it has queued; a stream
+        whose deadline has passed is not sent but expired."""
+        headers = stream.headers_at(self.reactor.seconds())
+        if headers is None:
+            stream.expire()
+            return
         stream_id = self.h2.get_next_available_stream_id()
         stream.attach(self, stream_id)
         self.streams[stream_id] = stream
-        self.h2.send_headers(stream_id, stream.headers)
+        self.h2.send_headers(stream_id, headers)
         self.write_pending(stream)
 
     def write_pending(self, stream: UpstreamStream) -> None:
@@ -478,6 +623,7 @@ class H2ClientConnection(TwistedProtocol):
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, DataReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 # A stream the relay already let go: give the window back.
@@ -489,6 +635,7 @@ class H2ClientConnection(TwistedProtocol):
                 event.data, event.flow_controlled_length, event.stream_ended is not None
             )
         elif isinstance(event, ResponseReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.listener.upstream_headers(
@@ -496,6 +643,7 @@ class H2ClientConnection(TwistedProtocol):
                     event.stream_ended is not None,
                 )
         elif isinstance(event, TrailersReceived):
+            self._data_since_ping = True
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.listener.upstream_trailers(event.headers)
@@ -504,9 +652,19 @@ class H2ClientConnection(TwistedProtocol):
         elif isinstance(event, StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
+                error_code = int(event.error_code or 0)
+                if error_code == ErrorCodes.STREAM_CLOSED:
+                    # PROTOCOL-HTTP2.md "Errors": no status to map, implementations
+                    # log it.  The server holds a stream the gateway thinks open as
+                    # closed: something went wrong between the two.
+                    self.log.warn(
+                        "{upstream} reset stream {stream_id} with STREAM_CLOSED",
+                        upstream=self.pool.address,
+                        stream_id=event.stream_id,
+                    )
                 self._blocked.discard(stream)
                 stream.closed = True
-                stream.listener.upstream_reset(int(event.error_code or 0))
+                stream.listener.upstream_reset(error_code)
                 self.pool.capacity_freed(self)
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
@@ -519,7 +677,7 @@ class H2ClientConnection(TwistedProtocol):
             if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
                 self.pool.capacity_freed(self)
         elif isinstance(event, ConnectionTerminated):
-            self._goaway(event.last_stream_id, event.error_code)
+            self._goaway(event.last_stream_id, event.error_code, event.additional_data)
         elif isinstance(event, PingAckReceived):
             self._ping_outstanding = False
 
@@ -549,7 +707,9 @@ class H2ClientConnection(TwistedProtocol):
         for stream in list(self._blocked):
             self.write_pending(stream)
 
-    def _goaway(self, last_stream_id: int | None, error_code: object) -> None:
+    def _goaway(
+        self, last_stream_id: int | None, error_code: object, debug_data: bytes | None
+    ) -> None:
         self.draining = True
         self.log.info(
             "{upstream} sent GOAWAY ({error_code}, last stream {last_stream_id})",
@@ -557,6 +717,8 @@ class H2ClientConnection(TwistedProtocol):
             error_code=error_code,
             last_stream_id=last_stream_id,
         )
+        if error_code == ErrorCodes.ENHANCE_YOUR_CALM and debug_data == TOO_MANY_PINGS:
+            self.pool.pings_too_frequent(self)
         last = last_stream_id if last_stream_id is not None else 2**31
         for stream_id in [sid for sid in self.streams if sid > last]:
             stream = self.streams.pop(stream_id)
@@ -570,25 +732,47 @@ class H2ClientConnection(TwistedProtocol):
 
     # -- keepalive ------------------------------------------------------------------------
 
-    def _schedule_keepalive(self) -> None:
-        interval = self.pool.config.keepalive_interval
-        self._keepalive = self.reactor.callLater(interval, self._keepalive_due)
+    def _schedule_keepalive(self, delay: float | None = None) -> None:
+        if delay is None:
+            delay = self.pool.keepalive_interval
+        self._keepalive = self.reactor.callLater(delay, self._keepalive_due)
 
     def _keepalive_due(self) -> None:
         self._keepalive = None
         if self.lost or self.draining or self.transport is None:
             return
-        interval = self.pool.config.keepalive_interval
-        idle = self.reactor.seconds() - self._last_received
-        if idle >= interval:
-            if self._ping_outstanding:
-                self.log.warn(
-                    "{upstream} did not answer a keepalive PING; closing",
-                    upstream=self.pool.address,
-                )
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+        pool = self.pool
+        interval = pool.keepalive_interval
+        now = self.reactor.seconds()
+        if self._ping_outstanding:
+            # Nothing at all arrived since the PING (any read clears this).
+            assert self._last_ping_sent is not None
+            waited = now - self._last_ping_sent
+            if waited < interval:
+                self._schedule_keepalive(interval - waited)
                 return
-            self._ping_outstanding = True
-            self.h2.ping(_PING_DATA)
-            self.flush()
+            self.log.warn(
+                "{upstream} did not answer a keepalive PING; closing",
+                upstream=pool.address,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        idle = now - self._last_received
+        if idle < interval:
+            self._schedule_keepalive(interval - idle)
+            return
+        if not self.streams and not pool.keepalive_without_calls:
+            # No call to keep alive: a gRPC server would count the PING as a strike.
+            self._schedule_keepalive()
+            return
+        if self._last_ping_sent is not None and not self._data_since_ping:
+            allowed = self._last_ping_sent + pool.min_ping_interval_without_data
+            if now < allowed:
+                self._schedule_keepalive(allowed - now)
+                return
+        self._ping_outstanding = True
+        self._last_ping_sent = now
+        self._data_since_ping = False
+        self.h2.ping(_PING_DATA)
+        self.flush()
         self._schedule_keepalive()

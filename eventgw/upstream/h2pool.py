@@ -20,6 +20,9 @@ connection (frames, streams, flow control, GOAWAY, keepalive) is
   connect timeout at most, not one per call.
 * A connection that received GOAWAY drains: its accepted streams finish, new streams
   go to a new connection.
+* Keepalive (see :mod:`eventgw.upstream.h2client`): ``config.keepalive_interval``,
+  doubled after each GOAWAY "too_many_pings"; PINGs on connections without calls only
+  when ``keepalive_without_calls`` says so.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
 from eventgw.upstream.address import UpstreamAddress
-from eventgw.upstream.h2client import H2ClientConnection, StreamListener, UpstreamStream
+from eventgw.upstream.h2client import (
+    MIN_PING_INTERVAL_WITHOUT_DATA,
+    H2ClientConnection,
+    StreamListener,
+    UpstreamStream,
+)
 from eventgw.upstream.trust import UpstreamTrust, client_tls_options, load_trust
 
 if TYPE_CHECKING:
@@ -84,6 +92,11 @@ class GrpcConnectionPool:
     :param trust: the CAs a ``grpcs://`` upstream is verified against; by default
         ``config.ca_file`` (read now, a bad file being a ``ConfigError`` naming
         ``master_api.ca_file``), or the platform's store without one.
+    :param keepalive_without_calls: also ping connections with no stream open (gRPC's
+        ``keepalive_permit_without_calls``; the server must permit it too).
+    :param min_ping_interval_without_data: the least time between two keepalive
+        PINGs with no response data in between: the server's
+        ``grpc.http2.min_ping_interval_without_data_ms`` (5 minutes by default).
     """
 
     log = Logger()
@@ -96,10 +109,15 @@ class GrpcConnectionPool:
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         trust: UpstreamTrust | None = None,
+        keepalive_without_calls: bool = False,
+        min_ping_interval_without_data: float = MIN_PING_INTERVAL_WITHOUT_DATA,
     ) -> None:
         reactor = default_reactor(reactor)
         self.reactor = reactor
         self.config = config
+        self.keepalive_interval = config.keepalive_interval
+        self.keepalive_without_calls = keepalive_without_calls
+        self.min_ping_interval_without_data = min_ping_interval_without_data
         self.address = config.address
         address = UpstreamAddress(config.host, config.port)
         self.authority = address.authority
@@ -125,9 +143,15 @@ class GrpcConnectionPool:
 
     # -- the relay's side -------------------------------------------------------------
 
-    def open_stream(self, headers: Headers, listener: StreamListener) -> UpstreamStream:
-        """A new request; it starts at once or when a connection slot is free."""
-        stream = UpstreamStream(self, headers, listener)
+    def open_stream(
+        self, headers: Headers, listener: StreamListener, deadline: float | None = None
+    ) -> UpstreamStream:
+        """A new request; it starts at once or when a connection slot is free.
+
+        ``deadline`` (on this pool's reactor clock) is the call's: ``grpc-timeout``
+        goes upstream as what is left of it when the HEADERS are sent.
+        """
+        stream = UpstreamStream(self, headers, listener, deadline)
         for connection in self._connections:
             if connection.has_capacity():
                 connection.start_stream(stream)
@@ -174,6 +198,15 @@ class GrpcConnectionPool:
         self._connections.append(connection)
         self.log.debug("{upstream} connected", upstream=self.address)
         self._drain_waiting()
+
+    def pings_too_frequent(self, connection: H2ClientConnection) -> None:
+        self.keepalive_interval *= 2
+        self.log.warn(
+            "{upstream} answered keepalive PINGs with GOAWAY too_many_pings; keepalive "
+            "interval now {interval}s",
+            upstream=self.address,
+            interval=self.keepalive_interval,
+        )
 
     def capacity_freed(self, connection: H2ClientConnection) -> None:
         if self._waiting:
