@@ -2,9 +2,12 @@
 
 Core module: imports PyYAML, pydantic and the standard library.  It reads a file only
 in :func:`load_config_file`, and looks at the file system only to ask whether ``source``
-exists (relative certificate paths are resolved against its folder).
+exists (relative certificate paths are resolved against its folder).  It reads the
+process environment only in :func:`load_config`, when given no ``environ``.
 
-Each step is a small function: :func:`read_yaml` (text -> mapping), :func:`apply_overrides`
+Each step is a small function: :func:`read_yaml` (text -> mapping, with ``${VAR}`` and
+``${VAR:-default}`` in string values expanded from the environment it is given, see
+:mod:`eventgw.config.environ`), :func:`apply_overrides`
 (command-line flags set single keys of that mapping), :func:`validate` (mapping ->
 :class:`~eventgw.config.model.GatewayFile`, the first failure as one
 :class:`~eventgw.errors.ConfigError` naming the dotted key, or the flag that set it) and
@@ -23,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from eventgw.config.addresses import split_grpc_target, split_http_url
+from eventgw.config.environ import expand_node
 from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
@@ -72,15 +76,27 @@ class Override:
 # --- the steps -----------------------------------------------------------------------
 
 
-def read_yaml(text: str, source: str) -> Mapping[str, Any]:
-    """The top-level mapping of a YAML document (empty for an empty document)."""
+def read_yaml(
+    text: str, source: str, environ: Mapping[str, str] | None = None
+) -> Mapping[str, Any]:
+    """The top-level mapping of a YAML document (empty for an empty document).
+
+    With ``environ``, the references in its string values are expanded from it first
+    (:func:`~eventgw.config.environ.expand_node`); without, they are left as written.
+    """
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None and environ is not None:
+            expand_node(node, loader, environ)
+        raw = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(where, f"invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -135,17 +151,27 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
 
 
 def load_config(
-    text: str, source: str = "<string>", overrides: Iterable[Override] = ()
+    text: str,
+    source: str = "<string>",
+    overrides: Iterable[Override] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> GatewayConfig:
-    """Parse and validate YAML text; raise :class:`ConfigError` naming the bad key."""
+    """Parse and validate YAML text; raise :class:`ConfigError` naming the bad key.
+
+    ``${VAR}`` references are expanded from ``environ`` (``None``: the process's
+    environment) before validation; the overrides are applied after, as given.
+    """
     overrides = tuple(overrides)
-    raw = apply_overrides(read_yaml(text, source), overrides)
+    env = os.environ if environ is None else environ
+    raw = apply_overrides(read_yaml(text, source, env), overrides)
     file = validate(raw, source, {o.key: o.flag for o in overrides})
     base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else "."
     return to_config(file, source, base)
 
 
-def load_config_file(path: str, overrides: Iterable[Override] = ()) -> GatewayConfig:
+def load_config_file(
+    path: str, overrides: Iterable[Override] = (), environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read and parse a YAML file; an unreadable file is a :class:`ConfigError` naming it."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -154,7 +180,7 @@ def load_config_file(path: str, overrides: Iterable[Override] = ()) -> GatewayCo
         raise ConfigError(path, f"cannot read config file: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "config file is not UTF-8 text") from None
-    return load_config(text, source=path, overrides=overrides)
+    return load_config(text, source=path, overrides=overrides, environ=environ)
 
 
 # --- models -> runtime objects -------------------------------------------------------
