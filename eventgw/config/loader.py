@@ -2,7 +2,7 @@
 
 Core module: imports PyYAML, pydantic and the standard library.  It reads a file only
 in :func:`load_config_file`, and looks at the file system only to ask whether ``source``
-exists (relative certificate paths are resolved against its folder).  It reads the
+exists (the file's relative paths are resolved against its folder).  It reads the
 process environment only in :func:`load_config`, when given no ``environ``.
 
 Each step is a small function: :func:`read_yaml` (text -> mapping, with ``${VAR}`` and
@@ -132,15 +132,16 @@ def validate(
 
 
 def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
-    """The runtime objects of a validated file; relative cert paths are joined to ``base``."""
+    """The runtime objects of a validated file; its relative paths (certificate, key,
+    CA bundles, a written ``dev_cert_dir``) are joined to ``base``."""
     api = file.master_api or MasterApiSection()
     grpc = file.grpc or GrpcSection()
     return GatewayConfig(
         listen=ListenConfig(**(file.listen or ListenSection()).model_dump()),
         tls=_tls(file.tls or TlsSection(), base),
-        master_api_http=_api_http(api),
-        master_api_grpc=_api_grpc(api),
-        event_broker=_broker(file.event_broker or EventBrokerSection()),
+        master_api_http=_api_http(api, base),
+        master_api_grpc=_api_grpc(api, base),
+        event_broker=_broker(file.event_broker or EventBrokerSection(), base),
         grpc_allow=tuple(grpc.allow),
         grpc_deny=tuple(grpc.deny),
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
@@ -186,15 +187,23 @@ def load_config_file(
 # --- models -> runtime objects -------------------------------------------------------
 
 
+def _path(base: str, path: str | None) -> str | None:
+    """A path of the file, relative to the file's folder (absolute ones unchanged)."""
+    return None if path is None else os.path.join(base, path)
+
+
 def _tls(section: TlsSection, base: str) -> TlsConfig:
+    # dev_cert_dir follows the file when written in it; its default is the working
+    # directory's ./run/dev-cert.
+    written = "dev_cert_dir" in section.model_fields_set
     return TlsConfig(
-        cert=None if section.cert is None else os.path.join(base, section.cert),
-        key=None if section.key is None else os.path.join(base, section.key),
-        dev_cert_dir=section.dev_cert_dir,
+        cert=_path(base, section.cert),
+        key=_path(base, section.key),
+        dev_cert_dir=os.path.join(base, section.dev_cert_dir) if written else section.dev_cert_dir,
     )
 
 
-def _api_http(api: MasterApiSection) -> ApiUpstream | None:
+def _api_http(api: MasterApiSection, base: str) -> ApiUpstream | None:
     if api.http is None:
         return None
     scheme, host, port, url = split_http_url(api.http)
@@ -203,14 +212,14 @@ def _api_http(api: MasterApiSection) -> ApiUpstream | None:
         host=host,
         port=port,
         url=url,
-        ca_file=api.ca_file,
+        ca_file=_path(base, api.ca_file),
         connect_timeout=api.connect_timeout,
         response_timeout=api.response_timeout,
         max_connections=api.max_connections,
     )
 
 
-def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
+def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
     if api.grpc is None:
         return None
     host, port, tls = split_grpc_target(api.grpc)
@@ -219,21 +228,21 @@ def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
         port=port,
         tls=tls,
         address=UpstreamAddress(host, port).authority.decode("ascii"),
-        ca_file=api.ca_file,
+        ca_file=_path(base, api.ca_file),
         connect_timeout=api.connect_timeout,
         max_connections=api.grpc_connections,
         keepalive_interval=api.keepalive_interval,
     )
 
 
-def _broker(section: EventBrokerSection) -> BrokerUpstream | None:
+def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
     if section.grpc is None:
         return None
     host, port, tls = split_grpc_target(section.grpc)
     return BrokerUpstream(
         target=UpstreamAddress(host, port).authority.decode("ascii"),
         tls=tls,
-        ca_file=section.ca_file,
+        ca_file=_path(base, section.ca_file),
         deadline=section.deadline,
         client=section.client,
     )
