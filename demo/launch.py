@@ -114,14 +114,19 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeou
     raise SystemExit(f"demo: {name} did not start listening on port {port}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's ports: the README's (and gateway.yaml's upstreams) by default."""
     parser = argparse.ArgumentParser(description="Run eventgw with the bundled demo services.")
     parser.add_argument("--port", type=int, default=9001, help="the gateway's TLS port")
     parser.add_argument("--cleartext-port", type=int, default=9080)
     parser.add_argument("--http-port", type=int, default=8080, help="demo Master API HTTP")
     parser.add_argument("--grpc-port", type=int, default=50051, help="demo Master API gRPC")
     parser.add_argument("--broker-port", type=int, default=50052, help="demo Event Broker")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     check_ports([
         ("gateway (TLS)", "--port", args.port),
         ("gateway (cleartext)", "--cleartext-port", args.cleartext_port),
