@@ -109,15 +109,19 @@ class OptionsTests(SynchronousTestCase):
             Options().parseOptions(["--port", "http"])
 
 
-class StartFailureTests(SynchronousTestCase):
-    """Each bad start is one line on stderr naming the key or file, and exit status 1."""
-
+class StartFailureAssertions(SynchronousTestCase):
     def assertOneLine(self, result: subprocess.CompletedProcess[str], needle: str) -> None:
         self.assertEqual(result.returncode, 1, result.stderr + result.stdout)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("eventgw: bad configuration: "), lines[0])
         self.assertIn(needle, lines[0])
         self.assertNotIn("Traceback", result.stderr + result.stdout)
+        self.assertEqual(result.stdout, "")
+
+
+class StartFailureTests(StartFailureAssertions):
+    """Each bad start is one line on stderr naming the key or file, and exit status 1."""
 
     def test_unknown_key(self) -> None:
         """An unknown key names itself."""
@@ -167,17 +171,6 @@ class StartFailureTests(SynchronousTestCase):
                     f"tls: {{dev_cert_dir: {folder}}}\n"
                     f"event_broker: {{grpc: 'grpcs://127.0.0.1:1', ca_file: {ca_file}}}\n")
         self.assertOneLine(run_twistd("--config", path), "event_broker.ca_file")
-
-
-class StartFailureAssertions(SynchronousTestCase):
-    def assertOneLine(self, result: subprocess.CompletedProcess[str], needle: str) -> None:
-        self.assertEqual(result.returncode, 1, result.stderr + result.stdout)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertTrue(lines[0].startswith("eventgw: bad configuration: "), lines[0])
-        self.assertIn(needle, lines[0])
-        self.assertNotIn("Traceback", result.stderr + result.stdout)
-        self.assertEqual(result.stdout, "")
 
 
 class CheckTests(StartFailureAssertions):
