@@ -1,8 +1,16 @@
 """Start the whole demo: the demo Master API (HTTP and gRPC), the demo Event Broker, and
 eventgw in front of them with a generated development certificate.
 
-``python -m demo.launch`` (what ``./demo/run`` calls).  Everything binds 127.0.0.1
-except the gateway's own ports; Ctrl-C stops everything.
+``python -m demo.launch`` (what ``./demo/run`` calls).  Everything binds 127.0.0.1;
+Ctrl-C stops everything.
+
+The ports are fixed (the defaults are the ones the README's ``curl`` lines use; each has
+a flag).  Before anything starts, every one of them must be free: a taken port stops the
+demo with a line naming it and its flag, and exit status 1.  Picking free ports instead
+would leave every documented command pointing at whatever owns the taken one (``/api``
+proxied to some other server on 8080); and a readiness check that only connects would
+mistake that other server for the demo's.  Once started, if the gateway or a demo
+service exits, the demo stops the rest and exits with status 1.
 """
 
 from __future__ import annotations
@@ -16,14 +24,19 @@ import sys
 import time
 from pathlib import Path
 
+from eventgw.errors import ConfigError
+from eventgw.workers import check_port_free
+
 ROOT = Path(__file__).resolve().parent.parent
+# Where the demo and the gateway it starts listen.
+INTERFACE = "127.0.0.1"
 
 CONFIG = """\
 # Written by demo/launch.py: the gateway in front of the bundled demo services.
 listen:
   tls: {tls}
   cleartext: {cleartext}
-  interface: 127.0.0.1
+  interface: {interface}
 tls:
   dev_cert_dir: {root}/run/dev-cert   # no cert/key: a development certificate is generated
 master_api:
@@ -62,43 +75,83 @@ Ctrl-C stops the gateway and the demo services.
 """
 
 
+def check_ports(ports: list[tuple[str, str, int]]) -> None:
+    """Every ``(name, flag, port)`` is free on :data:`INTERFACE` and given once; else
+    SystemExit with one line naming the port and its flag."""
+    seen: dict[int, str] = {}
+    for name, flag, port in ports:
+        if port in seen:
+            raise SystemExit(
+                f"demo: port {port} is given to both {seen[port]} and {flag}; "
+                "give each its own"
+            )
+        seen[port] = flag
+        try:
+            check_port_free(INTERFACE, port, flag)
+        except ConfigError as e:
+            raise SystemExit(
+                f"demo: port {port} for the {name} is taken ({e.message}); "
+                f"stop what listens there, or choose another port with {flag} N"
+            ) from None
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"demo: {name} exited with status {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with socket.create_connection((INTERFACE, port), timeout=0.5):
+                pass
         except OSError:
             time.sleep(0.1)
+            continue
+        # Listening: ours, unless it died after all (the port was taken meanwhile).
+        time.sleep(0.2)
+        if process.poll() is not None:
+            raise SystemExit(f"demo: {name} exited with status {process.returncode}")
+        return
     raise SystemExit(f"demo: {name} did not start listening on port {port}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's ports: the README's (and gateway.yaml's upstreams) by default."""
     parser = argparse.ArgumentParser(description="Run eventgw with the bundled demo services.")
     parser.add_argument("--port", type=int, default=9001, help="the gateway's TLS port")
     parser.add_argument("--cleartext-port", type=int, default=9080)
     parser.add_argument("--http-port", type=int, default=8080, help="demo Master API HTTP")
     parser.add_argument("--grpc-port", type=int, default=50051, help="demo Master API gRPC")
     parser.add_argument("--broker-port", type=int, default=50052, help="demo Event Broker")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_ports([
+        ("gateway (TLS)", "--port", args.port),
+        ("gateway (cleartext)", "--cleartext-port", args.cleartext_port),
+        ("demo Master API (HTTP)", "--http-port", args.http_port),
+        ("demo Master API (gRPC)", "--grpc-port", args.grpc_port),
+        ("demo Event Broker", "--broker-port", args.broker_port),
+    ])
 
     run_dir = ROOT / "run"
     run_dir.mkdir(exist_ok=True)
     config_path = run_dir / "demo-gateway.yaml"
     config_path.write_text(CONFIG.format(
-        tls=args.port, cleartext=args.cleartext_port, root=ROOT, http=args.http_port,
-        grpc=args.grpc_port, broker=args.broker_port,
+        tls=args.port, cleartext=args.cleartext_port, interface=INTERFACE, root=ROOT,
+        http=args.http_port, grpc=args.grpc_port, broker=args.broker_port,
     ))
     python = sys.executable
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     children: list[subprocess.Popen[bytes]] = []
+    names: dict[int, str] = {}
 
     def start(name: str, command: list[str], port: int) -> None:
-        print(f"demo: starting {name} on 127.0.0.1:{port}", flush=True)
+        print(f"demo: starting {name} on {INTERFACE}:{port}", flush=True)
         process = subprocess.Popen(command, cwd=ROOT, env=env)
         children.append(process)
+        names[process.pid] = name
         wait_for_port(port, process, name)
 
     def stop(*_: object) -> None:
@@ -128,11 +181,23 @@ def main(argv: list[str] | None = None) -> None:
                "--config", str(config_path)],
               args.port)
         print(EXAMPLES.format(tls=args.port, cleartext=args.cleartext_port, root=ROOT), flush=True)
-        children[-1].wait()
+        ended = wait_for_any(children)
+        raise SystemExit(
+            f"demo: {names[ended.pid]} exited with status {ended.returncode}; stopping the demo"
+        )
     except KeyboardInterrupt:
         pass
     finally:
         stop()
+
+
+def wait_for_any(processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """The first of ``processes`` to exit."""
+    while True:
+        for process in processes:
+            if process.poll() is not None:
+                return process
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

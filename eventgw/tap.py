@@ -4,10 +4,20 @@
 Shell module.  The YAML file named by ``--config`` is the primary interface; the
 flags override single keys.  A bad configuration ends the start with one line on
 stderr naming the key or file, and exit status 1, instead of a traceback.
+
+Everything that can make a start fail is found before twistd daemonizes, while the
+process still has its terminal: the file in :meth:`Options.postOptions`, then in
+:func:`makeService` the certificate, the CA bundles and the Event Broker's routes
+(:func:`check_config`) and the listening ports, bound there and handed to the service
+as sockets to adopt.  Without ``-n`` twistd forks before it starts the service, and a
+failure in the child would be written where nobody looks, while the parent, waiting
+for the child's word, would wait forever.  ``--check`` runs the same checks but binds
+nothing, prints ``configuration ok`` and exits.
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -18,7 +28,12 @@ from eventgw import __version__
 from eventgw.config import GatewayConfig, Override, load_config, load_config_file
 from eventgw.errors import ConfigError
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "StartFailed", "check_config", "makeService"]
+
+
+class StartFailed(Exception):
+    """A start failure in a daemonized child: an ordinary exception, so that twistd
+    reports it to the parent waiting on the terminal (which then exits 1)."""
 
 
 def _fail(error: ConfigError) -> NoReturn:
@@ -68,6 +83,10 @@ class Options(usage.Options):
     ]
     optFlags: list[Any] = [
         ["no-access-log", None, "Do not log one line per request (log.access: false)."],
+        ["check", None,
+         "Validate the configuration (keys, certificates, CA bundles, routes) without "
+         "binding or connecting; print 'configuration ok' and exit 0, or the error and "
+         "exit 1."],
     ]
 
     def opt_version(self) -> NoReturn:
@@ -89,9 +108,21 @@ class Options(usage.Options):
         else:
             self["adopt_fds"] = None
         try:
-            self["gateway_config"] = self.build_config()
+            self["gateway_config"] = config = self.build_config()
+            if self["check"]:
+                check_config(config)
         except ConfigError as e:
             _fail(e)
+        if self["check"]:
+            sys.stdout.write("configuration ok\n")
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+    @property
+    def daemonizing(self) -> bool:
+        """Whether twistd will fork before starting the service (no ``-n``)."""
+        parent = self.parent
+        return parent is not None and not parent.get("nodaemon", True)
 
     def build_config(self) -> GatewayConfig:
         """The configuration file with the command-line overrides applied."""
@@ -120,43 +151,119 @@ class Options(usage.Options):
         return [override for override in given if override.value is not None]
 
 
+def check_config(config: GatewayConfig) -> None:
+    """Read and build what the start reads and builds, binding and connecting nothing.
+
+    The certificate and its key (or the development certificate, generated when
+    missing), as the service loads them; then :func:`check_upstreams`.  Raises
+    :class:`ConfigError` naming the key.
+    """
+    from eventgw.service import GatewayService
+
+    GatewayService(config).prepare()
+    check_upstreams(config)
+
+
+def check_upstreams(config: GatewayConfig) -> None:
+    """Every configured CA bundle parses, and the Event Broker's HTTP routes build."""
+    from eventgw.events.target import EVENT_BROKER_SERVICE
+    from eventgw.events.transcode import RouteTable, TemplateError
+    from eventgw.upstream.trust import load_trust
+
+    api = config.master_api_http or config.master_api_grpc
+    if api is not None:
+        load_trust(api.ca_file, "master_api.ca_file")
+    if config.event_broker is not None:
+        load_trust(config.event_broker.ca_file, "event_broker.ca_file")
+    try:
+        RouteTable.from_services([EVENT_BROKER_SERVICE])
+    except TemplateError as e:
+        raise ConfigError("event_broker", f"the broker's HTTP routes do not build: {e}") from None
+
+
+def _bind(config: GatewayConfig) -> list[socket.socket]:
+    """The listening sockets, TLS first; a port that cannot be bound is a ConfigError."""
+    from eventgw.workers import bind_listening_socket
+
+    listen = config.listen
+    wanted = [(listen.tls, "listen.tls")]
+    if listen.cleartext is not None:
+        wanted.append((listen.cleartext, "listen.cleartext"))
+    sockets: list[socket.socket] = []
+    try:
+        for port, key in wanted:
+            sockets.append(bind_listening_socket(listen.interface, port, key))
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def makeService(options: Options) -> service.IService:
-    """The gateway service for ``twistd eventgw``."""
+    """The gateway service for ``twistd eventgw``.
+
+    Runs before twistd daemonizes and starts logging: every check that can fail is
+    made here, so its one line reaches the terminal.
+    """
     from eventgw.service import gateway_service
 
     config: GatewayConfig = options["gateway_config"]
-    if config.workers > 1 and options["adopt_fds"] is None:
-        from eventgw.workers import WorkerSupervisor
-
-        supervisor = WorkerSupervisor(config, options.raw_args)
-        try:
-            supervisor.bind()
-        except ConfigError as e:
-            _fail(e)
-        top = service.MultiService()
-        supervisor.setServiceParent(top)  # type: ignore[no-untyped-call]
-        return top
-    top = gateway_service(config, adopt_fds=options["adopt_fds"])
+    adopt_fds: list[int] | None = options["adopt_fds"]
     try:
-        # Load the certificate now, before twistd starts logging, so an unreadable
-        # one is reported on the terminal (ports are bound later, in startService).
+        if config.workers > 1 and adopt_fds is None:
+            from eventgw.workers import WorkerSupervisor
+
+            check_config(config)
+            supervisor = WorkerSupervisor(config, options.raw_args)
+            supervisor.bind()
+            top = service.MultiService()
+            supervisor.setServiceParent(top)  # type: ignore[no-untyped-call]
+            return top
+        sockets: list[socket.socket] = []
+        if adopt_fds is None:
+            # Bound now and served once the service starts (when daemonizing, by the
+            # child, which inherits them).
+            sockets = _bind(config)
+            adopt_fds = [sock.fileno() for sock in sockets]
+        top = gateway_service(config, adopt_fds=adopt_fds)
         for child in top:
-            child.prepare()
+            child.prepare()  # the certificate, loaded once for the service
+        check_upstreams(config)
     except ConfigError as e:
         _fail(e)
-    return _OneLineErrors(top)
+    return _OneLineErrors(top, sockets, daemonized=options.daemonizing)
 
 
 class _OneLineErrors(service.MultiService):
-    """Wraps the gateway so that a port in use or unreadable cert is one line, exit 1."""
+    """Wraps the gateway so that a start failure is one line and exit status 1.
 
-    def __init__(self, inner: service.IService) -> None:
+    It owns the listening sockets bound by :func:`makeService` until the service has
+    started (each port then listens on its own duplicate).  In a daemonized child a
+    failure is raised as :class:`StartFailed`, which twistd passes to the parent.
+    """
+
+    def __init__(
+        self,
+        inner: service.IService,
+        sockets: list[socket.socket] | None = None,
+        *,
+        daemonized: bool = False,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         inner.setServiceParent(self)
+        self.sockets = list(sockets or ())
+        self.daemonized = daemonized
 
     def startService(self) -> None:
         try:
             super().startService()  # type: ignore[no-untyped-call]
         except ConfigError as e:
             self.running = False
+            if self.daemonized:
+                raise StartFailed(f"eventgw: bad configuration: {e}") from None
             _fail(e)
+        finally:
+            sockets, self.sockets = self.sockets, []
+            for sock in sockets:
+                sock.close()

@@ -161,6 +161,27 @@ class LoadConfigTests(SynchronousTestCase):
             config = load_config_file(path)
         self.assertEqual(config.tls.cert, os.path.join(folder, "c.pem"))
 
+    def test_every_relative_path_follows_the_file(self) -> None:
+        """The CA bundles and a written tls.dev_cert_dir are relative to the file's
+        folder too; absolute paths are kept; the default dev_cert_dir is the working
+        directory's."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "gateway.yaml")
+            with open(path, "w") as f:
+                f.write("tls: {dev_cert_dir: dev}\n"
+                        "master_api: {http: 'https://h:1', grpc: 'grpcs://h:2', ca_file: ca.pem}\n"
+                        "event_broker: {grpc: 'grpcs://b:1', ca_file: /etc/ca.pem}\n")
+            config = load_config_file(path)
+            with open(path, "w") as f:
+                f.write("master_api: {http: 'http://h:1'}\n")
+            default = load_config_file(path)
+        assert config.master_api_http and config.master_api_grpc and config.event_broker
+        self.assertEqual(config.tls.dev_cert_dir, os.path.join(folder, "dev"))
+        self.assertEqual(config.master_api_http.ca_file, os.path.join(folder, "ca.pem"))
+        self.assertEqual(config.master_api_grpc.ca_file, os.path.join(folder, "ca.pem"))
+        self.assertEqual(config.event_broker.ca_file, "/etc/ca.pem")
+        self.assertEqual(default.tls.dev_cert_dir, "./run/dev-cert")
+
 
 BASE: dict[str, Any] = {"master_api": {"http": "http://127.0.0.1:8080"}}
 
@@ -300,7 +321,7 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual(
             (config.master_api_grpc.address, config.master_api_grpc.tls,
              config.master_api_grpc.ca_file, config.master_api_grpc.max_connections),
-            ("g:443", True, "ca.pem", 2),
+            ("g:443", True, os.path.join(".", "ca.pem"), 2),
         )
 
     def test_override_fills_a_missing_section(self) -> None:

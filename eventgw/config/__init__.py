@@ -4,7 +4,9 @@
 Core module: imports the standard library, PyYAML and pydantic only.  It reads no file
 other than through :func:`load_config_file`, and never binds or connects: whether a port
 is free or a certificate readable is found out by the shell at start, which reports it
-with the same one-line :class:`~eventgw.errors.ConfigError`.
+with the same one-line :class:`~eventgw.errors.ConfigError`.  String values may name
+environment variables, ``${VAR}`` or ``${VAR:-default}`` (:mod:`~eventgw.config.environ`),
+expanded before validation.
 
 Two layers, deliberately.  :mod:`~eventgw.config.model` declares the *file* as pydantic
 models (the keys, their types, bounds, defaults and descriptions; the source of the

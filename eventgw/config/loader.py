@@ -2,9 +2,12 @@
 
 Core module: imports PyYAML, pydantic and the standard library.  It reads a file only
 in :func:`load_config_file`, and looks at the file system only to ask whether ``source``
-exists (relative certificate paths are resolved against its folder).
+exists (the file's relative paths are resolved against its folder).  It reads the
+process environment only in :func:`load_config`, when given no ``environ``.
 
-Each step is a small function: :func:`read_yaml` (text -> mapping), :func:`apply_overrides`
+Each step is a small function: :func:`read_yaml` (text -> mapping, with ``${VAR}`` and
+``${VAR:-default}`` in string values expanded from the environment it is given, see
+:mod:`eventgw.config.environ`), :func:`apply_overrides`
 (command-line flags set single keys of that mapping), :func:`validate` (mapping ->
 :class:`~eventgw.config.model.GatewayFile`, the first failure as one
 :class:`~eventgw.errors.ConfigError` naming the dotted key, or the flag that set it) and
@@ -23,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from eventgw.config.addresses import split_grpc_target, split_http_url
+from eventgw.config.environ import expand_node
 from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
@@ -72,15 +76,27 @@ class Override:
 # --- the steps -----------------------------------------------------------------------
 
 
-def read_yaml(text: str, source: str) -> Mapping[str, Any]:
-    """The top-level mapping of a YAML document (empty for an empty document)."""
+def read_yaml(
+    text: str, source: str, environ: Mapping[str, str] | None = None
+) -> Mapping[str, Any]:
+    """The top-level mapping of a YAML document (empty for an empty document).
+
+    With ``environ``, the references in its string values are expanded from it first
+    (:func:`~eventgw.config.environ.expand_node`); without, they are left as written.
+    """
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None and environ is not None:
+            expand_node(node, loader, environ)
+        raw = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(where, f"invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -116,15 +132,16 @@ def validate(
 
 
 def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
-    """The runtime objects of a validated file; relative cert paths are joined to ``base``."""
+    """The runtime objects of a validated file; its relative paths (certificate, key,
+    CA bundles, a written ``dev_cert_dir``) are joined to ``base``."""
     api = file.master_api or MasterApiSection()
     grpc = file.grpc or GrpcSection()
     return GatewayConfig(
         listen=ListenConfig(**(file.listen or ListenSection()).model_dump()),
         tls=_tls(file.tls or TlsSection(), base),
-        master_api_http=_api_http(api),
-        master_api_grpc=_api_grpc(api),
-        event_broker=_broker(file.event_broker or EventBrokerSection()),
+        master_api_http=_api_http(api, base),
+        master_api_grpc=_api_grpc(api, base),
+        event_broker=_broker(file.event_broker or EventBrokerSection(), base),
         grpc_allow=tuple(grpc.allow),
         grpc_deny=tuple(grpc.deny),
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
@@ -135,17 +152,27 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
 
 
 def load_config(
-    text: str, source: str = "<string>", overrides: Iterable[Override] = ()
+    text: str,
+    source: str = "<string>",
+    overrides: Iterable[Override] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> GatewayConfig:
-    """Parse and validate YAML text; raise :class:`ConfigError` naming the bad key."""
+    """Parse and validate YAML text; raise :class:`ConfigError` naming the bad key.
+
+    ``${VAR}`` references are expanded from ``environ`` (``None``: the process's
+    environment) before validation; the overrides are applied after, as given.
+    """
     overrides = tuple(overrides)
-    raw = apply_overrides(read_yaml(text, source), overrides)
+    env = os.environ if environ is None else environ
+    raw = apply_overrides(read_yaml(text, source, env), overrides)
     file = validate(raw, source, {o.key: o.flag for o in overrides})
     base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else "."
     return to_config(file, source, base)
 
 
-def load_config_file(path: str, overrides: Iterable[Override] = ()) -> GatewayConfig:
+def load_config_file(
+    path: str, overrides: Iterable[Override] = (), environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read and parse a YAML file; an unreadable file is a :class:`ConfigError` naming it."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -154,21 +181,29 @@ def load_config_file(path: str, overrides: Iterable[Override] = ()) -> GatewayCo
         raise ConfigError(path, f"cannot read config file: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "config file is not UTF-8 text") from None
-    return load_config(text, source=path, overrides=overrides)
+    return load_config(text, source=path, overrides=overrides, environ=environ)
 
 
 # --- models -> runtime objects -------------------------------------------------------
 
 
+def _path(base: str, path: str | None) -> str | None:
+    """A path of the file, relative to the file's folder (absolute ones unchanged)."""
+    return None if path is None else os.path.join(base, path)
+
+
 def _tls(section: TlsSection, base: str) -> TlsConfig:
+    # dev_cert_dir follows the file when written in it; its default is the working
+    # directory's ./run/dev-cert.
+    written = "dev_cert_dir" in section.model_fields_set
     return TlsConfig(
-        cert=None if section.cert is None else os.path.join(base, section.cert),
-        key=None if section.key is None else os.path.join(base, section.key),
-        dev_cert_dir=section.dev_cert_dir,
+        cert=_path(base, section.cert),
+        key=_path(base, section.key),
+        dev_cert_dir=os.path.join(base, section.dev_cert_dir) if written else section.dev_cert_dir,
     )
 
 
-def _api_http(api: MasterApiSection) -> ApiUpstream | None:
+def _api_http(api: MasterApiSection, base: str) -> ApiUpstream | None:
     if api.http is None:
         return None
     scheme, host, port, url = split_http_url(api.http)
@@ -177,14 +212,14 @@ def _api_http(api: MasterApiSection) -> ApiUpstream | None:
         host=host,
         port=port,
         url=url,
-        ca_file=api.ca_file,
+        ca_file=_path(base, api.ca_file),
         connect_timeout=api.connect_timeout,
         response_timeout=api.response_timeout,
         max_connections=api.max_connections,
     )
 
 
-def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
+def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
     if api.grpc is None:
         return None
     host, port, tls = split_grpc_target(api.grpc)
@@ -193,21 +228,21 @@ def _api_grpc(api: MasterApiSection) -> GrpcUpstream | None:
         port=port,
         tls=tls,
         address=UpstreamAddress(host, port).authority.decode("ascii"),
-        ca_file=api.ca_file,
+        ca_file=_path(base, api.ca_file),
         connect_timeout=api.connect_timeout,
         max_connections=api.grpc_connections,
         keepalive_interval=api.keepalive_interval,
     )
 
 
-def _broker(section: EventBrokerSection) -> BrokerUpstream | None:
+def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
     if section.grpc is None:
         return None
     host, port, tls = split_grpc_target(section.grpc)
     return BrokerUpstream(
         target=UpstreamAddress(host, port).authority.decode("ascii"),
         tls=tls,
-        ca_file=section.ca_file,
+        ca_file=_path(base, section.ca_file),
         deadline=section.deadline,
         client=section.client,
     )

@@ -177,7 +177,8 @@ class TlsSection(_Section):
     dev_cert_dir: Text = Field(
         default=_TLS.dev_cert_dir,
         description="Where the development certificate is written when cert and key are "
-        "not given.",
+        "not given; relative to the configuration file (the default: to the working "
+        "directory).",
     )
 
     @model_validator(mode="after")
@@ -211,7 +212,8 @@ class MasterApiSection(_Section):
     )
     ca_file: Text | None = Field(
         default=None,
-        description="CA bundle for https:// and grpcs:// upstreams (default: the system's).",
+        description="CA bundle for https:// and grpcs:// upstreams (default: the system's); "
+        "relative to the configuration file.",
     )
     connect_timeout: Seconds = Field(
         default=_HTTP.connect_timeout,
@@ -252,7 +254,8 @@ class EventBrokerSection(_Section):
     )
     ca_file: Text | None = Field(
         default=_BROKER.ca_file,
-        description="CA bundle for a grpcs:// broker (default: the system's).",
+        description="CA bundle for a grpcs:// broker (default: the system's); relative to "
+        "the configuration file.",
     )
     deadline: Seconds = Field(
         default=_BROKER.deadline, description="Seconds allowed for every broker call (504 beyond)."
