@@ -113,6 +113,7 @@ from eventgw.downstream.h2policy import (
     code_name,
 )
 from eventgw.downstream.h2stream import H2Stream
+from eventgw.downstream.h2watch import StallWatch, watch
 from eventgw.exchange import RequestTarget
 from eventgw.http2 import (
     DRAIN_TIMEOUT,
@@ -201,6 +202,7 @@ class H2ServerProtocol(Protocol):
         self._abort_timer: IDelayedCall | None = None
         self._drain_timer: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
+        self._watch: StallWatch | None = None
         self._dispatch: dict[type[Event], Callable[[Event], None]] = {
             RequestReceived: self._request_received,  # type: ignore[dict-item]
             DataReceived: self._data_received,  # type: ignore[dict-item]
@@ -257,6 +259,7 @@ class H2ServerProtocol(Protocol):
             transport.registerProducer(self, True)
         self._registered = True
         self._timer = self._reactor.callLater(first_timer.delay, self._on_timer)
+        self._watch = watch(self, self._reactor)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -304,6 +307,9 @@ class H2ServerProtocol(Protocol):
         self._lost = True
         self.closing = True
         self._lose_all("connection lost")
+        if self._watch is not None:
+            self._watch.remove(self)
+            self._watch = None
         for timer in (self._timer, self._abort_timer, self._drain_timer):
             if timer is not None and timer.active():
                 timer.cancel()
