@@ -81,6 +81,14 @@ def read_yaml(text: str, source: str) -> Mapping[str, Any]:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(where, f"invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(source, "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        # PyYAML's constructors fail with these, not YAMLError, on some explicitly
+        # tagged scalars (``!!timestamp 2024-01-01x``, ``!!int x``, ``!!float x``).
+        raise ConfigError(
+            source, f"invalid YAML: a tagged value cannot be built ({type(e).__name__})"
+        ) from None
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
