@@ -525,7 +525,15 @@ class FoundByFuzzingTests(SynchronousTestCase):
     def test_deeply_nested_yaml(self) -> None:
         """YAML nested past the recursion limit is invalid YAML, not RecursionError."""
         with self.assertRaises(ConfigError):
-            load_config("[" * 100_000, source="gateway.yaml")
+            load_config("[" * 3000, source="gateway.yaml")
+
+    def test_line_break_in_key(self) -> None:
+        """An unknown key holding a line break is quoted, so the error stays one line
+        (fuzz/crashes/config_loader-newline-in-key)."""
+        with self.assertRaises(ConfigError) as caught:
+            load_config('"\\x0a": [~2]\n', source="gateway.yaml")
+        self.assertEqual(caught.exception.key, "'\\n'")
+        self.assertNotIn("\n", str(caught.exception))
 
     def test_host_idna_cannot_encode(self) -> None:
         """A gRPC target whose host IDNA cannot encode is a ConfigError naming the key,

@@ -258,11 +258,14 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
-    """``("grpc", "allow", 1)`` -> ``grpc.allow[1]``."""
+    """``("grpc", "allow", 1)`` -> ``grpc.allow[1]``; a key with a line break or another
+    unprintable character is quoted (``'a\\nb'``), so the error stays one line."""
     key = ""
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
         else:
+            if not part.isprintable():
+                part = repr(part)
             key = f"{key}.{part}" if key else part
     return key
