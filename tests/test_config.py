@@ -146,6 +146,11 @@ class LoadConfigTests(SynchronousTestCase):
         line = self.assertConfigError("master_api: {http: [\n", "<string>:2")
         self.assertIn("invalid YAML", line)
 
+    def test_unprintable_character(self) -> None:
+        """A control character PyYAML refuses before parsing is a ConfigError too."""
+        line = self.assertConfigError("\x1f", "<string>")
+        self.assertIn("invalid YAML", line)
+
     def test_unreadable_file(self) -> None:
         """A missing config file is named."""
         with self.assertRaises(ConfigError) as caught:

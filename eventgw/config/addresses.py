@@ -53,6 +53,12 @@ def _host_port(text: str, default_port: int | None) -> tuple[str, int]:
     host = parts.hostname
     if not host or parts.path or parts.query or parts.fragment or parts.username:
         raise BadAddress(f"expected host:port, got {text!r}")
+    if not host.isascii() and ":" not in host:
+        # Sent as IDNA in Host and :authority; a name IDNA cannot encode is no host.
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise BadAddress(f"not a valid host name in {text!r}") from None
     if port is None:
         if default_port is None:
             raise BadAddress(f"missing port in {text!r}")

@@ -76,6 +76,14 @@ class Override:
 # --- the steps -----------------------------------------------------------------------
 
 
+def _yaml_error(e: yaml.YAMLError, source: str) -> ConfigError:
+    """The one-line error for what PyYAML could not read, with the line where it knows it."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or getattr(e, "reason", None) or "invalid YAML"
+    return ConfigError(where, f"invalid YAML: {problem}")
+
+
 def read_yaml(
     text: str, source: str, environ: Mapping[str, str] | None = None
 ) -> Mapping[str, Any]:
@@ -84,17 +92,25 @@ def read_yaml(
     With ``environ``, the references in its string values are expanded from it first
     (:func:`~eventgw.config.environ.expand_node`); without, they are left as written.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters already
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, source) from None
     try:
         node = loader.get_single_node()
         if node is not None and environ is not None:
             expand_node(node, loader, environ)
         raw = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(where, f"invalid YAML: {problem}") from None
+        raise _yaml_error(e, source) from None
+    except RecursionError:
+        raise ConfigError(source, "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        # PyYAML's constructors fail with these, not YAMLError, on some explicitly
+        # tagged scalars (``!!timestamp 2024-01-01x``, ``!!int x``, ``!!float x``).
+        raise ConfigError(
+            source, f"invalid YAML: a tagged value cannot be built ({type(e).__name__})"
+        ) from None
     finally:
         loader.dispose()
     if raw is None:
@@ -285,11 +301,14 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
-    """``("grpc", "allow", 1)`` -> ``grpc.allow[1]``."""
+    """``("grpc", "allow", 1)`` -> ``grpc.allow[1]``; a key with a line break or another
+    unprintable character is quoted (``'a\\nb'``), so the error stays one line."""
     key = ""
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
         else:
+            if not part.isprintable():
+                part = repr(part)
             key = f"{key}.{part}" if key else part
     return key

@@ -334,12 +334,32 @@ def parse_batch(body: bytes) -> list[CloudEvent]:
 
 
 def _load_json(body: bytes, what: str) -> Any:
+    # Decoded here, strictly: json.loads(bytes) would also take UTF-16 and UTF-32 and
+    # let UTF-8-encoded surrogates through ("surrogatepass").
     try:
-        return json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidEvent(what, "the body is not UTF-8 JSON") from None
+    try:
+        document = json.loads(text)
     except ValueError as e:
         raise InvalidEvent(what, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InvalidEvent(what, "the body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # json.loads turns a lone "\ud800" escape into a lone surrogate, which no
+        # protobuf string (UTF-8) can hold; RFC 8259 section 8.2 leaves such strings
+        # undefined.  Pairs are fine: they decode to one character.
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(what, "the body has a lone surrogate \\u escape") from None
+    return document
+
+
+# A \u escape of a UTF-16 surrogate (D800-DFFF), the only way JSON text decoded from
+# UTF-8 can produce one.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _from_json_object(document: dict[str, Any], prefix: str) -> CloudEvent:

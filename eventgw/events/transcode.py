@@ -434,12 +434,21 @@ def _merge_json_body(request: Message, body_field: str, body: bytes) -> None:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"body: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("body: nested too deeply") from None
     if body_field != "*":
         document = {body_field: document}
+    elif not isinstance(document, dict):
+        # json_format iterates whatever it is given and fails with TypeError on a number.
+        raise BadRequest("body: expected a JSON object")
     try:
         json_format.ParseDict(document, request)
     except json_format.ParseError as e:
         raise BadRequest(f"body: {e}") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        # Defence in depth: json_format is not supposed to fail with these on any JSON
+        # value, but a body that makes it do so is still the client's fault.
+        raise BadRequest(f"body: not a JSON {request.DESCRIPTOR.full_name} ({e})") from None
 
 
 def _field_chain(message: Descriptor, names: list[str], where: str) -> list[FieldDescriptor]:
