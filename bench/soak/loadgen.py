@@ -212,7 +212,7 @@ def grpc_lanes(host: str, tls_port: int, clear_port: int, ca: str) -> list[Lane]
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, grpc.RpcError):
-        code = error.code()  # type: ignore[attr-defined]
+        code = error.code()
         return f"grpc {code.name if code else '?'}"
     return type(error).__name__
 
@@ -235,7 +235,8 @@ def run_lane(lane: Lane, until: float, writer: Writer, missed: dict[str, int]) -
         next_at += interval
         n += 1
         start = time.time()
-        ok, detail, ids = False, "", []
+        ok, detail = False, ""
+        ids: list[str] = []
         try:
             if client is None:
                 client = lane.make()

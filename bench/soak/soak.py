@@ -355,8 +355,8 @@ class Soak:
                 log(f"no plot ({error}); pip install matplotlib (the bench extra)")
             else:
                 plot(summary, records, self.out / "soak.png")
-        for r in results:
-            print(r.line())
+        for result in results:
+            print(result.line())
         print(f"{'PASS' if passed else 'FAIL'} overall; details in {self.out}")
         return 0 if passed else 1
 
