@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from collections import deque
@@ -35,14 +36,23 @@ class MemoryBroker(eventbroker_pb2_grpc.EventBrokerServicer):
     Thread-safe: grpcio calls the methods from its worker threads.
     """
 
-    def __init__(self, keep: int = DEFAULT_KEEP, *, quiet: bool = False) -> None:
+    def __init__(
+        self, keep: int = DEFAULT_KEEP, *, quiet: bool = False, record: str | None = None
+    ) -> None:
         self.events: deque[CloudEvent] = deque(maxlen=keep)
         self.lock = threading.Lock()
         self.quiet = quiet
+        # With ``record``, every accepted event's id is appended to that file (one a
+        # line) before the call is answered, so a killed broker loses none it accepted.
+        self._record_fd = (
+            os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if record else None
+        )
 
     def store(self, events: Sequence[CloudEvent], peer: str) -> list[str]:
         with self.lock:
             self.events.extend(events)
+            if self._record_fd is not None:
+                os.write(self._record_fd, "".join(e.id + "\n" for e in events).encode())
         if not self.quiet:
             for event in events:
                 log.info(
@@ -86,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=int, default=DEFAULT_KEEP,
                         help=f"events kept in memory (default {DEFAULT_KEEP})")
     parser.add_argument("--quiet", action="store_true", help="do not log each event")
+    parser.add_argument("--record", metavar="FILE",
+                        help="append the id of every accepted event to FILE")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    broker = MemoryBroker(options.keep, quiet=options.quiet)
+    broker = MemoryBroker(options.keep, quiet=options.quiet, record=options.record)
     try:
         server, port = serve(broker, options.port, options.host)
     except (OSError, RuntimeError) as e:
