@@ -234,7 +234,8 @@ class WorkerSupervisor(service.Service):
         transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=dict(os.environ), childFDs=child_fds
         )
-        worker.pid = getattr(transport, "pid", None)  # metrics: its live gauges are dropped when it ends
+        # Metrics: its live gauges are dropped when it ends.
+        worker.pid = getattr(transport, "pid", None)
         self.processes[index] = worker
 
     def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:

@@ -214,8 +214,9 @@ class _RelayedCall:
         writer = self.writer
         if self.state.finished and not self._done:
             # Before the writer call that ends the response: the protocol emits the
-            # access event from inside it.
+            # access event (and counts the call) from inside it.
             self.head.log_fields["grpc_status"] = self.state.grpc_status
+            self._learn_method()
         for action in actions:
             if isinstance(action, WriteBody):
                 writer.write_body(action.data)
@@ -250,14 +251,18 @@ class _RelayedCall:
         if self.state.finished and not self._done:
             self._finish()
 
+    def _learn_method(self) -> None:
+        """A method the Master API answered (not UNIMPLEMENTED) gets its own label."""
+        path = self.head.log_fields.get("grpc_method")
+        if self._answered and isinstance(path, str):
+            grpc_answered(path, self.state.grpc_status)
+
     def _finish(self) -> None:
         self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self.head.log_fields["grpc_status"] = self.state.grpc_status
-        path = self.head.log_fields.get("grpc_method")
-        if self._answered and isinstance(path, str):
-            grpc_answered(path, self.state.grpc_status)
+        self._learn_method()
         self.writer.unregister_producer()
         self.relay.call_finished(self)
