@@ -32,7 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from eventgw._reactor import default_reactor
 from eventgw.admin import metrics
-from eventgw.admin.service import admin_service
+from eventgw.admin.service import admin_service, worker_metrics_service
 from eventgw.admin.state import ServingState
 from eventgw.config import GatewayConfig
 from eventgw.downstream.listener import GatewayFactory
@@ -255,8 +255,9 @@ def gateway_service(
     top = service.MultiService()
     state = ServingState()
     GatewayService(config, reactor, adopt_fds, state=state).setServiceParent(top)  # type: ignore[no-untyped-call]
-    # The admin listener (health, readiness, metrics): eventgw.admin.
-    listener = admin_service(config, state, reactor) if admin else None
+    # The admin listener (health, readiness, metrics): eventgw.admin.  A worker flushes
+    # its metrics to the files its supervisor's admin listener reads.
+    listener = admin_service(config, state, reactor) if admin else worker_metrics_service(reactor)
     if listener is not None:
         listener.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

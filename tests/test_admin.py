@@ -25,7 +25,7 @@ from twisted.web import resource
 
 from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
 from demo.masterapi.grpc_server import serve as serve_master_api
-from eventgw.admin.service import AdminService
+from eventgw.admin.service import AdminService, MetricsFlushService
 from eventgw.admin.state import ServingState
 from eventgw.config import TlsConfig, load_config
 from eventgw.errors import ConfigError
@@ -296,13 +296,17 @@ class AdminServiceTests(SynchronousTestCase):
 
     def test_gateway_service_adds_the_admin_listener(self) -> None:
         """gateway_service has the admin listener as a second child sharing the
-        gateway's state when admin.listen is set, and none in a worker or without it."""
+        gateway's state when admin.listen is set, and none without it; a worker has
+        the service flushing its metrics to its supervisor's files instead."""
         config = load_config(
             "master_api: {http: 'http://127.0.0.1:9'}\nadmin: {listen: '127.0.0.1:0'}\n"
         )
         children = list(gateway_service(config))
         self.assertEqual([type(c) for c in children], [GatewayService, AdminService])
         self.assertIs(children[0].state, children[1].state)  # type: ignore[attr-defined]
-        self.assertEqual(len(list(gateway_service(config, admin=False))), 1)
+        self.assertEqual(
+            [type(c) for c in gateway_service(config, admin=False)],
+            [GatewayService, MetricsFlushService],
+        )
         config = load_config("master_api: {http: 'http://127.0.0.1:9'}\n")
         self.assertEqual(len(list(gateway_service(config))), 1)

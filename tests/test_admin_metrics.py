@@ -28,6 +28,7 @@ from eventgw.tls import ensure_dev_certificate
 
 
 def sample(name: str, **labels: str) -> float:
+    metrics.flush()
     value = metrics.REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
@@ -216,3 +217,59 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 load_config(BASE + extra)
             self.assertTrue(str(caught.exception).startswith(key + ":"), str(caught.exception))
+
+
+class FlushTests(SynchronousTestCase):
+    def test_counts_reach_the_values_at_a_flush(self) -> None:
+        """A recorded request reaches the prometheus-client values (counter and
+        histogram buckets) at the next flush, not before."""
+        from eventgw.admin.metrics import REGISTRY
+
+        labels = {"route": "api", "protocol": "HTTP/1.1", "code": "201"}
+        before = sample("eventgw_requests_total", **labels)
+        bucket = sample("eventgw_request_duration_seconds_bucket", route="api", le="0.005")
+        metrics.record_exchange({"route": "api"}, "HTTP/1.1", 201, 0.003)
+        self.assertEqual(REGISTRY.get_sample_value("eventgw_requests_total", labels), before)
+        self.assertEqual(sample("eventgw_requests_total", **labels), before + 1)
+        self.assertEqual(
+            sample("eventgw_request_duration_seconds_bucket", route="api", le="0.005"),
+            bucket + 1,
+        )
+
+    def test_worker_flushes_every_interval_and_at_shutdown(self) -> None:
+        """A worker's flush service adds the counts once per interval, and once more
+        after the reactor's shutdown (the counts of the drain)."""
+        from twisted.internet.task import Clock
+
+        from eventgw.admin.metrics import REGISTRY
+        from eventgw.admin.service import MetricsFlushService
+
+        class ClockWithTriggers(Clock):
+            def __init__(self) -> None:
+                super().__init__()
+                self.triggers: list[object] = []
+
+            def addSystemEventTrigger(self, *args: object) -> None:
+                self.triggers.append(args[2])
+
+        labels = {"route": "none", "protocol": "HTTP/2", "code": "418"}
+
+        def value() -> float:
+            v = REGISTRY.get_sample_value("eventgw_requests_total", labels)
+            return 0.0 if v is None else v
+
+        clock = ClockWithTriggers()
+        flusher = MetricsFlushService(clock, interval=1.0)
+        flusher.startService()
+        start = value()
+        metrics.record_exchange({}, "HTTP/2", 418, 0.0)
+        clock.advance(0.5)
+        self.assertEqual(value(), start)
+        clock.advance(0.5)
+        self.assertEqual(value(), start + 1)
+        metrics.record_exchange({}, "HTTP/2", 418, 0.0)
+        flusher.stopService()
+        self.assertEqual(len(clock.triggers), 1)
+        clock.triggers[0]()  # type: ignore[operator]
+        self.assertEqual(value(), start + 2)
+        self.assertEqual(clock.getDelayedCalls(), [])

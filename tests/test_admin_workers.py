@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw.admin.service import FLUSH_INTERVAL
 from tests.rig import free_port
 from tests.test_workers import TWISTD_RUN, children_of, wait_for
 
@@ -89,10 +91,15 @@ class WorkersMetricsTests(SynchronousTestCase):
         self.assertTrue(wait_for(lambda: len(children_of(supervisor.pid)) == 2))
         self.assertTrue(wait_for(lambda: request_404(cleartext)))
         self.assertTrue(wait_for(lambda: reloads(get(admin, "/metrics")[1]) == 2))
+        # The workers add their counts to their files once a second: let the probing
+        # requests' counts land before the base.
+        time.sleep(2 * FLUSH_INTERVAL)
         base = not_found_count(get(admin, "/metrics")[1])
         for _ in range(20):
             self.assertTrue(request_404(cleartext))
-        self.assertEqual(not_found_count(get(admin, "/metrics")[1]), base + 20)
+        self.assertTrue(wait_for(
+            lambda: not_found_count(get(admin, "/metrics")[1]) == base + 20
+        ))
         self.assertEqual(get(admin, "/readyz")[0], 200)
 
         victim = sorted(children_of(supervisor.pid))[0]

@@ -8,9 +8,10 @@ one place every finished request passes; :func:`record_event`; the gauge childre
 :func:`connections_gauge`; :func:`record_reload`; :func:`record_certificate`...).
 
 Label values are bounded (:mod:`eventgw.admin.labels`): the hot path looks its
-children up in small dictionaries keyed by what the request carried, so a request
-costs a dictionary lookup, a counter increment and a histogram observation, not a
-``labels()`` call.
+children up in small dictionaries keyed by what the request carried, and adds to plain
+integers there that :func:`flush` hands to prometheus-client at each scrape (in a
+``--workers`` worker: once a second), so a request costs a dictionary lookup and a few
+additions, not a ``labels()`` call nor a locked write per value.
 
 With ``--workers N`` the values live in prometheus-client's multiprocess mode: the
 supervisor makes a fresh directory (:func:`prepare_multiprocess`) and passes it to the
@@ -27,7 +28,9 @@ import atexit
 import os
 import shutil
 import tempfile
-from typing import Final
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -53,6 +56,7 @@ __all__ = [
     "REGISTRY",
     "configure",
     "connections_gauge",
+    "flush",
     "multiprocess_dir",
     "prepare_multiprocess",
     "record_auth_denied",
@@ -135,15 +139,77 @@ _RELOAD_FAILED: Final = RELOADS.labels("failure")
 #: The gRPC methods with a label value of their own.
 METHODS: Final = MethodLabels(DEFAULT_MAX_METHODS)
 
-# Pre-bound children.  The keys are the raw values a request carries; every one of them
-# comes from a small set (routes and words the targets set, a status number), and the
-# caches stop growing at _CACHE_LIMIT all the same.
+# Pre-bound children, and the counts not yet added to them.  The hot path adds to plain
+# integers in a slot (a dictionary lookup and a few additions, the histogram bucket
+# found by bisection); :func:`flush` adds the slots to the prometheus-client values: at
+# every scrape of this process's registry, and once a second in a ``--workers`` worker
+# (whose values are memory-mapped files, the costlier to write).  The keys are the raw
+# values a request carries; every one of them comes from a small set (routes and words
+# the targets set, a status number), and the slots stop growing at _CACHE_LIMIT all
+# the same (what does not fit is recorded directly).
 _CACHE_LIMIT: Final = 4096
 _Child = object
-_exchange_children: dict[tuple[object, str, int | str], tuple[_Child, _Child]] = {}
-_grpc_children: dict[tuple[str, str, object], _Child] = {}
-_upstream_children: dict[tuple[str, str], _Child] = {}
-_event_children: dict[tuple[str, str], _Child] = {}
+# The histogram's upper bounds (the last one +Inf), for the bucket of a duration.
+_BOUNDS: Final = (*DURATION_BUCKETS, float("inf"))
+
+
+class _CountSlot:
+    """A counter child and the increments not yet added to it."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: _Child) -> None:
+        self.child = child
+        self.n = 0
+
+    def flush(self) -> None:
+        n = self.n
+        if n:
+            self.n = 0
+            self.child.inc(n)  # type: ignore[attr-defined]
+
+
+class _ExchangeSlot:
+    """The requests counter and duration histogram children of one (route, protocol,
+    code), and the requests not yet added to them."""
+
+    __slots__ = ("buckets", "counter", "histogram", "n", "total")
+
+    def __init__(self, counter: _Child, histogram: _Child) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self.n = 0
+        self.total = 0.0
+        self.buckets = [0] * len(_BOUNDS)
+
+    def flush(self) -> None:
+        n = self.n
+        if not n:
+            return
+        total, buckets = self.total, self.buckets
+        self.n, self.total, self.buckets = 0, 0.0, [0] * len(_BOUNDS)
+        self.counter.inc(n)  # type: ignore[attr-defined]
+        histogram: Any = self.histogram
+        # What Histogram.observe does, for n observations at once.
+        histogram._sum.inc(total)
+        for i, count in enumerate(buckets):
+            if count:
+                histogram._buckets[i].inc(count)
+
+
+_exchange_children: dict[tuple[object, str, int | str], _ExchangeSlot] = {}
+_grpc_children: dict[tuple[str, str, object], _CountSlot] = {}
+_upstream_children: dict[tuple[str, str], _CountSlot] = {}
+_event_children: dict[tuple[str, str], _CountSlot] = {}
+
+
+def flush() -> None:
+    """Add the counts recorded since the last flush to the prometheus-client values."""
+    for exchange in list(_exchange_children.values()):
+        exchange.flush()
+    for slots in (_grpc_children, _upstream_children, _event_children):
+        for slot in list(slots.values()):
+            slot.flush()
 
 
 def configure(max_methods: int) -> None:
@@ -151,18 +217,24 @@ def configure(max_methods: int) -> None:
     METHODS.limit = max_methods
 
 
-def _exchange_child(route: object, protocol: str, status: int | str) -> tuple[_Child, _Child]:
-    key = (route, protocol, status)
-    children = _exchange_children.get(key)
-    if children is None:
-        label = route_label(route)
-        children = (
-            REQUESTS.labels(label, protocol_label(protocol), code_label(status)),
-            DURATION.labels(label),
-        )
-        if len(_exchange_children) < _CACHE_LIMIT:
-            _exchange_children[key] = children
-    return children
+def _exchange_slot(route: object, protocol: str, status: int | str) -> _ExchangeSlot:
+    label = route_label(route)
+    slot = _ExchangeSlot(
+        REQUESTS.labels(label, protocol_label(protocol), code_label(status)),
+        DURATION.labels(label),
+    )
+    if len(_exchange_children) < _CACHE_LIMIT:
+        _exchange_children[(route, protocol, status)] = slot
+    return slot
+
+
+def _count_slot(
+    slots: dict[Any, _CountSlot], key: Any, child: Callable[[], _Child]
+) -> _CountSlot:
+    slot = _CountSlot(child())
+    if len(slots) < _CACHE_LIMIT:
+        slots[key] = slot
+    return slot
 
 
 def _upstream_outcome(route: str, status: int | str, grpc_status: object) -> str:
@@ -186,9 +258,14 @@ def record_exchange(
     route = fields.get("route")
     if route == "admin":
         return  # the admin listener's own requests (probes, scrapes) are not counted
-    counter, histogram = _exchange_child(route, protocol, status)
-    counter.inc()  # type: ignore[attr-defined]
-    histogram.observe(duration_s)  # type: ignore[attr-defined]
+    slot = _exchange_children.get((route, protocol, status))
+    if slot is None:
+        slot = _exchange_slot(route, protocol, status)
+    slot.n += 1
+    slot.total += duration_s
+    slot.buckets[bisect_left(_BOUNDS, duration_s)] += 1
+    if len(_exchange_children) >= _CACHE_LIMIT:
+        slot.flush()  # a slot that may not be kept
     upstream = fields.get("upstream")
     if route == "grpc":
         path = fields.get("grpc_method")
@@ -197,19 +274,21 @@ def record_exchange(
         key = (service, method, grpc_status)
         child = _grpc_children.get(key)
         if child is None:
-            child = GRPC_CALLS.labels(service, method, grpc_code_name(grpc_status))
-            if len(_grpc_children) < _CACHE_LIMIT:
-                _grpc_children[key] = child
-        child.inc()  # type: ignore[attr-defined]
+            child = _count_slot(_grpc_children, key, lambda: GRPC_CALLS.labels(
+                service, method, grpc_code_name(grpc_status)))
+        child.n += 1
+        if len(_grpc_children) >= _CACHE_LIMIT:
+            child.flush()  # a slot that may not be kept
     if upstream is not None and isinstance(route, str) and route in _UPSTREAM_OF_ROUTE:
         outcome = _upstream_outcome(route, status, fields.get("grpc_status"))
         ukey = (route, outcome)
         uchild = _upstream_children.get(ukey)
         if uchild is None:
-            uchild = _upstream_children[ukey] = UPSTREAM.labels(
-                _UPSTREAM_OF_ROUTE[route], outcome
-            )
-        uchild.inc()  # type: ignore[attr-defined]
+            uchild = _count_slot(_upstream_children, ukey, lambda: UPSTREAM.labels(
+                _UPSTREAM_OF_ROUTE[route], outcome))
+        uchild.n += 1
+        if len(_upstream_children) >= _CACHE_LIMIT:
+            uchild.flush()
 
 
 def grpc_answered(path: str, grpc_status: object) -> None:
@@ -228,12 +307,13 @@ def record_event(mode: str, outcome: str) -> None:
     key = (mode, outcome)
     child = _event_children.get(key)
     if child is None:
-        child = EVENTS.labels(
+        child = _count_slot(_event_children, key, lambda: EVENTS.labels(
             mode if mode in _EVENT_MODES else OTHER,
             outcome if outcome in _EVENT_OUTCOMES else OTHER,
-        )
-        _event_children[key] = child
-    child.inc()  # type: ignore[attr-defined]
+        ))
+    child.n += 1
+    if len(_event_children) >= _CACHE_LIMIT:
+        child.flush()
 
 
 def connections_gauge(listener: str) -> Gauge:
@@ -303,6 +383,7 @@ def scrape_registry() -> CollectorRegistry:
     path = os.environ.get(MULTIPROC_ENV)
     if path is None or multiprocess_dir() is not None:
         # A single process (or a worker serving its own values).
+        flush()
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]

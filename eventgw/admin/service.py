@@ -23,14 +23,23 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
-from eventgw.admin.metrics import prepare_multiprocess
+from eventgw.admin.metrics import flush, prepare_multiprocess
 from eventgw.admin.state import ServingState
 from eventgw.admin.target import AdminTarget
 from eventgw.config import GatewayConfig, Limits
 from eventgw.downstream.listener import GatewayFactory
 from eventgw.errors import ConfigError
 
-__all__ = ["AdminService", "admin_service", "supervisor_admin_service"]
+__all__ = [
+    "AdminService",
+    "MetricsFlushService",
+    "admin_service",
+    "supervisor_admin_service",
+    "worker_metrics_service",
+]
+
+#: How often a ``--workers`` worker adds its recorded counts to its metrics files.
+FLUSH_INTERVAL: float = 1.0
 
 
 class AdminService(service.Service):
@@ -127,3 +136,42 @@ def supervisor_admin_service(config: GatewayConfig, parent: service.MultiService
     if admin is not None:
         admin.prepare()
         admin.setServiceParent(parent)  # type: ignore[no-untyped-call]
+
+
+class MetricsFlushService(service.Service):
+    """In a ``--workers`` worker: the counts recorded on the hot path go to the
+    worker's memory-mapped metrics files every :data:`FLUSH_INTERVAL` seconds (the
+    supervisor's scrape reads those files), and once more when the worker stops."""
+
+    def __init__(self, reactor: Any = None, interval: float = FLUSH_INTERVAL) -> None:
+        self.reactor = default_reactor(reactor)
+        self.interval = interval
+        self._call: Any = None
+
+    def prepare(self) -> None:
+        """Nothing to load before the start (the other children load their files)."""
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._call = self.reactor.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._call = self.reactor.callLater(self.interval, self._tick)
+        flush()
+
+    def stopService(self) -> Any:
+        # Counting goes on through the drain: flush at every tick until the reactor
+        # stops, and once more then.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self._last)
+        return service.Service.stopService(self)
+
+    def _last(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        flush()
+
+
+def worker_metrics_service(reactor: Any = None) -> MetricsFlushService:
+    """What a ``--workers`` worker runs beside its gateway for the metrics."""
+    return MetricsFlushService(reactor)
