@@ -31,6 +31,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from eventgw._reactor import default_reactor
+from eventgw.admin import metrics
+from eventgw.admin.service import admin_service, worker_metrics_service
+from eventgw.admin.state import ServingState
 from eventgw.config import GatewayConfig
 from eventgw.downstream.listener import GatewayFactory
 from eventgw.gateway import Gateway
@@ -62,8 +65,11 @@ class GatewayService(service.Service):
         adopt_fds: list[int] | None = None,
         *,
         drain_timeout: float = DRAIN_TIMEOUT,
+        state: ServingState | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
+        # Serving or draining: what the admin listener's readiness reports.
+        self.state = state if state is not None else ServingState()
         self.config = config
         self.reactor = reactor
         self.drain_timeout = drain_timeout
@@ -79,6 +85,9 @@ class GatewayService(service.Service):
         """Load (or generate) the certificate; raises ConfigError naming the key."""
         if self._tls_options is None:
             self._tls_options = self._context_factory()
+            # The served certificate's notAfter, for the metrics.
+            dev = self.dev_certificate
+            metrics.record_certificate(dev.cert_path if dev else self.config.tls.cert or "")
         return self._tls_options
 
     def _context_factory(self) -> CertificateOptions:
@@ -142,6 +151,9 @@ class GatewayService(service.Service):
         self.factories = factories
         self.ports = ports
         service.Service.startService(self)
+        # Metrics: the label bound, and the initial load as the first successful reload.
+        metrics.configure(config.metrics.max_methods)
+        metrics.record_reload(True, self.reactor.seconds())
         self._log_startup()
 
     def _adopt(
@@ -193,6 +205,7 @@ class GatewayService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        self.state.start_draining()
         service.Service.stopService(self)
         ports, self.ports = self.ports, []
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
@@ -228,9 +241,23 @@ def _close_sockets(sockets: list[tuple[int, socket.socket | None]]) -> None:
 
 
 def gateway_service(
-    config: GatewayConfig, reactor: Any = None, adopt_fds: list[int] | None = None
+    config: GatewayConfig,
+    reactor: Any = None,
+    adopt_fds: list[int] | None = None,
+    *,
+    admin: bool = True,
 ) -> service.MultiService:
-    """The whole gateway as one ``MultiService`` (what ``twistd eventgw`` runs)."""
+    """The whole gateway as one ``MultiService`` (what ``twistd eventgw`` runs).
+
+    With ``admin`` (not in a ``--workers`` worker: there the supervisor serves it) and
+    ``admin.listen`` configured, the admin listener is a second child.
+    """
     top = service.MultiService()
-    GatewayService(config, reactor, adopt_fds).setServiceParent(top)  # type: ignore[no-untyped-call]
+    state = ServingState()
+    GatewayService(config, reactor, adopt_fds, state=state).setServiceParent(top)  # type: ignore[no-untyped-call]
+    # The admin listener (health, readiness, metrics): eventgw.admin.  A worker flushes
+    # its metrics to the files its supervisor's admin listener reads.
+    listener = admin_service(config, state, reactor) if admin else worker_metrics_service(reactor)
+    if listener is not None:
+        listener.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -219,6 +219,10 @@ def makeService(options: Options) -> service.IService:
             supervisor.bind()
             top = service.MultiService()
             supervisor.setServiceParent(top)  # type: ignore[no-untyped-call]
+            # The admin listener is the supervisor's, serving the workers' summed metrics.
+            from eventgw.admin.service import supervisor_admin_service
+
+            supervisor_admin_service(config, top)
             return top
         sockets: list[socket.socket] = []
         if adopt_fds is None:
@@ -226,7 +230,8 @@ def makeService(options: Options) -> service.IService:
             # child, which inherits them).
             sockets = _bind(config)
             adopt_fds = [sock.fileno() for sock in sockets]
-        top = gateway_service(config, adopt_fds=adopt_fds)
+        # A worker (given --adopt-fds) leaves the admin listener to its supervisor.
+        top = gateway_service(config, adopt_fds=adopt_fds, admin=options["adopt_fds"] is None)
         for child in top:
             child.prepare()  # the certificate, loaded once for the service
         check_upstreams(config)

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventgw._reactor import default_reactor
+from eventgw.admin.metrics import worker_exited
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
 from eventgw.http2 import DRAIN_TIMEOUT
@@ -103,8 +104,11 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.index = index
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.started_at = supervisor.reactor.seconds()
+        self.pid: int | None = None
 
     def processEnded(self, reason: Failure) -> None:
+        if self.pid is not None:
+            worker_exited(self.pid)
         self.ended.callback(None)
         self.supervisor.worker_ended(self, reason)
 
@@ -227,9 +231,11 @@ class WorkerSupervisor(service.Service):
             "--workers", "1", "--adopt-fds", ",".join(fds),
         ]
         worker = _WorkerProcess(self, index)
-        self.reactor.spawnProcess(
+        transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=dict(os.environ), childFDs=child_fds
         )
+        # Metrics: its live gauges are dropped when it ends.
+        worker.pid = getattr(transport, "pid", None)
         self.processes[index] = worker
 
     def worker_ended(self, worker: _WorkerProcess, reason: Failure) -> None:

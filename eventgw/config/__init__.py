@@ -36,18 +36,21 @@ from eventgw.config.model import GatewayFile
 from eventgw.config.runtime import (
     BROKER_CLIENTS,
     MIN_EVENT_SIZE,
+    AdminConfig,
     ApiUpstream,
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
     Limits,
     ListenConfig,
+    MetricsConfig,
     TlsConfig,
 )
 
 __all__ = [
     "BROKER_CLIENTS",
     "MIN_EVENT_SIZE",
+    "AdminConfig",
     "ApiUpstream",
     "BrokerUpstream",
     "GatewayConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "GrpcUpstream",
     "Limits",
     "ListenConfig",
+    "MetricsConfig",
     "Override",
     "TlsConfig",
     "apply_overrides",

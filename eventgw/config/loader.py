@@ -30,6 +30,7 @@ from eventgw.config.environ import expand_node
 from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
+    AdminSection,
     EventBrokerSection,
     GatewayFile,
     GrpcSection,
@@ -37,16 +38,20 @@ from eventgw.config.model import (
     ListenSection,
     LogSection,
     MasterApiSection,
+    MetricsSection,
     TlsSection,
     describe,
+    split_listen_address,
 )
 from eventgw.config.runtime import (
+    AdminConfig,
     ApiUpstream,
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
     Limits,
     ListenConfig,
+    MetricsConfig,
     TlsConfig,
 )
 from eventgw.errors import ConfigError
@@ -163,6 +168,8 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
         access_log=(file.log or LogSection()).access,
         workers=file.workers,
+        admin=_admin(file.admin or AdminSection()),
+        metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
         source=source,
     )
 
@@ -249,6 +256,13 @@ def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
         max_connections=api.grpc_connections,
         keepalive_interval=api.keepalive_interval,
     )
+
+
+def _admin(section: AdminSection) -> AdminConfig | None:
+    if section.listen is None:
+        return None
+    host, port = split_listen_address(section.listen)
+    return AdminConfig(host=host, port=port)
 
 
 def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:

@@ -34,17 +34,20 @@ from pydantic_core import PydanticCustomError
 from eventgw.config.addresses import BadAddress, split_grpc_target, split_http_url
 from eventgw.config.runtime import (
     MIN_EVENT_SIZE,
+    AdminConfig,
     ApiUpstream,
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
     Limits,
     ListenConfig,
+    MetricsConfig,
     TlsConfig,
 )
 
 __all__ = [
     "SECTIONS",
+    "AdminSection",
     "EventBrokerSection",
     "GatewayFile",
     "GrpcSection",
@@ -52,8 +55,10 @@ __all__ = [
     "ListenSection",
     "LogSection",
     "MasterApiSection",
+    "MetricsSection",
     "TlsSection",
     "describe",
+    "split_listen_address",
 ]
 
 #: The error type of every failure this module words itself; ``ctx["message"]`` is the
@@ -118,6 +123,31 @@ def _address(split: Callable[[str], object]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def split_listen_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9901`` or ``[::1]:9901`` -> (IP address, port); ValueError naming
+    what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected IP:port (e.g. 127.0.0.1:9901), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected an IP address before the port, got {host!r}") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port number 0-65535 after the address, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _listen_address(text: str) -> str:
+    try:
+        split_listen_address(text)
+    except ValueError as e:
+        raise failure(str(e)) from None
+    return text
+
+
 Port = Annotated[int, Field(ge=0, le=65535), _expect("a port number 0-65535")]
 PositiveInt = Annotated[int, Field(gt=0), _expect("a positive integer")]
 Seconds = Annotated[float, Field(gt=0), _expect("a positive number of seconds")]
@@ -130,6 +160,11 @@ HttpUrl = Annotated[
     Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+/?$"}),
 ]
 GrpcTarget = Annotated[Text, _address(split_grpc_target)]
+ListenAddress = Annotated[
+    Text,
+    AfterValidator(_listen_address),
+    Field(json_schema_extra={"pattern": r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5}$"}),
+]
 MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
 MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
 BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
@@ -141,6 +176,8 @@ _GRPC: Final = GrpcUpstream(host="", port=0, tls=False, address="")
 _BROKER: Final = BrokerUpstream(target="", tls=False)
 _LIMITS: Final = Limits()
 _TOP: Final = GatewayConfig()
+_ADMIN: Final = AdminConfig()
+_METRICS: Final = MetricsConfig()
 
 
 class _Section(BaseModel):
@@ -326,6 +363,27 @@ class LogSection(_Section):
     )
 
 
+class AdminSection(_Section):
+    """The admin listener: /healthz, /readyz, /metrics and gRPC health."""
+
+    listen: ListenAddress | None = Field(
+        default=None,
+        description="IP:port of the admin listener (cleartext HTTP/1.1 and h2c); omit to "
+        "run without one.",
+        examples=[f"{_ADMIN.host}:{_ADMIN.port}"],
+    )
+
+
+class MetricsSection(_Section):
+    """The Prometheus metrics served on the admin listener's /metrics."""
+
+    max_methods: PositiveInt = Field(
+        default=_METRICS.max_methods,
+        description="Distinct gRPC method label values at most (methods the Master API "
+        "has answered; every other one is 'other').",
+    )
+
+
 class GatewayFile(_Section):
     """eventgw's configuration file: only master_api.http or master_api.grpc is required."""
 
@@ -345,6 +403,8 @@ class GatewayFile(_Section):
     workers: PositiveInt = Field(
         default=_TOP.workers, description="Processes sharing the ports (the --workers flag wins)."
     )
+    admin: AdminSection | None = None
+    metrics: MetricsSection | None = None
 
     @model_validator(mode="after")
     def _master_api_given(self) -> GatewayFile:
@@ -367,4 +427,6 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "grpc": GrpcSection,
     "limits": LimitsSection,
     "log": LogSection,
+    "admin": AdminSection,
+    "metrics": MetricsSection,
 }

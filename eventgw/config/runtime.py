@@ -16,12 +16,14 @@ from typing import Any, Final
 __all__ = [
     "BROKER_CLIENTS",
     "MIN_EVENT_SIZE",
+    "AdminConfig",
     "ApiUpstream",
     "BrokerUpstream",
     "GatewayConfig",
     "GrpcUpstream",
     "Limits",
     "ListenConfig",
+    "MetricsConfig",
     "TlsConfig",
 ]
 
@@ -103,6 +105,22 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``admin.listen``: the admin listener's address (cleartext HTTP/1.1 and h2c)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9901
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``metrics:``: bounds on the metrics' label values."""
+
+    # Distinct gRPC method label values at most.
+    max_methods: int = 500
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -114,6 +132,9 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     access_log: bool = True
     workers: int = 1
+    # None: no admin listener.
+    admin: AdminConfig | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:

@@ -7,6 +7,9 @@ names (``peer``, ``method``, ``path``, ``protocol``, ``status``, ``bytes_in``,
 ``route``, ``upstream``, ``grpc_status``...), so observers can filter and aggregate
 without parsing the text.  Rendering is lazy: nothing is formatted unless an observer
 writes the event out.
+
+Every finished exchange passes here, logged or not, so this is also where the request
+metrics are counted (:func:`eventgw.admin.metrics.record_exchange`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Final
 
 from twisted.logger import Logger
 
+from eventgw.admin.metrics import record_exchange
 from eventgw.exchange import RequestHead
 
-__all__ = ["log_exchange", "log_protocol_error"]
+__all__ = ["count_exchange", "log_exchange", "log_protocol_error"]
 
 access = Logger(namespace="eventgw.access")
 errors = Logger(namespace="eventgw.protocol")
@@ -46,6 +50,13 @@ class _AccessText(tuple[object, ...]):
         return _TEXT % self
 
 
+def count_exchange(
+    head: RequestHead, status: int | str, duration_s: float
+) -> None:
+    """Count one finished exchange in the metrics, without logging it."""
+    record_exchange(head.log_fields, head.protocol, status, duration_s)
+
+
 def log_exchange(
     head: RequestHead,
     status: int | str,
@@ -62,6 +73,7 @@ def log_exchange(
     field the target put in ``head.log_fields``.
     """
     fields = head.log_fields
+    record_exchange(fields, head.protocol, status, duration_s)
     peer = head.peer
     method = head.method.decode("latin-1")
     path = head.target.decode("latin-1")

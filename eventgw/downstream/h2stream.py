@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 from twisted.logger import Logger
 
-from eventgw.downstream.accesslog import log_exchange, log_protocol_error
+from eventgw.downstream.accesslog import count_exchange, log_exchange, log_protocol_error
 from eventgw.downstream.h2heads import PROTOCOL, h2_response_headers
 from eventgw.exchange import (
     Headers,
@@ -465,6 +465,8 @@ class H2Stream:
             log_exchange(
                 self.head, status, self.bytes_in, self.bytes_out, host.now() - self.started
             )
+        else:
+            count_exchange(self.head, status, host.now() - self.started)
         host.stream_closed(self, isinstance(status, int))
 
     # --- helpers --------------------------------------------------------------------

@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from eventgw._reactor import default_reactor
 from eventgw.config import Limits
-from eventgw.downstream.accesslog import log_exchange, log_protocol_error
+from eventgw.downstream.accesslog import count_exchange, log_exchange, log_protocol_error
 from eventgw.downstream.http1frame import (
     BodyFraming,
     serialize_error_response,
@@ -546,6 +546,8 @@ class Http1ServerProtocol(TwistedProtocol):
                 exchange.bytes_out,
                 now - exchange.started,
             )
+        else:
+            count_exchange(exchange.head, status, now - exchange.started)
         return now
 
     # -- timeouts ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from eventgw.admin.metrics import connections_gauge
 from eventgw.config import Limits
 from eventgw.downstream import sniff
 from eventgw.downstream.h2server import H2ServerProtocol
@@ -53,7 +54,7 @@ class ProtocolSniffer(Protocol):
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self.gateway_factory.connections.add(self)
+        self.gateway_factory.connection_made(self)
         # Responses are written whole per reactor turn; Nagle would only hold back the
         # last small segment (a gRPC trailer frame, an HTTP/1.1 tail) for a delayed ACK.
         transport = self.transport
@@ -128,6 +129,8 @@ class GatewayFactory(Factory):
 
     :ivar tls: whether this port is the TLS one (ALPN decides) or cleartext (bytes do).
     :ivar connections: the open connections, for draining at shutdown.
+    :ivar listener: the ``listener`` label of ``eventgw_connections_open``: ``tls``,
+        ``cleartext`` or ``admin``.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class GatewayFactory(Factory):
         tls: bool,
         reactor: IReactorTime,
         access_log: bool = True,
+        listener: str | None = None,
     ) -> None:
         self.target = target
         self.limits = limits
@@ -148,10 +152,20 @@ class GatewayFactory(Factory):
         self.connections: set[ProtocolSniffer] = set()
         self.noisy = False
         self._closed_waiters: list[Deferred[None]] = []
+        self.listener = listener or ("tls" if tls else "cleartext")
+        self._open_gauge = connections_gauge(self.listener)
+
+    def connection_made(self, connection: ProtocolSniffer) -> None:
+        """``connection`` is open (counted in ``eventgw_connections_open``)."""
+        if connection not in self.connections:
+            self.connections.add(connection)
+            self._open_gauge.inc()
 
     def connection_closed(self, connection: ProtocolSniffer) -> None:
         """``connection`` is gone; the last one to go fires :meth:`when_closed`."""
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._open_gauge.dec()
         if not self.connections and self._closed_waiters:
             waiters, self._closed_waiters = self._closed_waiters, []
             for waiter in waiters:

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventgw._proto.eventbroker.v1 import eventbroker_pb2
+from eventgw.admin.metrics import record_event
 from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
 from eventgw.errors import BrokerCallFailed, GatewayError, GrpcStatus, MethodNotAllowed
 from eventgw.events.client import BrokerClient, call_metadata, new_broker_client
@@ -209,6 +210,14 @@ class EventExchange:
         self._size = 0
         self._finished = False
         self._call: Deferred[Message] | None = None
+        # The mode label of eventgw_events_total (None: not an event route, or counted).
+        self._mode = _event_mode(match, head)
+
+    def _count(self, outcome: str) -> None:
+        mode = self._mode
+        if mode is not None:
+            self._mode = None
+            record_event(mode, outcome)
 
     def body_received(self, data: bytes) -> None:
         if self._finished:
@@ -261,6 +270,7 @@ class EventExchange:
 
     def _answered(self, response: Message) -> None:
         self._head.log_fields["grpc_status"] = int(GrpcStatus.OK)
+        self._count("accepted")
         if self._finished:
             return
         self._finished = True
@@ -278,12 +288,14 @@ class EventExchange:
     def _failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             self._head.log_fields["grpc_status"] = int(GrpcStatus.CANCELLED)
+            self._count("cancelled")
             return  # the client went away and cancelled the call
         error = failure.value
         if not isinstance(error, BrokerCallFailed):
             failure.raiseException()
         assert isinstance(error, BrokerCallFailed)
         self._head.log_fields["grpc_status"] = int(error.code)
+        self._count("failed")
         if self._finished:
             return
         self._finished = True
@@ -314,4 +326,16 @@ class EventExchange:
 
     def _fail(self, status: int, message: str, grpc_code: int | None = None) -> None:
         self._finished = True
+        self._count("rejected")
         send_error(self._writer, status, message, grpc_code=grpc_code, headers=self._extra)
+
+
+def _event_mode(match: RouteMatch, head: RequestHead) -> str | None:
+    """``batch``, ``structured`` or ``binary`` for an event route, else None."""
+    kind = match.route.body_kind
+    if kind is BodyKind.CLOUDEVENT_BATCH:
+        return "batch"
+    if kind is BodyKind.CLOUDEVENT:
+        content_type = head.header(b"content-type") or b""
+        return "structured" if content_type.startswith(b"application/cloudevents") else "binary"
+    return None

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
+from eventgw.admin.metrics import grpc_answered
 from eventgw.config import GrpcUpstream
 from eventgw.errors import GrpcStatus
 from eventgw.exchange import (
@@ -126,7 +127,9 @@ class _RelayedCall:
     """One call: the downstream handler, the upstream listener and the response
     producer in one object, all of them feeding :class:`RelayStream`."""
 
-    __slots__ = ("_done", "_timer", "head", "pool", "relay", "state", "stream", "writer")
+    __slots__ = (
+        "_answered", "_done", "_timer", "head", "pool", "relay", "state", "stream", "writer",
+    )
 
     def __init__(
         self,
@@ -143,6 +146,8 @@ class _RelayedCall:
         self.stream: UpstreamStream | None = None
         self._timer: IDelayedCall | None = None
         self._done = False
+        # Whether the Master API sent a response head (for the method's metric label).
+        self._answered = False
 
     def begin(self) -> None:
         self.relay.calls.add(self)
@@ -176,6 +181,7 @@ class _RelayedCall:
     # -- StreamListener (the Master API) ----------------------------------------------
 
     def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
+        self._answered = True
         self._run(self.state.upstream_headers(headers, end_stream))
 
     def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
@@ -208,8 +214,9 @@ class _RelayedCall:
         writer = self.writer
         if self.state.finished and not self._done:
             # Before the writer call that ends the response: the protocol emits the
-            # access event from inside it.
+            # access event (and counts the call) from inside it.
             self.head.log_fields["grpc_status"] = self.state.grpc_status
+            self._learn_method()
         for action in actions:
             if isinstance(action, WriteBody):
                 writer.write_body(action.data)
@@ -244,11 +251,18 @@ class _RelayedCall:
         if self.state.finished and not self._done:
             self._finish()
 
+    def _learn_method(self) -> None:
+        """A method the Master API answered (not UNIMPLEMENTED) gets its own label."""
+        path = self.head.log_fields.get("grpc_method")
+        if self._answered and isinstance(path, str):
+            grpc_answered(path, self.state.grpc_status)
+
     def _finish(self) -> None:
         self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self.head.log_fields["grpc_status"] = self.state.grpc_status
+        self._learn_method()
         self.writer.unregister_producer()
         self.relay.call_finished(self)
