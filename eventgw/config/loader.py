@@ -37,6 +37,8 @@ from eventgw.config.model import (
     ListenSection,
     LogSection,
     MasterApiSection,
+    ReloadSection,
+    ShutdownSection,
     TlsSection,
     describe,
 )
@@ -147,6 +149,8 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
         access_log=(file.log or LogSection()).access,
         workers=file.workers,
+        drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
+        reload_watch=(file.reload or ReloadSection()).watch,
         source=source,
     )
 

@@ -52,6 +52,8 @@ __all__ = [
     "ListenSection",
     "LogSection",
     "MasterApiSection",
+    "ReloadSection",
+    "ShutdownSection",
     "TlsSection",
     "describe",
 ]
@@ -326,6 +328,26 @@ class LogSection(_Section):
     )
 
 
+class ShutdownSection(_Section):
+    """What SIGTERM does: drain, then exit."""
+
+    drain_timeout: Seconds = Field(
+        default=_TOP.drain_timeout,
+        description="Seconds in-flight requests and streams get after SIGTERM; what is "
+        "left then is reset (gRPC: UNAVAILABLE).",
+    )
+
+
+class ReloadSection(_Section):
+    """Reloading the file (SIGHUP does it always)."""
+
+    watch: Switch = Field(
+        default=_TOP.reload_watch,
+        description="Also reload when the configuration file or its directory changes "
+        "(a Kubernetes ConfigMap's symlink swap included).",
+    )
+
+
 class GatewayFile(_Section):
     """eventgw's configuration file: only master_api.http or master_api.grpc is required."""
 
@@ -342,6 +364,8 @@ class GatewayFile(_Section):
     grpc: GrpcSection | None = None
     limits: LimitsSection | None = None
     log: LogSection | None = None
+    shutdown: ShutdownSection | None = None
+    reload: ReloadSection | None = None
     workers: PositiveInt = Field(
         default=_TOP.workers, description="Processes sharing the ports (the --workers flag wins)."
     )
@@ -367,4 +391,6 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "grpc": GrpcSection,
     "limits": LimitsSection,
     "log": LogSection,
+    "shutdown": ShutdownSection,
+    "reload": ReloadSection,
 }

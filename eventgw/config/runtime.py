@@ -114,6 +114,10 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     access_log: bool = True
     workers: int = 1
+    # ``shutdown.drain_timeout``: seconds in-flight work gets after SIGTERM.
+    drain_timeout: float = 30.0
+    # ``reload.watch``: also reload when the file (or its directory) changes.
+    reload_watch: bool = False
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:
