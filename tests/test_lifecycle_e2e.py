@@ -4,11 +4,13 @@ together, with real sockets, a real grpcio Master API and real clients."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -21,6 +23,7 @@ from typing import Any
 import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
+from eventgw.tls import ensure_dev_certificate
 from tests.test_tap import TWISTD, _env
 
 STREAM_METHOD = "/test.Slow/Stream"
@@ -88,6 +91,8 @@ class Gateway:
         )
         found = self.wait_for(r"eventgw listening on 127\.0\.0\.1:(\d+) cleartext")
         self.port = int(found.group(1))
+        found = self.wait_for(r"eventgw listening on 127\.0\.0\.1:(\d+) TLS")
+        self.tls_port = int(found.group(1))
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -159,12 +164,14 @@ class LifecycleCase(SynchronousTestCase):
         self.addCleanup(self.upstreams.close)
 
     def config_text(self, drain: float = 10, deny: str = "[]", extra: str = "",
-                    cleartext: int = 0) -> str:
+                    cleartext: int = 0, tls: str | None = None) -> str:
+        if tls is None:
+            tls = f"{{dev_cert_dir: {self.folder}/dev}}"
         return (
             f"master_api:\n  http: http://127.0.0.1:{self.upstreams.http_port}\n"
             f"  grpc: 127.0.0.1:{self.upstreams.grpc_port}\n"
             f"listen: {{tls: 0, cleartext: {cleartext}, interface: 127.0.0.1}}\n"
-            f"tls: {{dev_cert_dir: {self.folder}/dev}}\n"
+            f"tls: {tls}\n"
             f"grpc: {{deny: {deny}}}\n"
             f"shutdown: {{drain_timeout: {drain}}}\n" + extra
         )
@@ -339,6 +346,41 @@ class ReloadTests(LifecycleCase):
         self.assertEqual(gateway.wait(), 0)
 
 
+def _served_fingerprint(port: int) -> str:
+    """The SHA-256 fingerprint of the certificate a new TLS connection is shown."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+class CertificateReloadTests(LifecycleCase):
+    """A reload's certificate and key apply to the next TLS handshake."""
+
+    def test_new_handshakes_get_the_new_certificate(self) -> None:
+        """After SIGHUP with other ``tls.cert``/``tls.key`` files, a new TLS connection
+        is shown the new certificate."""
+        first = ensure_dev_certificate(os.path.join(self.folder, "a"))
+        second = ensure_dev_certificate(os.path.join(self.folder, "b"))
+        self.assertNotEqual(first.fingerprint, second.fingerprint)
+
+        def tls(cert: Any) -> str:
+            return f"{{cert: {cert.cert_path}, key: {cert.key_path}}}"
+
+        gateway = self.start(self.write(self.config_text(tls=tls(first))))
+        self.assertEqual(_served_fingerprint(gateway.tls_port), first.fingerprint)
+        self.write(self.config_text(tls=tls(second)))
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for("configuration reloaded")
+        self.assertEqual(_served_fingerprint(gateway.tls_port), second.fingerprint)
+        gateway.signal(signal.SIGTERM)
+        self.assertEqual(gateway.wait(), 0)
+
+
 class WorkerTests(LifecycleCase):
     """``--workers 2``: the supervisor passes SIGTERM and SIGHUP on to every worker."""
 
@@ -357,3 +399,19 @@ class WorkerTests(LifecycleCase):
         log = gateway.log()
         self.assertRegex(log, r"worker 0.*received SIGTERM: draining")
         self.assertRegex(log, r"worker 1.*received SIGTERM: draining")
+
+    def test_workers_reload_together(self) -> None:
+        """SIGHUP to the supervisor reloads every worker: each logs the reload, and new
+        calls, whichever worker takes them, see the new deny."""
+        path = self.write(self.config_text())
+        gateway = self.start(path, "--workers", "2")
+        gateway.wait_for(r"worker 1.*eventgw listening")
+        gateway.wait_for(r"worker 0.*eventgw listening")
+        self.write(self.config_text(deny="['/test.Slow/']"))
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for(r"worker 0.*configuration reloaded")
+        gateway.wait_for(r"worker 1.*configuration reloaded")
+        for _ in range(4):
+            self.assertEqual(self.unary_status(gateway), grpc.StatusCode.UNIMPLEMENTED)
+        gateway.signal(signal.SIGTERM)
+        self.assertEqual(gateway.wait(), 0)
