@@ -253,6 +253,8 @@ class DrainTests(LifecycleCase):
         with self.assertRaises(grpc.RpcError) as raised:
             stream.outcome()
         self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        # The gateway's own grpc-status 14, not a reset the client maps to UNAVAILABLE.
+        self.assertIn("shutting down", raised.exception.details())
         self.assertEqual(gateway.wait(), 0)
 
     def test_second_sigterm_stops_at_once(self) -> None:
