@@ -5,7 +5,8 @@ Shell module.  :class:`Gateway` is the :class:`~eventgw.exchange.RequestTarget`
 both downstream protocols hand their exchanges to.  It asks :mod:`eventgw.routing`
 which flow serves the request and passes the exchange on.  It is given the three targets
 (:meth:`Gateway.from_config` builds them from the configuration) and closes them at
-shutdown.
+shutdown, or when a reload has replaced it and the work it started is done
+(:meth:`Gateway.busy`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ class Gateway:
         path = head.path.decode("latin-1")
         send_error(writer, 404, f"no route for {path}")
         return StaticReply()
+
+    def busy(self) -> bool:
+        """Whether exchanges this router started are still in flight upstream: an
+        ``/api`` request holding a pooled connection, a broker call, a relayed gRPC
+        call.  A router a reload replaced is closed once this is false."""
+        api = self.api
+        pool = getattr(api, "pool", None)
+        if pool is not None and pool.open_count > pool.idle_count:
+            return True
+        if getattr(self.events, "running", None):
+            return True
+        return bool(getattr(self.grpc, "calls", None))
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""

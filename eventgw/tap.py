@@ -13,10 +13,18 @@ as sockets to adopt.  Without ``-n`` twistd forks before it starts the service, 
 failure in the child would be written where nobody looks, while the parent, waiting
 for the child's word, would wait forever.  ``--check`` runs the same checks but binds
 nothing, prints ``configuration ok`` and exits.
+
+The running process drains on SIGTERM (exit status 0) and reloads the file on SIGHUP
+and, with ``reload.watch``, when it changes (:mod:`eventgw.lifecycle`); a reload reads
+the file with the same flags and runs the same checks as the start.  A ``--workers``
+child (started by the supervisor, which names it in its environment) leaves signals sent to
+the supervisor's process group to the supervisor, tags its log lines with its index,
+and drains when the supervisor is gone.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from typing import Any, NoReturn
@@ -134,6 +142,13 @@ class Options(usage.Options):
             return load_config("", "<command line>", overrides)
         raise ConfigError("--config", "no configuration file given (and no --master-api-*)")
 
+    def reload_config(self) -> GatewayConfig:
+        """The file read again for a reload, with the same flags, and the same checks
+        as the start (the certificate is loaded by the service)."""
+        config = self.build_config()
+        check_upstreams(config)
+        return config
+
     def overrides(self) -> list[Override]:
         """The flags given, each as the key of the file it sets."""
         given = [
@@ -215,7 +230,13 @@ def makeService(options: Options) -> service.IService:
             from eventgw.workers import WorkerSupervisor
 
             check_config(config)
-            supervisor = WorkerSupervisor(config, options.raw_args)
+            supervisor = WorkerSupervisor(
+                config,
+                options.raw_args,
+                loader=options.build_config,
+                watch_path=options["config"],
+                handle_signals=True,
+            )
             supervisor.bind()
             top = service.MultiService()
             supervisor.setServiceParent(top)  # type: ignore[no-untyped-call]
@@ -230,14 +251,51 @@ def makeService(options: Options) -> service.IService:
             # child, which inherits them).
             sockets = _bind(config)
             adopt_fds = [sock.fileno() for sock in sockets]
-        # A worker (given --adopt-fds) leaves the admin listener to its supervisor.
-        top = gateway_service(config, adopt_fds=adopt_fds, admin=options["adopt_fds"] is None)
+        worker = _worker_identity()
+        if worker is not None:
+            _become_worker(worker[0])
+        top = gateway_service(
+            config,
+            adopt_fds=adopt_fds,
+            loader=options.reload_config,
+            # A worker's supervisor watches the file and passes SIGHUP on.
+            watch_path=options["config"] if worker is None else None,
+            handle_signals=True,
+            parent_pid=None if worker is None else worker[1],
+            # A worker leaves the admin listener to its supervisor.
+            admin=worker is None,
+        )
         for child in top:
             child.prepare()  # the certificate, loaded once for the service
         check_upstreams(config)
     except ConfigError as e:
         _fail(e)
     return _OneLineErrors(top, sockets, daemonized=options.daemonizing)
+
+
+def _worker_identity() -> tuple[int, int] | None:
+    """``(index, supervisor pid)`` when the ``--workers`` supervisor started us."""
+    from eventgw.lifecycle.signals import SUPERVISOR_ENV, WORKER_ENV
+
+    index, parent = os.environ.get(WORKER_ENV), os.environ.get(SUPERVISOR_ENV)
+    if index is None or parent is None:
+        return None
+    try:
+        return int(index), int(parent)
+    except ValueError:
+        return None
+
+
+def _become_worker(index: int) -> None:
+    """Log lines name the worker; signals to the supervisor's group stay the
+    supervisor's (it forwards them once)."""
+    from eventgw.lifecycle.signals import tag_worker_logs
+
+    tag_worker_logs(index)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
 
 
 class _OneLineErrors(service.MultiService):

@@ -4,6 +4,10 @@
 Shell module.  The server offers ALPN ``h2`` then ``http/1.1``, TLS 1.2 and newer only,
 with OpenSSL's secure default cipher list (AEAD suites with forward secrecy first),
 which is what ``CertificateOptions`` gives when no ``acceptableCiphers`` are forced.
+
+The listening port is given a :class:`SwappableServerTLS`: a reload replaces its
+options, and the next handshake uses the new certificate and key while established
+connections keep the ones they were made with.
 """
 
 from __future__ import annotations
@@ -18,10 +22,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from eventgw.errors import ConfigError
 
-__all__ = ["DevCertificate", "ensure_dev_certificate", "server_context_factory"]
+__all__ = [
+    "DevCertificate",
+    "SwappableServerTLS",
+    "ensure_dev_certificate",
+    "server_context_factory",
+]
 
 ALPN_PROTOCOLS = [b"h2", b"http/1.1"]
 
@@ -129,3 +140,20 @@ def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOpti
     except SSL.Error as e:
         raise ConfigError("tls.key", f"{key_path} does not match {cert_path}: {e}") from None
     return options
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SwappableServerTLS:
+    """The TLS port's connection creator, whose certificate can be replaced.
+
+    :ivar options: what new connections are made with; assign new options (from
+        :func:`server_context_factory`) to serve another certificate from the next
+        handshake on.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        # CertificateOptions builds its context once and hands out that one.
+        return SSL.Connection(self.options.getContext(), None)

@@ -19,9 +19,17 @@ refused.  A worker's sockets live as long as the worker: when it dies they are c
 replacement gets new ones.  Without ``SO_REUSEPORT`` (not Linux/BSD) all workers share
 one socket per port.
 
-A worker that dies is started again after a back-off.  SIGTERM to the supervisor
-(``stopService``) is passed to every worker, which drains its connections and exits;
-one still alive after the grace period is killed.
+A worker that dies is started again after a back-off.  SIGTERM (or SIGINT) to the
+supervisor (``stopService``) is passed once to every worker, which drains its
+connections and exits; the supervisor exits (status 0) when they all have, and kills
+one still alive after its drain period (``shutdown.drain_timeout``) plus
+:data:`STOP_MARGIN`.  A second SIGTERM or SIGINT is passed on as the workers' second,
+which stops them at once.  SIGHUP, and with ``reload.watch`` a change of the file (the
+supervisor watches it; the workers do not), is passed to every worker, and each
+reloads (:meth:`~eventgw.service.GatewayService.reload`); the supervisor reads the file
+too, for the drain period it waits.  Each worker runs in a process group of its own
+(signals to the supervisor's group reach it only as forwarded) and starts its own
+drain when the supervisor dies.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 from twisted.application import service
@@ -41,7 +50,9 @@ from eventgw._reactor import default_reactor
 from eventgw.admin.metrics import worker_exited
 from eventgw.config import GatewayConfig
 from eventgw.errors import ConfigError
-from eventgw.http2 import DRAIN_TIMEOUT
+from eventgw.lifecycle.reload import restart_needed
+from eventgw.lifecycle.signals import SUPERVISOR_ENV, WORKER_ENV, StopSignals, stop_reactor
+from eventgw.lifecycle.watch import FileWatcher
 
 __all__ = ["REUSE_PORT", "WorkerSupervisor", "bind_listening_socket", "check_port_free"]
 
@@ -50,9 +61,10 @@ RESTART_DELAY_MIN: Final = 0.5
 RESTART_DELAY_MAX: Final = 30.0
 # A worker that lived this long is considered healthy: its next restart is immediate-ish.
 HEALTHY_AFTER_SECONDS: Final = 10.0
-# How long workers get after SIGTERM before SIGKILL: their whole drain period (the same
-# one the service gives HTTP/1.1 and HTTP/2 work in flight), plus a margin for exiting.
-STOP_GRACE_SECONDS: Final = DRAIN_TIMEOUT + 5.0
+# How long workers get after SIGTERM before SIGKILL: their whole drain period
+# (shutdown.drain_timeout, the one the service gives HTTP/1.1 and HTTP/2 work in
+# flight), plus this margin for exiting.
+STOP_MARGIN: Final = 5.0
 LISTEN_BACKLOG: Final = 1024
 # The file descriptor numbers the listening sockets get in each worker.
 CHILD_FD_TLS: Final = 3
@@ -128,9 +140,17 @@ class WorkerSupervisor(service.Service):
         reactor: Any = None,
         *,
         reuse_port: bool = REUSE_PORT,
+        loader: Callable[[], GatewayConfig] | None = None,
+        watch_path: str | None = None,
+        handle_signals: bool = False,
     ) -> None:
         reactor = default_reactor(reactor)
         self.config = config
+        self.loader = loader
+        self.watch_path = watch_path
+        self.handle_signals = handle_signals
+        self.signals: StopSignals | None = None
+        self._watcher: FileWatcher | None = None
         self.worker_args = worker_args
         self.reactor = reactor
         self.reuse_port = reuse_port
@@ -210,6 +230,47 @@ class WorkerSupervisor(service.Service):
         )
         for index in range(self.config.workers):
             self._spawn(index)
+        if self.handle_signals:
+            self.reactor.callWhenRunning(self._install_signals)
+        if self.config.reload_watch and self.watch_path is not None:
+            self._watcher = FileWatcher(self.watch_path, self._file_changed, self.reactor)
+            self._watcher.start()
+            self.log.info("watching {path} for changes", path=self.watch_path)
+
+    def _install_signals(self) -> None:
+        self.signals = StopSignals(
+            self.reactor,
+            on_drain=lambda: stop_reactor(self.reactor),
+            on_stop_now=lambda: self.signal_workers(signal.SIGTERM),
+            on_reload=self.reload,
+        )
+        self.signals.install()
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds the workers get after SIGTERM before they are killed."""
+        return self.config.drain_timeout + STOP_MARGIN
+
+    def _file_changed(self) -> None:
+        self.log.info("{path} changed: the workers reload", path=self.watch_path)
+        self.reload()
+
+    def reload(self) -> None:
+        """Pass SIGHUP to every worker (each reloads, and logs the outcome), and take
+        the new drain period when the file is good."""
+        if not self.running:
+            return
+        if self._watcher is not None:
+            self._watcher.seen()
+        self.signal_workers(signal.SIGHUP)
+        if self.loader is None:
+            return
+        try:
+            new = self.loader()
+        except ConfigError:
+            return  # the workers say what is wrong
+        if restart_needed(self.config, new) is None:
+            self.config = new
 
     def _spawn(self, index: int) -> None:
         self._pending.pop(index, None)
@@ -228,11 +289,12 @@ class WorkerSupervisor(service.Service):
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "eventgw", *self.worker_args,
-            "--workers", "1", "--adopt-fds", ",".join(fds),
+            "--adopt-fds", ",".join(fds),
         ]
         worker = _WorkerProcess(self, index)
+        env = {**os.environ, WORKER_ENV: str(index), SUPERVISOR_ENV: str(os.getpid())}
         transport = self.reactor.spawnProcess(
-            worker, sys.executable, args, env=dict(os.environ), childFDs=child_fds
+            worker, sys.executable, args, env=env, childFDs=child_fds
         )
         # Metrics: its live gauges are dropped when it ends.
         worker.pid = getattr(transport, "pid", None)
@@ -276,11 +338,16 @@ class WorkerSupervisor(service.Service):
             if call.active():
                 call.cancel()
         self._pending.clear()
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         ended = [w.ended for w in self.processes.values()]
-        self.signal_workers(signal.SIGTERM)
-        killer = self.reactor.callLater(
-            STOP_GRACE_SECONDS, self.signal_workers, signal.SIGKILL
+        self.log.info(
+            "draining {workers} workers (killed after {grace}s)",
+            workers=len(ended), grace=self.stop_grace,
         )
+        self.signal_workers(signal.SIGTERM)
+        killer = self.reactor.callLater(self.stop_grace, self.signal_workers, signal.SIGKILL)
         yield defer.DeferredList(ended)
         if killer.active():
             killer.cancel()

@@ -24,7 +24,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.settings import SettingCodes, Settings
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -1508,43 +1508,111 @@ class TimeoutTests(TestCase):
 class DrainTests(TestCase):
     """drain() lets streams in flight finish and refuses new ones."""
 
+    def goaways(self, peer: Peer) -> list[tuple[int, int]]:
+        return [
+            (f.last_stream_id, f.error_code)
+            for f in peer.server_frames()
+            if isinstance(f, GoAwayFrame)
+        ]
+
+    def raw_request(self, peer: Peer, stream_id: int) -> None:
+        """A request sent as raw frames (the h2 client stops at the first GOAWAY)."""
+        frame = HeadersFrame(stream_id)
+        frame.data = peer.client.encoder.encode(request_headers())
+        frame.flags.add("END_HEADERS")
+        frame.flags.add("END_STREAM")
+        peer.send_raw(frame.serialize())
+
     def test_drain(self) -> None:
-        """GOAWAY names the last stream; later streams are refused; close when done."""
+        """The two-step GOAWAY: a first one with the largest stream id and a PING; a
+        stream opened meanwhile is served; once the PING is answered the final GOAWAY
+        names the last stream; later streams are refused; close when all are done."""
         target = RecordingTarget()
         peer = Peer(target)
         first = peer.request()
         done = peer.server.drain()
         fired: list[object] = []
         done.addCallback(fired.append)
-        goaway = peer.goaway()
-        assert goaway is not None
-        self.assertEqual((goaway.last_stream_id, goaway.error_code), (first, 0))
+        self.assertEqual(self.goaways(peer), [(2**31 - 1, 0)])
+        pings = [f for f in peer.server_frames() if isinstance(f, PingFrame)]
+        self.assertEqual(len(pings), 1)
         self.assertFalse(peer.transport.disconnecting)
-        # A stream opened after the GOAWAY (in flight when it was sent) is refused.
-        late = HeadersFrame(first + 2)
-        late.data = peer.client.encoder.encode(request_headers())
-        late.flags.add("END_HEADERS")
-        late.flags.add("END_STREAM")
-        peer.send_raw(late.serialize())
-        self.assertEqual(len(target.handlers), 1)
+        # A stream the client opened before it saw the first GOAWAY is still served.
+        self.raw_request(peer, first + 2)
+        self.assertEqual(len(target.handlers), 2)
+        ack = PingFrame(0)
+        ack.flags.add("ACK")
+        ack.opaque_data = pings[0].opaque_data
+        peer.send_raw(ack.serialize())
+        self.assertEqual(self.goaways(peer), [(2**31 - 1, 0), (first + 2, 0)])
+        # A stream opened after the final GOAWAY is refused.
+        self.raw_request(peer, first + 4)
+        self.assertEqual(len(target.handlers), 2)
         resets = [f for f in peer.server_frames() if isinstance(f, RstStreamFrame)]
         self.assertEqual([(f.stream_id, f.error_code) for f in resets],
-                         [(first + 2, ErrorCodes.REFUSED_STREAM)])
-        writer = target.handlers[0].writer
-        writer.write_head(200, [])
-        writer.write_body(b"bye")
-        writer.end()
+                         [(first + 4, ErrorCodes.REFUSED_STREAM)])
+        for handler in target.handlers:
+            handler.writer.write_head(200, [])
+            handler.writer.write_body(b"bye")
+            handler.writer.end()
         self.assertTrue(peer.transport.disconnecting)
         data = [f for f in peer.server_frames() if isinstance(f, DataFrame)]
-        self.assertEqual(b"".join(f.data for f in data), b"bye")
+        self.assertEqual(b"".join(f.data for f in data), b"byebye")
         peer.server.connectionLost()
         self.assertEqual(fired, [None])
 
-    def test_drain_idle_connection_closes_at_once(self) -> None:
-        """Draining a connection with no streams closes it immediately."""
+    def test_final_goaway_without_a_ping_answer(self) -> None:
+        """A client that never answers the PING gets the final GOAWAY after a second."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        first = peer.request()
+        peer.server.drain()
+        peer.clock.advance(0.9)
+        self.assertEqual(self.goaways(peer), [(2**31 - 1, 0)])
+        peer.clock.advance(0.1)
+        self.assertEqual(self.goaways(peer), [(2**31 - 1, 0), (first, 0)])
+        self.assertFalse(peer.transport.disconnecting)
+
+    def test_drain_idle_connection_closes_after_the_final_goaway(self) -> None:
+        """Draining a connection with no streams closes it with the final GOAWAY."""
         peer = Peer(EchoTarget())
         peer.server.drain()
+        self.assertFalse(peer.transport.disconnecting)
+        pings = [f for f in peer.server_frames() if isinstance(f, PingFrame)]
+        ack = PingFrame(0)
+        ack.flags.add("ACK")
+        ack.opaque_data = pings[-1].opaque_data
+        peer.send_raw(ack.serialize())
         self.assertTrue(peer.transport.disconnecting)
+
+    def test_drain_timeout_ends_grpc_calls_unavailable(self) -> None:
+        """A gRPC call still open when the drain period is over ends with grpc-status 14
+        (UNAVAILABLE): as trailers once its response began, trailers-only before."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        grpc = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        started = peer.request(b"POST", b"/pkg.Svc/Watch", extra=grpc, end=False)
+        silent = peer.request(b"POST", b"/pkg.Svc/Other", extra=grpc, end=False)
+        target.handlers[0].writer.write_head(200, [(b"content-type", b"application/grpc")])
+        target.handlers[0].writer.write_body(b"\x00\x00\x00\x00\x00")
+        peer.receive()
+        peer.server.drain(timeout=5)
+        peer.clock.advance(5)
+        frames = peer.server_frames()
+        decoder = Decoder()
+        blocks = {}
+        for frame in frames:
+            if isinstance(frame, HeadersFrame):
+                blocks.setdefault(frame.stream_id, []).append(
+                    (dict(decoder.decode(frame.data, raw=True)), "END_STREAM" in frame.flags)
+                )
+        self.assertEqual(blocks[started][-1][0][b"grpc-status"], b"14")
+        self.assertTrue(blocks[started][-1][1])
+        self.assertEqual(blocks[silent][-1][0][b"grpc-status"], b"14")
+        self.assertEqual(blocks[silent][-1][0][b":status"], b"200")
+        self.assertTrue(blocks[silent][-1][1])
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertEqual([h.lost is not None for h in target.handlers], [True, True])
 
     def test_drain_timeout_cuts_streams(self) -> None:
         """Streams still open after the drain timeout are lost and the connection closes."""

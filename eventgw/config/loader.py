@@ -39,6 +39,8 @@ from eventgw.config.model import (
     LogSection,
     MasterApiSection,
     MetricsSection,
+    ReloadSection,
+    ShutdownSection,
     TlsSection,
     describe,
     split_listen_address,
@@ -170,6 +172,8 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         workers=file.workers,
         admin=_admin(file.admin or AdminSection()),
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
+        drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
+        reload_watch=(file.reload or ReloadSection()).watch,
         source=source,
     )
 

@@ -56,6 +56,8 @@ __all__ = [
     "LogSection",
     "MasterApiSection",
     "MetricsSection",
+    "ReloadSection",
+    "ShutdownSection",
     "TlsSection",
     "describe",
     "split_listen_address",
@@ -384,6 +386,26 @@ class MetricsSection(_Section):
     )
 
 
+class ShutdownSection(_Section):
+    """What SIGTERM does: drain, then exit."""
+
+    drain_timeout: Seconds = Field(
+        default=_TOP.drain_timeout,
+        description="Seconds in-flight requests and streams get after SIGTERM; what is "
+        "left then is reset (gRPC: UNAVAILABLE).",
+    )
+
+
+class ReloadSection(_Section):
+    """Reloading the file (SIGHUP does it always)."""
+
+    watch: Switch = Field(
+        default=_TOP.reload_watch,
+        description="Also reload when the configuration file or its directory changes "
+        "(a Kubernetes ConfigMap's symlink swap included).",
+    )
+
+
 class GatewayFile(_Section):
     """eventgw's configuration file: only master_api.http or master_api.grpc is required."""
 
@@ -400,6 +422,8 @@ class GatewayFile(_Section):
     grpc: GrpcSection | None = None
     limits: LimitsSection | None = None
     log: LogSection | None = None
+    shutdown: ShutdownSection | None = None
+    reload: ReloadSection | None = None
     workers: PositiveInt = Field(
         default=_TOP.workers, description="Processes sharing the ports (the --workers flag wins)."
     )
@@ -429,4 +453,6 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "log": LogSection,
     "admin": AdminSection,
     "metrics": MetricsSection,
+    "shutdown": ShutdownSection,
+    "reload": ReloadSection,
 }

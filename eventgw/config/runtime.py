@@ -135,6 +135,10 @@ class GatewayConfig:
     # None: no admin listener.
     admin: AdminConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # ``shutdown.drain_timeout``: seconds in-flight work gets after SIGTERM.
+    drain_timeout: float = 30.0
+    # ``reload.watch``: also reload when the file (or its directory) changes.
+    reload_watch: bool = False
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:

@@ -69,6 +69,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     PingReceived,
     RemoteSettingsChanged,
     RequestReceived,
@@ -122,6 +123,12 @@ from eventgw.http2 import (
     SERVER_STREAM_WINDOW,
     WRITES,
 )
+
+# The first GOAWAY of a drain carries the largest stream id (RFC 9113 section 6.8);
+# the final one follows once the PING sent with it is answered, or after this long.
+MAX_STREAM_ID: Final = 2**31 - 1
+GOAWAY_GRACE: Final = 1.0
+DRAIN_PING: Final = b"eventgw\x00"
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -201,6 +208,7 @@ class H2ServerProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
         self._drain_timer: IDelayedCall | None = None
+        self._goaway_timer: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
         self._watch: StallWatch | None = None
         self._dispatch: dict[type[Event], Callable[[Event], None]] = {
@@ -212,6 +220,7 @@ class H2ServerProtocol(Protocol):
             WindowUpdated: self._window_updated,  # type: ignore[dict-item]
             RemoteSettingsChanged: self._settings_changed,  # type: ignore[dict-item]
             PingReceived: self._control_frame,
+            PingAckReceived: self._ping_acked,  # type: ignore[dict-item]
             UnknownFrameReceived: self._control_frame,
             ConnectionTerminated: self._connection_terminated,  # type: ignore[dict-item]
         }
@@ -310,10 +319,10 @@ class H2ServerProtocol(Protocol):
         if self._watch is not None:
             self._watch.remove(self)
             self._watch = None
-        for timer in (self._timer, self._abort_timer, self._drain_timer):
+        for timer in (self._timer, self._abort_timer, self._drain_timer, self._goaway_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._abort_timer = self._drain_timer = None
+        self._timer = self._abort_timer = self._drain_timer = self._goaway_timer = None
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -356,31 +365,60 @@ class H2ServerProtocol(Protocol):
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> Deferred[None]:
         """Stop taking new streams and close once the open ones finish.
 
-        Sends GOAWAY (NO_ERROR) naming the last stream we will serve; streams the client
-        opens after it are refused (REFUSED_STREAM, which clients retry elsewhere).
-        Streams still open after ``timeout`` seconds are cut off.  The Deferred fires
-        when the connection has closed.
+        The graceful two-step GOAWAY of RFC 9113 section 6.8: a first GOAWAY (NO_ERROR)
+        with the largest stream id, and a PING, so that streams the client is opening
+        right now are still served; once the PING is answered (or after
+        :data:`GOAWAY_GRACE` seconds) the final GOAWAY names the last stream we serve,
+        and streams the client opens after it are refused (REFUSED_STREAM, which clients
+        retry elsewhere).  Streams still open ``timeout`` seconds after the first GOAWAY
+        are cut off (:meth:`expire`).  The Deferred fires when the connection has closed.
         """
         waiter: Deferred[None] = Deferred()
         if self._lost:
             waiter.callback(None)
             return waiter
         self._drain_waiters.append(waiter)
-        if self.closing or not self._policy.start_drain(self.conn.highest_inbound_stream_id):
+        if self.closing or self._drain_timer is not None or self._policy.draining:
             return waiter
-        # The GOAWAY is written by hand: h2 moves to CLOSED once it sends one and would
+        # The GOAWAYs are written by hand: h2 moves to CLOSED once it sends one and would
         # then refuse to finish the streams in flight, which is the point of draining.
         self.flush()
+        self._write_goaway(MAX_STREAM_ID)
+        self.conn.ping(DRAIN_PING)
+        self.flush()
+        self._drain_timer = self._reactor.callLater(timeout, self._drain_expired)
+        self._goaway_timer = self._reactor.callLater(
+            min(GOAWAY_GRACE, timeout), self._final_goaway
+        )
+        return waiter
+
+    def expire(self) -> None:
+        """The drain period is over: end the gRPC calls still open with UNAVAILABLE (the
+        client may retry them elsewhere), reset the other streams, close."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        self._drain_expired()
+
+    def _write_goaway(self, last_stream_id: int) -> None:
         goaway = GoAwayFrame(0)
-        goaway.last_stream_id = self._policy.drain_last_id
+        goaway.last_stream_id = last_stream_id
         goaway.error_code = ErrorCodes.NO_ERROR
         assert self.transport is not None
         self.transport.write(goaway.serialize())
+
+    def _ping_acked(self, event: PingAckReceived) -> None:
+        if event.ping_data == DRAIN_PING and self._goaway_timer is not None:
+            self._goaway_timer.cancel()
+            self._final_goaway()
+
+    def _final_goaway(self) -> None:
+        self._goaway_timer = None
+        if self.closing or not self._policy.start_drain(self.conn.highest_inbound_stream_id):
+            return
+        self.flush()
+        self._write_goaway(self._policy.drain_last_id)
         if not self.streams:
             self._teardown("connection closed")
-        else:
-            self._drain_timer = self._reactor.callLater(timeout, self._drain_expired)
-        return waiter
 
     # --- StreamHost: what the streams use ---------------------------------------------
 
@@ -628,6 +666,15 @@ class H2ServerProtocol(Protocol):
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
+        if self._goaway_timer is not None:
+            self._goaway_timer.cancel()
+            self._goaway_timer = None
+        if self.closing:
+            return
+        for stream in list(self.streams.values()):
+            if self.closing:
+                return
+            _end_unavailable(stream)
         if not self.closing:
             self._carry_out(self._policy.drain_expired())
 
@@ -667,3 +714,30 @@ class H2ServerProtocol(Protocol):
             status = stream.status if stream.response_done else None
             stream.lose(reason, "aborted" if status is None else status)
 
+
+
+def _end_unavailable(stream: H2Stream) -> None:
+    """End a gRPC call still open when the drain period is over with grpc-status 14
+    (UNAVAILABLE), as trailers or, before any response, a trailers-only response."""
+    if stream.closed or stream.response_done or stream.end_pending:
+        return
+    content_type = b""
+    for name, value in stream.head.headers:
+        if name == b"content-type":
+            content_type = value
+            break
+    if not content_type.startswith(b"application/grpc"):
+        return
+    status = [(b"grpc-status", b"14"), (b"grpc-message", b"the gateway is shutting down")]
+    handler = stream.handler
+    if stream.status is None:
+        stream.write_head(200, [(b"content-type", content_type), *status], end=True)
+    else:
+        stream.end(status)
+    if stream.closed and handler is not None:
+        # Finished by us, not by its handler: tell the handler (a relayed call cancels
+        # its upstream stream), as a lost connection would.
+        try:
+            handler.connection_lost("drain timeout")
+        except Exception:
+            H2ServerProtocol.log.failure("handler failed in connection_lost at drain timeout")

@@ -12,7 +12,14 @@ This is ``twisted.web.http._GenericHTTPChannelProtocol``'s shape, plus h2c detec
 At shutdown :meth:`GatewayFactory.drain` asks every open connection to finish what is
 in flight and close, with the same drain period for HTTP/2 (GOAWAY, then the open
 streams may finish) and HTTP/1.1 (the request in flight is answered with
-``connection: close``); :meth:`GatewayFactory.abort_connections` cuts what is left.
+``connection: close``).  When the period is over,
+:meth:`GatewayFactory.expire_connections` ends what is left (HTTP/2: gRPC calls with
+UNAVAILABLE, then GOAWAY and close; HTTP/1.1: cut), and
+:meth:`GatewayFactory.abort_connections` cuts whatever still has not gone.
+
+A reload changes what the factory gives *new* connections (``limits``,
+``access_log``); the ``target`` every connection routes through is the service's
+current router, so a new request on an old connection already uses the new routes.
 """
 
 from __future__ import annotations
@@ -118,6 +125,15 @@ class ProtocolSniffer(Protocol):
         elif self.transport is not None:
             self.transport.loseConnection()
 
+    def expire(self) -> None:
+        """The drain period is over: HTTP/2 ends its gRPC calls with UNAVAILABLE and
+        closes; any other connection is cut."""
+        chosen = self.chosen
+        if isinstance(chosen, H2ServerProtocol):
+            chosen.expire()
+        else:
+            self.abort()
+
     def abort(self) -> None:
         """Close the connection now, whatever is in flight."""
         if self.transport is not None:
@@ -190,6 +206,11 @@ class GatewayFactory(Factory):
         for connection in list(self.connections):
             connection.drain(timeout)
         return self.when_closed()
+
+    def expire_connections(self) -> None:
+        """The drain period is over: end what is in flight (:meth:`ProtocolSniffer.expire`)."""
+        for connection in list(self.connections):
+            connection.expire()
 
     def abort_connections(self) -> None:
         """Close every open connection now (the drain period is over)."""
