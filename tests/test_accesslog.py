@@ -48,7 +48,8 @@ class AccessLogTests(SynchronousTestCase):
         self.assertAlmostEqual(event["duration_ms"], 1.5)  # type: ignore[arg-type]
 
     def test_text(self) -> None:
-        """The rendered line names peer, request, status, sizes, time, route and status."""
+        """The rendered line names peer, request, status, sizes, time, route, status and
+        request id."""
         events = captured(self)
         head = make_head(method=b"GET", target=b"/api/x")
         log_exchange(head, "reset", 0, 7, 0.01234)
@@ -56,7 +57,7 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(
             formatEvent(event),
             f"{head.peer} GET /api/x {head.protocol} -> reset in=0 out=7 12.3ms "
-            "route=- upstream=- grpc_status=-",
+            "route=- upstream=- grpc_status=- request_id=-",
         )
 
     def test_json_round_trip(self) -> None:

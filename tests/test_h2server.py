@@ -52,6 +52,7 @@ from eventgw.downstream.h2policy import (
     RESET_BURST,
 )
 from eventgw.downstream.h2server import H2ServerProtocol
+from eventgw.downstream.h2stream import DISCARD_BYTES, DISCARD_SECONDS
 from eventgw.exchange import (
     Headers,
     RequestHandler,
@@ -421,7 +422,9 @@ class ExchangeTests(TestCase):
         self.assertEqual(head.peer, "10.1.2.3")
         self.assertFalse(head.body_expected)
         self.assertEqual(head.content_length, 0)
-        self.assertEqual(head.headers, [(b"x-trace", b"1"), (b"x-trace", b"2")])
+        request_id = head.log_fields["request_id"].encode()
+        self.assertEqual(head.headers, [(b"x-trace", b"1"), (b"x-trace", b"2"),
+                                        (b"x-request-id", request_id)])
         self.assertEqual(peer.server.open_streams, 0)
 
     def test_post_echo(self) -> None:
@@ -514,7 +517,8 @@ class ExchangeTests(TestCase):
         self.assertEqual(trailers, [(b"grpc-status", b"0"), (b"grpc-message", b"")])
         self.assertTrue(ended)
         names = [name for name, _ in headers]
-        self.assertEqual(names, [b":status", b"content-type", b"x-kept"])
+        self.assertEqual(names, [b":status", b"content-type", b"x-kept", b"date", b"server",
+                                 b"x-request-id"])
         last = [f for f in peer.server_frames() if f.stream_id == stream_id][-1]
         self.assertIsInstance(last, HeadersFrame)
         self.assertIn("END_STREAM", last.flags)
@@ -559,6 +563,7 @@ class ExchangeTests(TestCase):
         """A response completed while the request body still flows ends with RST NO_ERROR."""
         peer = Peer(EchoTarget())
         stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        peer.clock.advance(DISCARD_SECONDS)  # the body is read away for so long first
         peer.receive()
         headers, _, _, ended = peer.response(stream_id)
         self.assertEqual(status_of(headers), b"404")
@@ -631,7 +636,8 @@ class ExchangeTests(TestCase):
         )
         peer.receive()
         headers, _, _, ended = peer.response(stream_id)
-        self.assertEqual(headers, [(b":status", b"200"), (b"x-ok", b"1")])
+        self.assertEqual([h for h in headers if h[0] not in (b"date", b"x-request-id")],
+                         [(b":status", b"200"), (b"x-ok", b"1"), (b"server", b"eventgw")])
         self.assertTrue(ended)
 
     def test_answer_to_stream_reset_in_same_read(self) -> None:
@@ -936,6 +942,7 @@ class EarlyResponseTests(TestCase):
     def early(self) -> tuple[Peer, int]:
         peer = Peer(EchoTarget())
         stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        peer.clock.advance(DISCARD_SECONDS)  # the client kept quiet: reset now
         return peer, stream_id
 
     def server_frames_after(self, peer: Peer, count: int) -> list[Frame]:
@@ -980,6 +987,7 @@ class EarlyResponseTests(TestCase):
         sent = 0
         for _ in range(3):  # three streams, ~1 MiB in flight each: past half the window
             stream_id = peer.request(b"POST", b"/missing", b"p", end=False)
+            peer.clock.advance(DISCARD_SECONDS)
             for _ in range(SERVER_STREAM_WINDOW // 16384 - 1):
                 frame = DataFrame(stream_id)
                 frame.data = b"x" * 16384
@@ -997,6 +1005,69 @@ class EarlyResponseTests(TestCase):
             [f.error_code for f in later if isinstance(f, RstStreamFrame)],
             [ErrorCodes.NO_ERROR] * 3,
         )
+
+
+class DiscardTests(TestCase):
+    """An error answered before the request body is in: the rest of the body is read
+    and dropped (bounded in bytes and time) before any RST_STREAM, so clients that
+    stop at an RST_STREAM while sending show the answer."""
+
+    def rst(self, peer: Peer, stream_id: int) -> list[int]:
+        return [f.error_code for f in peer.server_frames()
+                if isinstance(f, RstStreamFrame) and f.stream_id == stream_id]
+
+    def test_body_after_early_error_is_read_away_without_reset(self) -> None:
+        """After an early 404 the client's further DATA is credited and dropped, and its
+        END_STREAM ends the stream cleanly: no RST_STREAM at all."""
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        frames = min(SERVER_STREAM_WINDOW // 2, DISCARD_BYTES - 65536) // 16384 + 2
+        for _ in range(frames):  # past half the stream window: credit must come back
+            frame = DataFrame(stream_id)
+            frame.data = b"x" * 16384
+            peer.send_raw(frame.serialize())
+        peer.clock.advance(DISCARD_SECONDS / 2)
+        end = DataFrame(stream_id)
+        end.data = b"x"
+        end.flags.add("END_STREAM")
+        peer.send_raw(end.serialize())
+        peer.receive()
+        headers, _, _, ended = peer.response(stream_id)
+        self.assertEqual(status_of(headers), b"404")
+        self.assertTrue(ended)
+        self.assertEqual(self.rst(peer, stream_id), [])
+        credit = sum(
+            f.window_increment for f in peer.server_frames()
+            if isinstance(f, WindowUpdateFrame) and f.stream_id == stream_id
+        )
+        self.assertGreater(credit, 0)
+        self.assertEqual(peer.server.open_streams, 0)
+        peer.clock.advance(DISCARD_SECONDS)
+        self.assertEqual(self.rst(peer, stream_id), [])
+
+    def test_discarding_is_bounded_in_bytes(self) -> None:
+        """More than DISCARD_BYTES of body beyond the stream window after the answer:
+        RST_STREAM(NO_ERROR)."""
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        for _ in range((DISCARD_BYTES + SERVER_STREAM_WINDOW) // 16384 + 1):
+            frame = DataFrame(stream_id)
+            frame.data = b"x" * 16384
+            peer.send_raw(frame.serialize())
+            if self.rst(peer, stream_id):
+                break
+        self.assertEqual(self.rst(peer, stream_id), [ErrorCodes.NO_ERROR])
+        self.assertEqual(peer.server.open_streams, 0)
+
+    def test_discarding_is_bounded_in_time(self) -> None:
+        """A client that stops sending after the answer is reset after DISCARD_SECONDS."""
+        peer = Peer(EchoTarget())
+        stream_id = peer.request(b"POST", b"/missing", b"part", end=False)
+        self.assertEqual(self.rst(peer, stream_id), [])
+        self.assertEqual(peer.server.open_streams, 1)
+        peer.clock.advance(DISCARD_SECONDS)
+        self.assertEqual(self.rst(peer, stream_id), [ErrorCodes.NO_ERROR])
+        self.assertEqual(peer.server.open_streams, 0)
 
 
 class ResetTests(TestCase):

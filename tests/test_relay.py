@@ -243,14 +243,15 @@ class RelayStreamTests(SynchronousTestCase):
         )
 
     def test_upstream_failure(self) -> None:
-        """A lost upstream connection is UNAVAILABLE, trailers-only before the head."""
+        """A lost upstream connection is UNAVAILABLE, trailers-only before the head; the
+        message names the kind, not the reason (which names the Master API's address)."""
         r = self.relay()
         r.start()
-        actions = r.upstream_failed("connection lost")
+        actions = r.upstream_failed("ipv4:10.0.0.5:50051: connection lost")
         head = actions[1]
         assert isinstance(head, WriteHead)
         self.assertIn((b"grpc-status", b"14"), head.headers)
-        self.assertIn(b"connection lost", dict(head.headers)[b"grpc-message"])
+        self.assertEqual(dict(head.headers)[b"grpc-message"], b"Master API unavailable")
 
     def test_request_watermarks(self) -> None:
         """Queued request bytes pause the client above HIGH and resume at LOW."""

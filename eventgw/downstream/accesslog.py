@@ -3,10 +3,12 @@
 
 Shell module (it logs through ``twisted.logger``).  The event carries stable field
 names (``peer``, ``method``, ``path``, ``protocol``, ``status``, ``bytes_in``,
-``bytes_out``, ``duration_ms`` and whatever the target put in ``head.log_fields``:
-``route``, ``upstream``, ``grpc_status``...), so observers can filter and aggregate
-without parsing the text.  Rendering is lazy: nothing is formatted unless an observer
-writes the event out.
+``bytes_out``, ``duration_ms``, ``request_id`` and whatever the target put in
+``head.log_fields``: ``route``, ``upstream``, ``grpc_status``...), so observers can
+filter and aggregate without parsing the text.  ``bytes_in`` and ``bytes_out`` count
+body bytes on every protocol (DATA payload on HTTP/2, the de-chunked body on HTTP/1.1;
+heads and framing are not counted).  Rendering is lazy: nothing is formatted unless an
+observer writes the event out.
 
 Every finished exchange passes here, logged or not, so this is also where the request
 metrics are counted (:func:`eventgw.admin.metrics.record_exchange`).
@@ -36,9 +38,10 @@ errors = Logger(namespace="eventgw.protocol")
 # the event under their stable names, for observers that filter or aggregate.
 _TEXT: Final = (
     "%s %s %s %s -> %s in=%s out=%s %.1fms route=%s upstream=%s grpc_status=%s"
+    " request_id=%s"
 )
 _EVENT_FORMAT: Final = "{access_text()}"
-_NAMED: Final = frozenset({"route", "upstream", "grpc_status", "access_text"})
+_NAMED: Final = frozenset({"route", "upstream", "grpc_status", "request_id", "access_text"})
 
 
 class _AccessText(tuple[object, ...]):
@@ -68,8 +71,8 @@ def log_exchange(
 
     ``status`` is the HTTP status sent, or a word (``"reset"``, ``"aborted"``) when no
     complete response went out.  The event's fields: ``peer``, ``method``, ``path``,
-    ``protocol``, ``status``, ``bytes_in``, ``bytes_out``, ``duration_ms``, ``route``,
-    ``upstream``, ``grpc_status`` (``"-"`` when the target set none) and every other
+    ``protocol``, ``status``, ``bytes_in``, ``bytes_out`` (body bytes), ``duration_ms``,
+    ``route``, ``upstream``, ``grpc_status``, ``request_id`` (``"-"`` when unset) and every other
     field the target put in ``head.log_fields``.
     """
     fields = head.log_fields
@@ -82,12 +85,13 @@ def log_exchange(
     route = fields.get("route", "-")
     upstream = fields.get("upstream", "-")
     grpc_status = fields.get("grpc_status", "-")
+    request_id = fields.get("request_id", "-")
     extra = {k: v for k, v in fields.items() if k not in _NAMED}
     access.info(
         _EVENT_FORMAT,
         access_text=_AccessText(
             (peer, method, path, protocol, status, bytes_in, bytes_out, duration_ms,
-             route, upstream, grpc_status)
+             route, upstream, grpc_status, request_id)
         ),
         peer=peer,
         method=method,
@@ -100,6 +104,7 @@ def log_exchange(
         route=route,
         upstream=upstream,
         grpc_status=grpc_status,
+        request_id=request_id,
         **extra,
     )
 

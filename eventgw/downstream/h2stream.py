@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from eventgw.downstream.accesslog import count_exchange, log_exchange, log_protocol_error
 from eventgw.downstream.h2heads import PROTOCOL, h2_response_headers
+from eventgw.downstream.stamp import stamp
 from eventgw.exchange import (
     Headers,
     Producer,
@@ -42,15 +43,25 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
-from eventgw.http2 import WatermarkBuffer
+from eventgw.http2 import SERVER_STREAM_WINDOW, WatermarkBuffer
+from eventgw.requestid import assign_request_id
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
+    from twisted.internet.interfaces import IDelayedCall
 
 __all__ = ["H2Stream", "StreamHost"]
 
 # The status codes as :status values, built once (hpack would encode them anyway).
 _STATUS: Final = {code: str(code).encode("ascii") for code in range(100, 600)}
+
+# An error answered before the request body is in (a 413, a 401 from upstream) is
+# followed by reading and discarding the rest of the body, this much at most (beyond
+# the stream window the client holds already) for this long at most, before the stream
+# is reset: a client that fails its request on an RST_STREAM it gets while it still
+# sends (curl, httpx) shows the answer instead.
+DISCARD_BYTES: Final = 1 << 20
+DISCARD_SECONDS: Final = 2.0
 
 
 class StreamHost(Protocol):
@@ -102,12 +113,14 @@ class H2Stream:
 
     __slots__ = (
         "_access_log",
+        "_discard_timer",
         "_host",
         "bytes_in",
         "bytes_out",
         "closed",
         "declared",
         "delivering",
+        "discard_left",
         "end_pending",
         "handler",
         "head",
@@ -120,6 +133,7 @@ class H2Stream:
         "producer",
         "producer_paused",
         "remote_ended",
+        "request_id",
         "request_paused",
         "request_trailers",
         "response_done",
@@ -143,7 +157,11 @@ class H2Stream:
         self._access_log = access_log
         self.stream_id = stream_id
         self.head = head
+        # Before the target sees the head: it forwards the id, the response returns it.
+        self.request_id = assign_request_id(head)
         self.started = started
+        self.discard_left: int | None = None  # set while discarding the request body
+        self._discard_timer: IDelayedCall | None = None
         self.handler: RequestHandler | None = None
         self.status: int | None = None
         self.no_body = head.method == b"HEAD"
@@ -182,7 +200,7 @@ class H2Stream:
         if status in (204, 304) or status < 200:
             self.no_body = True
         fields = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
-        fields += h2_response_headers(headers)
+        fields += h2_response_headers(stamp(headers, self.request_id))
         host = self._host
         try:
             host.conn.send_headers(self.stream_id, fields, end_stream=end)
@@ -303,6 +321,9 @@ class H2Stream:
         malformed.
         """
         self.bytes_in += len(data)
+        if self.discard_left is not None:
+            self._discard(len(data), flow)
+            return
         declared = self.declared
         if declared is not None:
             if self.bytes_in > declared:
@@ -320,6 +341,9 @@ class H2Stream:
     def remote_end(self) -> None:
         """The client's END_STREAM: the request body is complete."""
         self.remote_ended = True
+        if self.discard_left is not None:
+            self._stop_discarding()
+            return
         declared = self.declared
         if declared is not None and self.bytes_in != declared:
             self.malformed(f"{self.bytes_in} bytes of DATA for content-length {declared}")
@@ -455,6 +479,11 @@ class H2Stream:
         if self.closed:
             return
         self.closed = True
+        timer = self._discard_timer
+        if timer is not None:
+            self._discard_timer = None
+            if timer.active():
+                timer.cancel()
         host = self._host
         host.stream_unblocked(self.stream_id)
         self.out.clear()
@@ -507,8 +536,45 @@ class H2Stream:
         """END_STREAM went out: finish now, or reset the request side if still open."""
         if self.remote_ended:
             self.finish(self.status if self.status is not None else "-")
+        elif self._start_discarding():
+            pass
         elif not self._host.reset_after_read(self):
             self.reset_early()
+
+    def _start_discarding(self) -> bool:
+        """After an error answered early: read the rest of the request body away, for
+        a bounded amount and time (see :data:`DISCARD_BYTES`), then reset."""
+        status = self.status
+        reactor = getattr(self._host, "_reactor", None)
+        if status is None or status < 400 or self._host.closing or reactor is None:
+            return False
+        self.discard_left = DISCARD_BYTES + SERVER_STREAM_WINDOW
+        self.inbox.clear()  # queued body the target has not seen: nobody will now
+        self._discard_timer = reactor.callLater(DISCARD_SECONDS, self._discard_expired)
+        return True
+
+    def _discard(self, size: int, flow: int) -> None:
+        if flow:
+            self._host.conn.acknowledge_received_data(flow, self.stream_id)
+        left = (self.discard_left or 0) - size
+        self.discard_left = left
+        if left < 0:
+            self._discard_expired()
+
+    def _discard_expired(self) -> None:
+        self._discard_timer = None
+        if not self.closed:
+            self.reset_early()
+            self._host.written()
+
+    def _stop_discarding(self) -> None:
+        """The client ended its request while its body was being discarded."""
+        if self._discard_timer is not None and self._discard_timer.active():
+            self._discard_timer.cancel()
+        self._discard_timer = None
+        self.finish(self.status if self.status is not None else "-")
+        if self.handler is not None:
+            self._tell_lost(self.handler)
 
     def _deliver(self, data: bytes, flow: int) -> None:
         handler = self.handler

@@ -237,12 +237,20 @@ def last_chunk(trailers: Headers | None = None) -> bytes:
     return block
 
 
-def serialize_error_response(status: int, message: str) -> bytes:
-    """A complete JSON error response (gateway error shape) that closes the connection."""
+def serialize_error_response(
+    status: int, message: str, headers: Headers | None = None
+) -> bytes:
+    """A complete JSON error response (gateway error shape) that closes the connection.
+
+    ``headers`` are added as they are (``date``, ``server``, ``x-request-id``); they must
+    not hold CR or LF.
+    """
     body = error_body(grpc_code_for_http(status), message)
-    return b"%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+    extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers or ())
+    return b"%scontent-type: application/json\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
         _status_line(status),
         len(body),
+        extra,
         b"connection: close\r\n",
         body,
     )

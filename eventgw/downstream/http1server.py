@@ -58,6 +58,7 @@ from eventgw.downstream.http1parse import (
     RequestParser,
 )
 from eventgw.downstream.http1writer import Http1Writer
+from eventgw.downstream.stamp import stamp
 from eventgw.errors import RequestError
 from eventgw.exchange import (
     RequestHead,
@@ -252,6 +253,7 @@ class Http1ServerProtocol(TwistedProtocol):
                     break
                 if isinstance(event, BodyData):
                     assert exchange is not None
+                    exchange.bytes_in += len(event.data)
                     if exchange.closed or exchange.discarding:
                         continue
                     handler = exchange.handler
@@ -498,7 +500,7 @@ class Http1ServerProtocol(TwistedProtocol):
             self._log_exchange(exchange, "aborted")
         else:
             exchange.status = 500
-            exchange.bytes_out += self._write_error(500, "internal error")
+            exchange.bytes_out += self._write_error(500, "internal error", exchange.request_id)
             self._log_exchange(exchange, 500)
         self._exchange = None
         self._close()
@@ -517,7 +519,9 @@ class Http1ServerProtocol(TwistedProtocol):
             exchange.closed = True
             if not exchange.head_written:
                 exchange.status = error.http_status
-                exchange.bytes_out += self._write_error(error.http_status, error.message)
+                exchange.bytes_out += self._write_error(
+                    error.http_status, error.message, exchange.request_id
+                )
                 self._log_exchange(exchange, error.http_status)
             elif exchange.response_ended:
                 self._log_exchange(exchange, exchange.status)
@@ -531,10 +535,11 @@ class Http1ServerProtocol(TwistedProtocol):
                     self.log.failure("{peer} connection_lost handler failed", peer=self.peer)
         self._close()
 
-    def _write_error(self, status: int, message: str) -> int:
-        data = serialize_error_response(status, message)
+    def _write_error(self, status: int, message: str, request_id: bytes | None = None) -> int:
+        """Send a local error response; the body's length (for the access log)."""
+        data = serialize_error_response(status, message, stamp([], request_id))
         self.send(data)
-        return len(data)
+        return len(data) - data.index(b"\r\n\r\n") - 4
 
     def _log_exchange(self, exchange: Http1Writer, status: int | str) -> float:
         now = self._reactor.seconds()
@@ -542,7 +547,7 @@ class Http1ServerProtocol(TwistedProtocol):
             log_exchange(
                 exchange.head,
                 status,
-                self._parser.consumed - exchange.consumed_start,
+                exchange.bytes_in,
                 exchange.bytes_out,
                 now - exchange.started,
             )

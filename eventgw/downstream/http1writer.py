@@ -27,6 +27,7 @@ from eventgw.downstream.http1frame import (
 from eventgw.downstream.http1parse import (
     RequestHeadParsed,
 )
+from eventgw.downstream.stamp import stamp
 from eventgw.errors import error_body, grpc_code_for_http
 from eventgw.exchange import (
     Headers,
@@ -34,6 +35,7 @@ from eventgw.exchange import (
     RequestHandler,
     RequestHead,
 )
+from eventgw.requestid import assign_request_id
 
 if TYPE_CHECKING:
     pass
@@ -91,6 +93,7 @@ class Http1Writer:
     __slots__ = (
         "body_left",
         "broken",
+        "bytes_in",
         "bytes_out",
         "channel",
         "closed",
@@ -104,6 +107,7 @@ class Http1Writer:
         "producer",
         "request",
         "request_ended",
+        "request_id",
         "request_paused",
         "response_ended",
         "started",
@@ -121,6 +125,8 @@ class Http1Writer:
         self.channel = channel
         self.request = request
         self.head = head
+        # Before the target sees the head: it forwards the id, the response returns it.
+        self.request_id = assign_request_id(head)
         self.started = started
         self.consumed_start = consumed_start
         self.handler: RequestHandler | None = None
@@ -128,7 +134,8 @@ class Http1Writer:
         self.plan: ResponsePlan | None = None
         self.status = 0
         self.body_left = 0
-        self.bytes_out = 0
+        self.bytes_in = 0  # request body bytes (de-chunked), for the access log
+        self.bytes_out = 0  # response body bytes, for the access log
         self.response_ended = False
         self.request_ended = False
         self.request_paused = False
@@ -154,6 +161,7 @@ class Http1Writer:
             self._write_interim(status, headers)
             return
         request = self.request
+        headers = stamp(headers, self.request_id)
         plan = plan_response(
             request, status, headers, ends_now=end, close=channel.closes_after(self)
         )
@@ -169,7 +177,6 @@ class Http1Writer:
         self.status = status
         self.plan = plan
         self.body_left = plan.body_length
-        self.bytes_out += len(data)
         channel.send(data)
         if end:
             self.end()
@@ -187,20 +194,22 @@ class Http1Writer:
             data = serialize_interim_response(status, headers)
         except ValueError:
             return
-        self.bytes_out += len(data)
         self.channel.send(data)
 
     def _replace_with_error(self, status: int, message: str) -> None:
         body = error_body(grpc_code_for_http(status), message)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        headers = stamp(
+            [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            self.request_id,
+        )
         plan = plan_response(self.request, status, headers, close=True)
         data = serialize_response_head(status, headers, plan)
         if plan.framing is BodyFraming.LENGTH:
             data += body
+            self.bytes_out += len(body)
         self.head_written = True
         self.status = status
         self.plan = plan
-        self.bytes_out += len(data)
         self.channel.send(data)
         self.response_ended = True
         self.channel.response_complete(self)
@@ -221,11 +230,12 @@ class Http1Writer:
                 if not data:
                     return
             self.body_left = left - len(data)
-        elif framing is BodyFraming.CHUNKED:
-            data = frame_chunk(data)
         elif framing is BodyFraming.NONE:
             return
+        # The access log counts body bytes, without the head or the chunk framing.
         self.bytes_out += len(data)
+        if framing is BodyFraming.CHUNKED:
+            data = frame_chunk(data)
         self.channel.send(data)
 
     def end(self, trailers: Headers | None = None) -> None:
@@ -244,7 +254,6 @@ class Http1Writer:
                 data = last_chunk(trailers if plan.send_trailers else None)
             except ValueError:
                 data = last_chunk()
-            self.bytes_out += len(data)
             self.channel.send(data)
         elif plan.framing is BodyFraming.LENGTH and self.body_left:
             self.broken = True  # shorter than promised: only closing tells the client

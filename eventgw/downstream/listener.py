@@ -9,6 +9,13 @@ has seen verbatim (preface included), and rebinds its own ``dataReceived`` and
 ``connectionLost`` to the chosen protocol's, so after the first read it costs nothing.
 This is ``twisted.web.http._GenericHTTPChannelProtocol``'s shape, plus h2c detection.
 
+On the TLS port the sniffer also looks at the connection's first bytes before TLS
+does: a client speaking plain HTTP to it (``curl http://host:443/``) would otherwise
+get a TLS alert its HTTP parser shows as an empty reply.  Such a connection is read up
+to the end of its request head (at most the header limit, at most the header timeout)
+and answered, in cleartext, with a ``400`` saying the port speaks TLS, as nginx does,
+then closed.
+
 At shutdown :meth:`GatewayFactory.drain` asks every open connection to finish what is
 in flight and close, with the same drain period for HTTP/2 (GOAWAY, then the open
 streams may finish) and HTTP/1.1 (the request in flight is answered with
@@ -24,7 +31,7 @@ current router, so a new request on an old connection already uses the new route
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -36,14 +43,19 @@ from twisted.python.failure import Failure
 from eventgw.admin.metrics import connections_gauge
 from eventgw.config import Limits
 from eventgw.downstream import sniff
+from eventgw.downstream.accesslog import log_protocol_error
 from eventgw.downstream.h2server import H2ServerProtocol
+from eventgw.downstream.http1frame import serialize_error_response
 from eventgw.downstream.http1server import Http1ServerProtocol
+from eventgw.downstream.stamp import stamp
 from eventgw.exchange import RequestTarget
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
-__all__ = ["GatewayFactory", "ProtocolSniffer"]
+__all__ = ["PLAIN_HTTP_MESSAGE", "GatewayFactory", "ProtocolSniffer"]
+
+PLAIN_HTTP_MESSAGE = "this port speaks TLS: the plain HTTP request was sent to an HTTPS port"
 
 
 class ProtocolSniffer(Protocol):
@@ -59,9 +71,12 @@ class ProtocolSniffer(Protocol):
         self.chosen: Protocol | None = None
         self._buffer = b""
         self._timer: IDelayedCall | None = None
+        self._plain: Any = None  # the TCP transport under TLS, once plain HTTP is seen
 
     def connectionMade(self) -> None:
         self.gateway_factory.connection_made(self)
+        if self.gateway_factory.tls:
+            self._guard_plain_http()
         # Responses are written whole per reactor turn; Nagle would only hold back the
         # last small segment (a gRPC trailer frame, an HTTP/1.1 tail) for a delayed ACK.
         transport = self.transport
@@ -77,8 +92,54 @@ class ProtocolSniffer(Protocol):
 
     def _silent(self) -> None:
         self._timer = None
-        if self.transport is not None:
+        if self._plain is not None:
+            self._refuse_plain_http()
+        elif self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- plain HTTP on the TLS port ----------------------------------------------------
+
+    def _guard_plain_http(self) -> None:
+        """Look at the first bytes the TCP connection delivers before TLS does."""
+        tls: Any = self.transport
+        tcp = getattr(tls, "transport", None)
+        if tcp is None or not hasattr(tls, "dataReceived"):
+            return
+
+        def first_read(data: bytes) -> None:
+            if not data:
+                return
+            if sniff.is_plain_http(data):
+                self._plain = tcp
+                tls.dataReceived = self._plain_received
+                self._plain_received(data)
+            else:
+                del tls.dataReceived  # TLS reads the connection from now on
+                tls.dataReceived(data)
+
+        # The TCP transport looks its protocol's dataReceived up on every read.
+        tls.dataReceived = first_read
+
+    def _plain_received(self, data: bytes) -> None:
+        if self._plain is None or self._plain.disconnecting:
+            return
+        self._buffer += data
+        head_ended = b"\r\n\r\n" in self._buffer or b"\n\n" in self._buffer
+        if head_ended or len(self._buffer) > self.gateway_factory.limits.max_header_bytes:
+            self._refuse_plain_http()
+
+    def _refuse_plain_http(self) -> None:
+        tcp = self._plain
+        self._buffer = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if tcp is None or tcp.disconnecting:
+            return
+        peer = getattr(tcp.getPeer(), "host", "-")
+        log_protocol_error(peer, "TLS", "plain HTTP request on the TLS port")
+        tcp.write(serialize_error_response(400, PLAIN_HTTP_MESSAGE, stamp([], None)))
+        tcp.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.gateway_factory

@@ -302,7 +302,17 @@ class EventExchange:
         if self._writer.head_sent:
             self._writer.abort()
             return
-        body = status_body(error.code, error.details, error.details_bin)
+        details, details_bin = error.details, error.details_bin
+        if error.code == GrpcStatus.UNAVAILABLE:
+            # The details name the broker's address ("ipv4:10.0.0.5:50051: Failed to
+            # connect"): they stay in the log, the client hears the kind.
+            self.log.warn(
+                "{path}: event broker unavailable: {details} (request_id={request_id})",
+                path=self._head.target.decode("latin-1"), details=details,
+                request_id=self._head.log_fields.get("request_id", "-"),
+            )
+            details, details_bin = "event broker unavailable", None
+        body = status_body(error.code, details, details_bin)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

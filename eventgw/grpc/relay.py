@@ -476,11 +476,15 @@ class RelayStream:
         return [*self._stop_timer(), AbortResponse(error_code), *self._release()]
 
     def upstream_failed(self, reason: str) -> list[Action]:
-        """No upstream stream could be opened, or its connection was lost."""
+        """No upstream stream could be opened, or its connection was lost.
+
+        The client is told the kind of failure only: ``reason`` names the Master API's
+        address, and the shell logs it.
+        """
         self._upstream_done = True
         if self.phase is Phase.DONE:
             return []
-        return self._fail(GrpcStatus.UNAVAILABLE, f"Master API unavailable: {reason}")
+        return self._fail(GrpcStatus.UNAVAILABLE, "Master API unavailable")
 
     def deadline_expired(self) -> list[Action]:
         """The ``grpc-timeout`` has passed: cancel upstream, answer DEADLINE_EXCEEDED."""

@@ -194,6 +194,12 @@ class _RelayedCall:
         self._run(self.state.upstream_reset(error_code))
 
     def upstream_failed(self, reason: str) -> None:
+        # The address and the cause stay in the log; the client hears the kind.
+        self.relay.log.warn(
+            "{path}: Master API unavailable: {reason} (request_id={request_id})",
+            path=self.head.target.decode("latin-1"), reason=reason,
+            request_id=self.head.log_fields.get("request_id", "-"),
+        )
         self._run(self.state.upstream_failed(reason))
 
     def upstream_buffered(self, queued: int) -> None:

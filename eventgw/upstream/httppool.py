@@ -249,6 +249,8 @@ class UpstreamConnection(protocol.Protocol):
 
 
 class _ConnectionFactory(protocol.Factory):
+    noisy = False  # "Starting factory" lines per pool would be noise
+
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 

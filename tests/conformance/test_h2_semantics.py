@@ -216,16 +216,17 @@ class SemanticsTests(SynchronousTestCase):
         self.assertEqual(client.outcome(1), GOAWAY)
 
     def test_response_before_request_end(self) -> None:
-        """8.1: a response complete before the request ended is followed by
-        RST_STREAM(NO_ERROR), after the END_STREAM."""
+        """8.1: a response complete before the request ended ends with END_STREAM; the
+        rest of the request body is read away first (the RST_STREAM(NO_ERROR) that
+        may follow comes only after a bounded amount or time, see
+        tests.test_h2server.DiscardTests), so the client reads the answer."""
         client = RawClient()
         client.send(client.headers(1, request(b"POST", b"/missing"), end_stream=False),
                     client.data(1, b"part"))
         frames = [f for f in client.all_frames() if f.stream_id == 1]
         self.assertIsInstance(frames[0], HeadersFrame)
-        self.assertIn("END_STREAM", frames[-2].flags)
-        self.assertIsInstance(frames[-1], RstStreamFrame)
-        self.assertEqual(frames[-1].error_code, ErrorCodes.NO_ERROR)
+        self.assertIn("END_STREAM", frames[-1].flags)
+        self.assertNotIn(RstStreamFrame, [type(f) for f in frames])
         self.assertEqual(client.status(1), b"404")
 
     def test_case_count(self) -> None:
