@@ -15,7 +15,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "mp":
     # Must be set before prometheus_client is imported: it picks its value class then.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
 
-from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "mem"
 ROUNDS = 200_000
