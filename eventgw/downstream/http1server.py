@@ -136,7 +136,6 @@ class Http1ServerProtocol(TwistedProtocol):
         self._registered = False
         self.peer = "-"
         self._exchange: Http1Writer | None = None
-        self._consumed_mark = 0
         self._out: list[bytes] = []
         self._out_size = 0
         self._flush_call: IDelayedCall | None = None
@@ -321,7 +320,7 @@ class Http1ServerProtocol(TwistedProtocol):
             content_length=content_length,
             body_expected=content_length != 0,
         )
-        exchange = Http1Writer(self, request, head, self._reactor.seconds(), self._consumed_mark)
+        exchange = Http1Writer(self, request, head, self._reactor.seconds())
         self._exchange = exchange
         try:
             exchange.handler = self._target.start_exchange(head, exchange)
@@ -462,7 +461,6 @@ class Http1ServerProtocol(TwistedProtocol):
         exchange.closed = True
         now = self._log_exchange(exchange, exchange.status)
         self._exchange = None
-        self._consumed_mark = self._parser.consumed
         plan = exchange.plan
         if plan is None or not plan.keep_alive or exchange.broken or self._draining:
             self._close()

@@ -97,7 +97,6 @@ class Http1Writer:
         "bytes_out",
         "channel",
         "closed",
-        "consumed_start",
         "continue_sent",
         "discarding",
         "handler",
@@ -120,7 +119,6 @@ class Http1Writer:
         request: RequestHeadParsed,
         head: RequestHead,
         started: float,
-        consumed_start: int,
     ) -> None:
         self.channel = channel
         self.request = request
@@ -128,7 +126,6 @@ class Http1Writer:
         # Before the target sees the head: it forwards the id, the response returns it.
         self.request_id = assign_request_id(head)
         self.started = started
-        self.consumed_start = consumed_start
         self.handler: RequestHandler | None = None
         self.head_written = False
         self.plan: ResponsePlan | None = None
