@@ -218,6 +218,8 @@ def json_type(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return "string"
     types = {alt.get("type", "object") for alt in prop.get("anyOf", [prop])} - {"null"}
+    if types == {"string", "array"}:
+        return "string"  # one address, or a list of them
     assert len(types) == 1, prop
     return types.pop()
 

@@ -31,7 +31,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.errors", "eventgw.config", "eventgw.exchange", "eventgw.routing",
         "eventgw.headers", "eventgw.http2", "eventgw.downstream.sniff",
         "eventgw.downstream.http1parse", "eventgw.downstream.http1frame",
-        "eventgw.upstream.h1client",
+        "eventgw.upstream.h1client", "eventgw.upstream.balancer",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
     }
 )

@@ -14,21 +14,32 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 __all__ = [
+    "BALANCES",
+    "BALANCE_LEAST_REQUEST",
+    "BALANCE_ROUND_ROBIN",
     "BROKER_CLIENTS",
     "MIN_EVENT_SIZE",
     "AdminConfig",
     "ApiUpstream",
+    "Balancing",
     "BrokerUpstream",
     "GatewayConfig",
     "GrpcUpstream",
+    "HealthCheck",
     "Limits",
     "ListenConfig",
     "MetricsConfig",
+    "Outlier",
     "TlsConfig",
 ]
 
 # The Event Broker clients ``event_broker.client`` may name.
 BROKER_CLIENTS: Final = ("grpcio", "h2")
+
+# The ways ``balance`` may spread requests over an upstream's hosts.
+BALANCE_LEAST_REQUEST: Final = "least_request"
+BALANCE_ROUND_ROBIN: Final = "round_robin"
+BALANCES: Final = (BALANCE_LEAST_REQUEST, BALANCE_ROUND_ROBIN)
 
 # The CloudEvents HTTP binding: intermediaries must forward events of 64 KiB.
 MIN_EVENT_SIZE: Final = 64 * 1024
@@ -52,6 +63,47 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``health_check``: active checks of every host (HTTP GET, or grpc.health.v1)."""
+
+    interval: float = 5.0
+    path: str = "/healthz"
+    unhealthy_after: int = 3
+    healthy_after: int = 2
+    # The service name a gRPC host is checked for ("": the server as a whole).
+    grpc_service: str = ""
+    # Seconds a check may take before it counts as failed.
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """``outlier``: passive ejection after failures in a row."""
+
+    consecutive_failures: int = 5
+    eject_for: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Balancing:
+    """How an upstream's hosts share its requests: ``balance``, ``resolve_interval``,
+    ``health_check`` (``None``: no active checks) and ``outlier``."""
+
+    balance: str = BALANCE_LEAST_REQUEST
+    resolve_interval: float = 30.0
+    health_check: HealthCheck | None = None
+    outlier: Outlier = field(default_factory=Outlier)
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.outlier.consecutive_failures
+
+    @property
+    def eject_for(self) -> float:
+        return self.outlier.eject_for
+
+
+@dataclass(frozen=True, slots=True)
 class ApiUpstream:
     """``master_api.http``: where ``/api`` is proxied."""
 
@@ -63,6 +115,14 @@ class ApiUpstream:
     connect_timeout: float = 5.0
     response_timeout: float = 30.0
     max_connections: int = 64
+    # Every host (host, port) when a list is configured; empty: just host and port.
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
+
+    @property
+    def entries(self) -> tuple[tuple[str, int], ...]:
+        """The configured hosts, in order (``((host, port),)`` for one address)."""
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +137,13 @@ class GrpcUpstream:
     connect_timeout: float = 5.0
     max_connections: int = 4
     keepalive_interval: float = 30.0
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
+
+    @property
+    def entries(self) -> tuple[tuple[str, int], ...]:
+        """The configured hosts, in order (``((host, port),)`` for one address)."""
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +157,9 @@ class BrokerUpstream:
     # "grpcio" (the grpcio client) or "h2" (unary calls on the gateway's own HTTP/2
     # upstream pool, all on the reactor thread).
     client: str = "grpcio"
+    # Every broker (host, port) when a list is configured; empty: ``target`` alone.
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
 
 
 @dataclass(frozen=True, slots=True)
