@@ -345,7 +345,8 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
     context = error.get("ctx") or {}
     if kind == ERROR_TYPE:
         below = context.get("key")
-        parts = [int(p[1:-1]) if p.startswith("[") else p for p in below.split(".")] if below else []
+        # ``[1]``: an item's index (a list entry a validator named itself).
+        parts = [int(p[1:-1]) if p.startswith("[") else p for p in (below or "").split(".") if p]
         return (*loc, *parts), str(context["message"])
     if kind == "invalid_key":
         return loc[:-1], f"keys must be strings, got {loc[-1]!r}"

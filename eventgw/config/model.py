@@ -174,7 +174,7 @@ ListenAddress = Annotated[
 ]
 
 
-def _one_or_list(entry: object, phrase: str) -> WrapValidator:
+def _one_or_list(entry: Any, phrase: str) -> WrapValidator:
     """One address, or a non-empty list of them; a bad entry is named with its index
     (``master_api.http[1]: ...``)."""
     adapter: TypeAdapter[str] = TypeAdapter(entry)
