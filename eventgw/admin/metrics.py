@@ -65,7 +65,9 @@ __all__ = [
     "record_exchange",
     "record_ratelimited",
     "record_reload",
+    "record_upstream_host",
     "scrape_registry",
+    "set_upstream_host_health",
     "worker_exited",
 ]
 
@@ -105,6 +107,17 @@ UPSTREAM: Final = Counter(
     "eventgw_upstream_requests_total", "Requests sent to an upstream, by outcome "
     "(ok, error: 502/503 or UNAVAILABLE, timeout: 504 or DEADLINE_EXCEEDED, aborted).",
     ["upstream", "outcome"], registry=REGISTRY,
+)
+UPSTREAM_HOST: Final = Counter(
+    "eventgw_upstream_host_events_total", "Per upstream host: requests and calls sent "
+    "(request), failures (connect failure, reset, 502/503/504, UNAVAILABLE) and "
+    "ejections (ejected).",
+    ["upstream", "host", "event"], registry=REGISTRY,
+)
+UPSTREAM_HOST_HEALTHY: Final = Gauge(
+    "eventgw_upstream_host_healthy", "Per upstream host: 1 while its active health checks "
+    "pass (always 1 without checks).",
+    ["upstream", "host"], registry=REGISTRY, multiprocess_mode="min",
 )
 CONNECTIONS: Final = Gauge(
     "eventgw_connections_open", "Open client connections, by listener.",
@@ -207,7 +220,7 @@ def flush() -> None:
     """Add the counts recorded since the last flush to the prometheus-client values."""
     for exchange in list(_exchange_children.values()):
         exchange.flush()
-    for slots in (_grpc_children, _upstream_children, _event_children):
+    for slots in (_grpc_children, _upstream_children, _event_children, _host_children):
         for slot in list(slots.values()):
             slot.flush()
 
@@ -314,6 +327,43 @@ def record_event(mode: str, outcome: str) -> None:
     child.n += 1
     if len(_event_children) >= _CACHE_LIMIT:
         child.flush()
+
+
+#: Distinct (upstream, host) label pairs at most; hosts come from the configuration and
+#: DNS (at most 64 an upstream), so this bound holds even across many reloads' changes.
+MAX_UPSTREAM_HOSTS: Final = 256
+_UPSTREAM_HOST_EVENTS: Final = frozenset({"request", "failure", "ejected"})
+_host_children: dict[tuple[str, str, str], _CountSlot] = {}
+_host_labels: set[tuple[str, str]] = set()
+
+
+def _host_label(upstream: str, host: str) -> str:
+    pair = (upstream, host)
+    if pair in _host_labels:
+        return host
+    if len(_host_labels) < MAX_UPSTREAM_HOSTS:
+        _host_labels.add(pair)
+        return host
+    return OTHER
+
+
+def record_upstream_host(upstream: str, host: str, event: str) -> None:
+    """Count a request, a failure or an ejection of one upstream host."""
+    key = (upstream, host, event)
+    child = _host_children.get(key)
+    if child is None:
+        child = _count_slot(_host_children, key, lambda: UPSTREAM_HOST.labels(
+            upstream, _host_label(upstream, host),
+            event if event in _UPSTREAM_HOST_EVENTS else OTHER,
+        ))
+    child.n += 1
+    if len(_host_children) >= _CACHE_LIMIT:
+        child.flush()
+
+
+def set_upstream_host_health(upstream: str, host: str, healthy: bool) -> None:
+    """The active health checks' verdict of one upstream host."""
+    UPSTREAM_HOST_HEALTHY.labels(upstream, _host_label(upstream, host)).set(1 if healthy else 0)
 
 
 def connections_gauge(listener: str) -> Gauge:
