@@ -17,6 +17,7 @@ a configured but unreachable Master API gets UNAVAILABLE (14).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
@@ -51,19 +52,65 @@ from eventgw.grpc.relay import (
 )
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy
+from eventgw.upstream.address import UpstreamAddress
+from eventgw.upstream.cluster import Cluster, Host
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool
+from eventgw.upstream.trust import load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GrpcRelay"]
+__all__ = ["GrpcRelay", "grpc_cluster"]
+
+
+def grpc_cluster(
+    name: str,
+    upstream: GrpcUpstream,
+    reactor: IReactorTime,
+    *,
+    trust_key: str = "master_api.ca_file",
+    pool: GrpcConnectionPool | None = None,
+) -> Cluster[GrpcConnectionPool]:
+    """The hosts of a gRPC upstream, an HTTP/2 pool each (``pool``: the single host's,
+    given by a test), checked with grpc.health.v1 when ``health_check`` is set."""
+    trust = load_trust(upstream.ca_file, trust_key) if upstream.tls and pool is None else None
+
+    def make_pool(host: str, address: str, port: int) -> GrpcConnectionPool:
+        if pool is not None:
+            return pool
+        config = replace(
+            upstream, host=host, port=port,
+            address=UpstreamAddress(host, port).authority.decode("ascii"),
+        )
+        return GrpcConnectionPool(
+            config, reactor=reactor, trust=trust,
+            connect_to=None if address == host else address,
+        )
+
+    health = upstream.balancing.health_check
+
+    def probe(host: Host[GrpcConnectionPool]) -> Deferred[bool]:
+        assert health is not None
+        return host.pool.probe(health.grpc_service, health.timeout)
+
+    return Cluster(
+        name,
+        upstream.entries,
+        upstream.balancing,
+        make_pool=make_pool,
+        close_pool=lambda p: p.close(),
+        probe=probe if health is not None else None,
+        reactor=reactor,
+    )
 
 
 class GrpcRelay:
     """Relays allowed gRPC calls to the Master API.
 
-    :ivar pool: the upstream connections, or ``None`` when no upstream is configured.
+    :ivar cluster: the Master API's hosts (an HTTP/2 pool each), or ``None`` when no
+        upstream is configured; each call picks its host, and stays on it.
+    :ivar pool: the first host's pool (the only one with a single address).
     :ivar calls: the calls in progress.
     :ivar peak_unacknowledged: the most response bytes any call held unacknowledged
         to the Master API (bounded by the upstream stream window).
@@ -84,9 +131,12 @@ class GrpcRelay:
         reactor = default_reactor(reactor)
         self.reactor = reactor
         self.policy = policy
-        if pool is None and upstream is not None:
-            pool = GrpcConnectionPool(upstream, reactor=reactor)
-        self.pool = pool
+        self.cluster: Cluster[GrpcConnectionPool] | None = None
+        if upstream is None and pool is not None:
+            upstream = pool.config
+        if upstream is not None:
+            self.cluster = grpc_cluster("master_api_grpc", upstream, reactor, pool=pool)
+            self.cluster.start()
         self.calls: set[_RelayedCall] = set()
         self.peak_unacknowledged = 0
         self.peak_queued_upstream = 0
@@ -96,23 +146,41 @@ class GrpcRelay:
         fields["route"] = "grpc"
         fields["grpc_method"] = head.path.decode("utf-8", "replace")
         reason = refusal(head.path, self.policy)
-        if reason is None and self.pool is None:
+        if reason is None and self.cluster is None:
             reason = "no Master API gRPC upstream is configured"
         if reason is not None:
             fields["grpc_status"] = int(GrpcStatus.UNIMPLEMENTED)
             writer.write_head(200, trailers_only(GrpcStatus.UNIMPLEMENTED, reason), end=True)
             return StaticReply()
-        assert self.pool is not None
-        fields["upstream"] = self.pool.address
-        call = _RelayedCall(self, self.pool, head, writer)
+        assert self.cluster is not None
+        host = self.cluster.pick()
+        if host is None:
+            # Every host failed its health checks: at once, no connect attempt.
+            fields["grpc_status"] = int(GrpcStatus.UNAVAILABLE)
+            writer.write_head(
+                200, trailers_only(GrpcStatus.UNAVAILABLE, "Master API unavailable"), end=True
+            )
+            return StaticReply()
+        fields["upstream"] = host.pool.address
+        call = _RelayedCall(self, host, head, writer)
         call.begin()
         return call
 
+    @property
+    def pool(self) -> GrpcConnectionPool | None:
+        if self.cluster is None:
+            return None
+        return next(iter(self.cluster.hosts.values())).pool
+
+    def busy(self) -> bool:
+        """Whether a relayed call is in progress."""
+        return bool(self.calls)
+
     def close(self) -> Deferred[None]:
         """Close the upstream connections; calls in flight end with UNAVAILABLE."""
-        if self.pool is None:
+        if self.cluster is None:
             return succeed(None)
-        return self.pool.close()
+        return self.cluster.close().addCallback(lambda _: None)
 
     def call_finished(self, call: _RelayedCall) -> None:
         self.calls.discard(call)
@@ -128,18 +196,24 @@ class _RelayedCall:
     producer in one object, all of them feeding :class:`RelayStream`."""
 
     __slots__ = (
-        "_answered", "_done", "_timer", "head", "pool", "relay", "state", "stream", "writer",
+        "_answered", "_done", "_host_failed", "_open_failure", "_opening", "_timer",
+        "_tried", "head", "host", "pool", "relay", "state", "stream", "writer",
     )
 
     def __init__(
         self,
         relay: GrpcRelay,
-        pool: GrpcConnectionPool,
+        host: Host[GrpcConnectionPool],
         head: RequestHead,
         writer: ResponseWriter,
     ) -> None:
         self.relay = relay
-        self.pool = pool
+        self.host: Host[GrpcConnectionPool] | None = host
+        pool = self.pool = host.pool
+        self._tried = [host.key]
+        self._host_failed = False
+        self._opening = False
+        self._open_failure: str | None = None
         self.head = head
         self.writer = writer
         self.state = RelayStream(head, pool.authority, pool.scheme)
@@ -156,8 +230,57 @@ class _RelayedCall:
         # Measured from here: the wait for a connection is deducted from the
         # grpc-timeout that goes upstream.
         deadline = None if timeout is None else self.relay.reactor.seconds() + timeout
-        self.stream = self.pool.open_stream(self.state.request_headers, self, deadline)
-        self._run(self.state.start())
+        assert self.host is not None
+        self._cluster.started(self.host)
+        self._open(self.state.request_headers, deadline, ([], False))
+        if self.stream is not None:
+            self._run(self.state.start())
+
+    @property
+    def _cluster(self) -> Cluster[GrpcConnectionPool]:
+        cluster = self.relay.cluster
+        assert cluster is not None
+        return cluster
+
+    def _open(
+        self, headers: Headers, deadline: float | None, unsent: tuple[list[bytes], bool]
+    ) -> None:
+        """Open the upstream stream on the call's host, with what an earlier attempt
+        never sent.  A pool may fail the stream inside ``open_stream`` (its connect
+        back-off): that failure is handled once the stream is known."""
+        self._opening = True
+        self._open_failure = None
+        stream = self.pool.open_stream(headers, self, deadline)
+        self.stream = stream
+        chunks, end = unsent
+        for chunk in chunks:
+            stream.send(chunk)
+        if end:
+            stream.send(b"", True)
+        self._opening = False
+        failure, self._open_failure = self._open_failure, None
+        if failure is not None:
+            self.upstream_failed(failure)
+        elif stream.queued != self.state.queued_upstream:
+            self._run(self.state.upstream_buffered(stream.queued))
+
+    def _retry_elsewhere(self) -> bool:
+        """The stream failed before it reached its host: once, on another host."""
+        stream = self.stream
+        if stream is None or stream.unsent is None or len(self._tried) >= 2:
+            return False
+        other = self._cluster.pick(self._tried)
+        if other is None or self.host is None:
+            return False
+        self._cluster.finished(self.host, failed=True)
+        self.host = other
+        self.pool = other.pool
+        self._tried.append(other.key)
+        self._cluster.started(other)
+        self.head.log_fields["upstream"] = other.pool.address
+        self.head.log_fields["upstream_retried"] = True
+        self._open(stream.headers, stream.deadline, stream.unsent)
+        return True
 
     # -- RequestHandler (the client) ------------------------------------------------
 
@@ -191,9 +314,16 @@ class _RelayedCall:
         self._run(self.state.upstream_trailers(trailers))
 
     def upstream_reset(self, error_code: int) -> None:
+        self._host_failed = True
         self._run(self.state.upstream_reset(error_code))
 
     def upstream_failed(self, reason: str) -> None:
+        if self._opening:
+            self._open_failure = reason
+            return
+        if self._retry_elsewhere():
+            return
+        self._host_failed = True
         # The address and the cause stay in the log; the client hears the kind.
         self.relay.log.warn(
             "{path}: Master API unavailable: {reason} (request_id={request_id})",
@@ -265,6 +395,12 @@ class _RelayedCall:
 
     def _finish(self) -> None:
         self._done = True
+        host, self.host = self.host, None
+        if host is not None:
+            failed = self._host_failed or (
+                self._answered and self.state.grpc_status == GrpcStatus.UNAVAILABLE
+            )
+            self._cluster.finished(host, failed=failed)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
