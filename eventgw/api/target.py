@@ -27,9 +27,8 @@ client itself holds the response back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
-
 from dataclasses import replace
+from typing import TYPE_CHECKING, Final
 
 from twisted.internet import defer
 from twisted.logger import Logger

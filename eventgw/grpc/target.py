@@ -17,7 +17,6 @@ a configured but unreachable Master API gets UNAVAILABLE (14).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
@@ -52,57 +51,14 @@ from eventgw.grpc.relay import (
 )
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy
-from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.cluster import Cluster, Host
 from eventgw.upstream.h2client import UpstreamStream
-from eventgw.upstream.h2pool import GrpcConnectionPool
-from eventgw.upstream.trust import load_trust
+from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GrpcRelay", "grpc_cluster"]
-
-
-def grpc_cluster(
-    name: str,
-    upstream: GrpcUpstream,
-    reactor: IReactorTime,
-    *,
-    trust_key: str = "master_api.ca_file",
-    pool: GrpcConnectionPool | None = None,
-) -> Cluster[GrpcConnectionPool]:
-    """The hosts of a gRPC upstream, an HTTP/2 pool each (``pool``: the single host's,
-    given by a test), checked with grpc.health.v1 when ``health_check`` is set."""
-    trust = load_trust(upstream.ca_file, trust_key) if upstream.tls and pool is None else None
-
-    def make_pool(host: str, address: str, port: int) -> GrpcConnectionPool:
-        if pool is not None:
-            return pool
-        config = replace(
-            upstream, host=host, port=port,
-            address=UpstreamAddress(host, port).authority.decode("ascii"),
-        )
-        return GrpcConnectionPool(
-            config, reactor=reactor, trust=trust,
-            connect_to=None if address == host else address,
-        )
-
-    health = upstream.balancing.health_check
-
-    def probe(host: Host[GrpcConnectionPool]) -> Deferred[bool]:
-        assert health is not None
-        return host.pool.probe(health.grpc_service, health.timeout)
-
-    return Cluster(
-        name,
-        upstream.entries,
-        upstream.balancing,
-        make_pool=make_pool,
-        close_pool=lambda p: p.close(),
-        probe=probe if health is not None else None,
-        reactor=reactor,
-    )
+__all__ = ["GrpcRelay"]
 
 
 class GrpcRelay:

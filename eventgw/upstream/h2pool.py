@@ -28,6 +28,7 @@ connection (frames, streams, flow control, GOAWAY, keepalive) is
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -40,6 +41,7 @@ from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
 from eventgw.grpcwire import frame_message
 from eventgw.upstream.address import UpstreamAddress
+from eventgw.upstream.cluster import Cluster, Host
 from eventgw.upstream.h2client import (
     MIN_PING_INTERVAL_WITHOUT_DATA,
     H2ClientConnection,
@@ -62,6 +64,7 @@ __all__ = [
     "MAX_BACKOFF",
     "MAX_WAITING_STREAMS",
     "GrpcConnectionPool",
+    "grpc_cluster",
 ]
 
 # Streams waiting for a connection slot; beyond it calls fail (UNAVAILABLE) rather
@@ -419,3 +422,44 @@ class GrpcConnectionPool:
         self._retry_at = self.reactor.seconds() + self._backoff
         self._backoff = min(self._backoff * 2, self._max_backoff)
         self._fail_waiting(self._last_error)
+
+
+def grpc_cluster(
+    name: str,
+    upstream: GrpcUpstream,
+    reactor: IReactorTime,
+    *,
+    trust_key: str = "master_api.ca_file",
+    pool: GrpcConnectionPool | None = None,
+) -> Cluster[GrpcConnectionPool]:
+    """The hosts of a gRPC upstream, an HTTP/2 pool each (``pool``: the single host's,
+    given by a test), checked with grpc.health.v1 when ``health_check`` is set."""
+    trust = load_trust(upstream.ca_file, trust_key) if upstream.tls and pool is None else None
+
+    def make_pool(host: str, address: str, port: int) -> GrpcConnectionPool:
+        if pool is not None:
+            return pool
+        config = replace(
+            upstream, host=host, port=port,
+            address=UpstreamAddress(host, port).authority.decode("ascii"),
+        )
+        return GrpcConnectionPool(
+            config, reactor=reactor, trust=trust,
+            connect_to=None if address == host else address,
+        )
+
+    health = upstream.balancing.health_check
+
+    def probe(host: Host[GrpcConnectionPool]) -> Deferred[bool]:
+        assert health is not None
+        return host.pool.probe(health.grpc_service, health.timeout)
+
+    return Cluster(
+        name,
+        upstream.entries,
+        upstream.balancing,
+        make_pool=make_pool,
+        close_pool=lambda p: p.close(),
+        probe=probe if health is not None else None,
+        reactor=reactor,
+    )

@@ -252,7 +252,7 @@ class UpstreamConnection(protocol.Protocol):
 class _Discard(protocol.Protocol):
     """Takes a health check's response body and drops the connection at once."""
 
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+    def makeConnection(self, transport: Any) -> None:
         transport.stopProducing()
 
 
@@ -452,7 +452,7 @@ class UpstreamPool:
         endpoint = self._endpoint
 
         class _Endpoints:
-            def endpointForURI(self, uri: object) -> IStreamClientEndpoint:  # noqa: N802
+            def endpointForURI(self, uri: object) -> IStreamClientEndpoint:
                 return endpoint
 
         agent = Agent.usingEndpointFactory(self._reactor, _Endpoints())
