@@ -36,7 +36,10 @@ __all__ = ["ClosableTarget", "Gateway"]
 
 
 class ClosableTarget(RequestTarget, Protocol):
-    """A flow's target: takes exchanges, and closes its upstream pools and channels."""
+    """A flow's target: takes exchanges, says whether work is in flight upstream, and
+    closes its upstream pools and channels."""
+
+    def busy(self) -> bool: ...
 
     def close(self) -> Deferred[None]: ...
 
@@ -57,23 +60,37 @@ class Gateway:
         self.grpc = grpc
 
     @classmethod
-    def from_config(cls, config: GatewayConfig, reactor: IReactorTime) -> Gateway:
-        """The three flows' targets built from ``config``, and the router over them."""
+    def from_config(
+        cls, config: GatewayConfig, reactor: IReactorTime, previous: Gateway | None = None
+    ) -> Gateway:
+        """The three flows' targets built from ``config``, and the router over them.
+
+        ``previous``: the router a reload replaces; upstream hosts both configurations
+        name keep their pools (and connections), handed over to the new targets.
+        """
+        old_api = previous.api if previous is not None else None
+        old_events = previous.events if previous is not None else None
+        old_grpc = previous.grpc if previous is not None else None
         api = (
             None
             if config.master_api_http is None
-            else ApiProxy(config.master_api_http, config.limits, reactor=reactor)
+            else ApiProxy(
+                config.master_api_http, config.limits, reactor=reactor,
+                previous=old_api if isinstance(old_api, ApiProxy) else None,
+            )
         )
         events = EventsEndpoint(
             config.event_broker,
             config.limits,
             reactor=reactor,
             client=config.event_broker.client if config.event_broker else "grpcio",
+            previous=old_events if isinstance(old_events, EventsEndpoint) else None,
         )
         grpc = GrpcRelay(
             config.master_api_grpc,
             MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
             reactor=reactor,
+            previous=old_grpc if isinstance(old_grpc, GrpcRelay) else None,
         )
         return cls(api=api, events=events, grpc=grpc)
 
@@ -105,13 +122,19 @@ class Gateway:
         """Whether exchanges this router started are still in flight upstream: an
         ``/api`` request holding a pooled connection, a broker call, a relayed gRPC
         call.  A router a reload replaced is closed once this is false."""
-        api = self.api
-        pool = getattr(api, "pool", None)
-        if pool is not None and pool.open_count > pool.idle_count:
-            return True
-        if getattr(self.events, "running", None):
-            return True
-        return bool(getattr(self.grpc, "calls", None))
+        return any(t.busy() for t in (self.api, self.events, self.grpc) if t is not None)
+
+    def upstreams(self) -> dict[str, object]:
+        """Every balanced upstream's hosts and their state (the admin page)."""
+        found: dict[str, object] = {}
+        api, grpc, events = self.api, self.grpc, self.events
+        if isinstance(api, ApiProxy):
+            found[api.cluster.name] = api.cluster.snapshot()
+        if isinstance(grpc, GrpcRelay) and grpc.cluster is not None:
+            found[grpc.cluster.name] = grpc.cluster.snapshot()
+        if isinstance(events, EventsEndpoint):
+            found.update(events.upstreams())
+        return found
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""

@@ -143,6 +143,7 @@ class GatewayService(service.Service):
         reactor = default_reactor(reactor)
         # Serving or draining: what the admin listener's readiness reports.
         self.state = state if state is not None else ServingState()
+        self.state.upstreams = self._upstreams
         self.config = config
         self.reactor = reactor
         self._fixed_drain_timeout = drain_timeout
@@ -266,6 +267,11 @@ class GatewayService(service.Service):
             self._parent_watch = ParentWatch(self.parent_pid, self.begin_drain, self.reactor)
             self._parent_watch.start()
 
+    def _upstreams(self) -> dict[str, object]:
+        """The current router's upstreams (the admin listener's ``/upstreams``)."""
+        gateway = self.gateway
+        return {} if gateway is None else gateway.upstreams()
+
     def _install_signals(self) -> None:
         self.signals = StopSignals(
             self.reactor,
@@ -368,7 +374,7 @@ class GatewayService(service.Service):
                 )
                 return self._reloaded(False)
             tls_options = self._context_factory(new)
-            gateway = Gateway.from_config(new, self.reactor)
+            gateway = Gateway.from_config(new, self.reactor, previous=self.gateway)
         except ConfigError as e:
             self.log.error(
                 "configuration reload failed, still serving the previous one: {error}",

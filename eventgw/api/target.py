@@ -52,7 +52,7 @@ from eventgw.exchange import (
 )
 from eventgw.headers import Headers, request_headers_for_upstream, response_headers_for_downstream
 from eventgw.upstream.address import UpstreamAddress
-from eventgw.upstream.cluster import Cluster, Host
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h1client import LocalProtocolError, ResponseHead
 from eventgw.upstream.httppool import (
     Reactor,
@@ -96,6 +96,8 @@ class ApiProxy:
     :param reactor: ``IReactorTime`` + ``IReactorTCP``; the global one by default.
     :param pool: an existing pool to use for the (single) host instead of a new one
         (tests, sharing).
+    :param previous: the proxy a reload replaces: its pools of hosts both name are
+        taken over.
     :ivar cluster: the hosts, a pool each, and the choice among them.
     """
 
@@ -108,6 +110,7 @@ class ApiProxy:
         *,
         reactor: Reactor | None = None,
         pool: UpstreamPool | None = None,
+        previous: ApiProxy | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.upstream = upstream
@@ -152,6 +155,9 @@ class ApiProxy:
             probe=probe if health is not None else None,
             reactor=reactor,
         )
+        if previous is not None and same_pools(previous.upstream, upstream):
+            # A reload: hosts both configurations name keep their connections.
+            self.cluster.take_over(previous.cluster)
         self.cluster.start()
 
     @property

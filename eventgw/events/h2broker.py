@@ -55,7 +55,7 @@ from eventgw.grpcwire import (
     parse_grpc_status,
     percent_decode_message,
 )
-from eventgw.upstream.cluster import Cluster, Host
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 
@@ -365,6 +365,7 @@ class H2BrokerClient:
         *,
         reactor: IReactorTime | IReactorFromThreads | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        previous: H2BrokerClient | None = None,
     ) -> None:
         # The gateway's reactor type says IReactorTime or IReactorFromThreads; timers
         # are what this client needs (every real reactor provides both).
@@ -388,6 +389,8 @@ class H2BrokerClient:
         self.cluster = grpc_cluster(
             "event_broker", config, reactor, trust_key="event_broker.ca_file"
         )
+        if previous is not None and same_pools(previous.upstream, upstream):
+            self.cluster.take_over(previous.cluster)
         self.cluster.start()
         prefix: Headers = [
             (b":method", b"POST"),

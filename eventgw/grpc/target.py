@@ -51,7 +51,7 @@ from eventgw.grpc.relay import (
 )
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy
-from eventgw.upstream.cluster import Cluster, Host
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h2client import UpstreamStream
 from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 
@@ -83,6 +83,7 @@ class GrpcRelay:
         *,
         reactor: IReactorTime | None = None,
         pool: GrpcConnectionPool | None = None,
+        previous: GrpcRelay | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.reactor = reactor
@@ -90,8 +91,16 @@ class GrpcRelay:
         self.cluster: Cluster[GrpcConnectionPool] | None = None
         if upstream is None and pool is not None:
             upstream = pool.config
+        self.upstream = upstream
         if upstream is not None:
             self.cluster = grpc_cluster("master_api_grpc", upstream, reactor, pool=pool)
+            old = previous.cluster if previous is not None else None
+            if (
+                previous is not None and old is not None
+                and same_pools(previous.upstream, upstream)
+            ):
+                # A reload: hosts both configurations name keep their connections.
+                self.cluster.take_over(old)
             self.cluster.start()
         self.calls: set[_RelayedCall] = set()
         self.peak_unacknowledged = 0

@@ -42,7 +42,7 @@ from eventgw.upstream.balancer import Balancer, HostState, jittered
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
-__all__ = ["MAX_HOSTS", "Cluster", "Host", "host_key"]
+__all__ = ["MAX_HOSTS", "Cluster", "Host", "host_key", "same_pools"]
 
 #: Hosts one upstream may have (a DNS answer beyond this is cut): bounds the pools, the
 #: timers and the metrics' label values.
@@ -54,6 +54,19 @@ P = TypeVar("P")
 def host_key(host: str, port: int) -> str:
     """``host:port``, IPv6 addresses in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def same_pools(old: object, new: object) -> bool:
+    """Whether two configurations of an upstream (``ApiUpstream``, ``GrpcUpstream``,
+    ``BrokerUpstream``) differ at most in their hosts and balancing, so a host both
+    name may keep its pool (and its connections) across a reload."""
+    hosts = ("host", "port", "url", "address", "target", "hosts", "balancing")
+
+    def rest(config: object) -> dict[str, object]:
+        names = getattr(config, "__dataclass_fields__", {})
+        return {n: getattr(config, n) for n in names if n not in hosts}
+
+    return type(old) is type(new) and rest(old) == rest(new)
 
 
 def _literal(host: str) -> bool:
