@@ -37,7 +37,7 @@ class CountingItems(ItemsServicer):
         super().__init__()
         self.count = 0
 
-    def GetItem(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetItem(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.count += 1
         return super().GetItem(request, context)
 
