@@ -14,7 +14,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import RequestReceived
 from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -217,3 +221,46 @@ class BrokerBalancingTests(TestCase):
     def test_grpcio_client_spreads_and_survives_a_kill(self) -> Any:
         """grpcio client (round_robin over the addresses): the same guarantees."""
         return self.spread_and_kill("grpcio")
+
+
+class _Refusing(Protocol):
+    """An HTTP/2 server that answers every request with GOAWAY(last stream 0): the
+    stream is refused unprocessed."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+        self.conn = H2Connection(H2Configuration(client_side=False))
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        for event in self.conn.receive_data(data):
+            if isinstance(event, RequestReceived):
+                self.seen.append(event.stream_id)
+                self.conn.close_connection(last_stream_id=0)
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+
+class RefusedStreamTests(TestCase):
+    @defer.inlineCallbacks
+    def test_refused_stream_goes_to_the_other_host(self) -> Generator[Any, Any, None]:
+        """A host that refuses the call's stream (GOAWAY before processing it) costs
+        the client nothing: the call is sent once more, to the other host."""
+        from twisted.internet import reactor
+
+        seen: list[int] = []
+        factory = Factory.forProtocol(lambda: _Refusing(seen))
+        refusing = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(refusing.stopListening)
+        good = GrpcServer(self)
+        config = gateway_config(
+            grpc=f"['127.0.0.1:{refusing.getHost().port}', '{good.key}']",
+            extra="  balance: round_robin\n",
+        )
+        gw = start_gateway(self, config)
+        codes = yield deferToThread(call_items, gw.cleartext_port, 1)
+        self.assertEqual(codes, [grpc.StatusCode.OK])
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(good.items.count, 1)

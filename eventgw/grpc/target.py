@@ -17,8 +17,9 @@ a configured but unreachable Master API gets UNAVAILABLE (14).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -58,7 +59,11 @@ from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GrpcRelay"]
+__all__ = ["REPLAY_LIMIT", "GrpcRelay"]
+
+#: Request bytes a call keeps for sending again when the Master API refuses its stream
+#: unprocessed (REFUSED_STREAM); a larger request is not retried.
+REPLAY_LIMIT: Final = 64 * 1024
 
 
 class GrpcRelay:
@@ -161,8 +166,9 @@ class _RelayedCall:
     producer in one object, all of them feeding :class:`RelayStream`."""
 
     __slots__ = (
-        "_answered", "_done", "_host_failed", "_open_failure", "_opening", "_timer",
-        "_tried", "head", "host", "pool", "relay", "state", "stream", "writer",
+        "_answered", "_done", "_host_failed", "_open_failure", "_opening", "_sent",
+        "_sent_end", "_sent_size", "_timer", "_tried", "head", "host", "pool", "relay",
+        "state", "stream", "writer",
     )
 
     def __init__(
@@ -179,6 +185,12 @@ class _RelayedCall:
         self._host_failed = False
         self._opening = False
         self._open_failure: str | None = None
+        # The request bytes sent upstream, kept (up to REPLAY_LIMIT) until the Master
+        # API answers: a stream it refuses unprocessed (REFUSED_STREAM, e.g. past a
+        # GOAWAY) is sent once more, to another host.  None: too much, or answered.
+        self._sent: list[bytes] | None = []
+        self._sent_size = 0
+        self._sent_end = False
         self.head = head
         self.writer = writer
         self.state = RelayStream(head, pool.authority, pool.scheme)
@@ -229,11 +241,20 @@ class _RelayedCall:
         elif stream.queued != self.state.queued_upstream:
             self._run(self.state.upstream_buffered(stream.queued))
 
-    def _retry_elsewhere(self) -> bool:
-        """The stream failed before it reached its host: once, on another host."""
+    def _retry_elsewhere(self, refused: bool = False) -> bool:
+        """The stream failed before it reached its host, or the host refused it
+        unprocessed (``refused``): once, on another host."""
         stream = self.stream
-        if stream is None or stream.unsent is None or len(self._tried) >= 2:
+        if stream is None or len(self._tried) >= 2:
             return False
+        if refused:
+            if self._sent is None or self._answered:
+                return False
+            unsent = (self._sent, self._sent_end)
+        elif stream.unsent is None:
+            return False
+        else:
+            unsent = stream.unsent
         other = self._cluster.pick(self._tried)
         if other is None or self.host is None:
             return False
@@ -244,7 +265,9 @@ class _RelayedCall:
         self._cluster.started(other)
         self.head.log_fields["upstream"] = other.pool.address
         self.head.log_fields["upstream_retried"] = True
-        self._open(stream.headers, stream.deadline, stream.unsent)
+        if refused:
+            self._sent, self._sent_size, self._sent_end = [], 0, False
+        self._open(stream.headers, stream.deadline, unsent)
         return True
 
     # -- RequestHandler (the client) ------------------------------------------------
@@ -270,6 +293,7 @@ class _RelayedCall:
 
     def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
         self._answered = True
+        self._sent = None
         self._run(self.state.upstream_headers(headers, end_stream))
 
     def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
@@ -279,6 +303,8 @@ class _RelayedCall:
         self._run(self.state.upstream_trailers(trailers))
 
     def upstream_reset(self, error_code: int) -> None:
+        if error_code == ErrorCodes.REFUSED_STREAM and self._retry_elsewhere(refused=True):
+            return
         self._host_failed = True
         self._run(self.state.upstream_reset(error_code))
 
@@ -325,6 +351,7 @@ class _RelayedCall:
                 if self.stream is not None:
                     self.stream.acknowledge(action.size)
             elif isinstance(action, SendUpstream):
+                self._keep_sent(action.data, action.end)
                 stream = self.stream
                 if stream is not None:
                     queued = stream.send(action.data, action.end)
@@ -351,6 +378,18 @@ class _RelayedCall:
                 self._timer = None
         if self.state.finished and not self._done:
             self._finish()
+
+    def _keep_sent(self, data: bytes, end: bool) -> None:
+        sent = self._sent
+        if sent is None:
+            return
+        if self._sent_size + len(data) > REPLAY_LIMIT:
+            self._sent = None
+            return
+        if data:
+            sent.append(data)
+            self._sent_size += len(data)
+        self._sent_end = self._sent_end or end
 
     def _learn_method(self) -> None:
         """A method the Master API answered (not UNIMPLEMENTED) gets its own label."""
