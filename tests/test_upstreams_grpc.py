@@ -231,11 +231,11 @@ class _Refusing(Protocol):
         self.seen = seen
         self.conn = H2Connection(H2Configuration(client_side=False))
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
             if isinstance(event, RequestReceived):
                 self.seen.append(event.stream_id)
