@@ -11,7 +11,7 @@ shutdown, or when a reload has replaced it and the work it started is done
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
 
@@ -28,6 +28,7 @@ from eventgw.exchange import (
 )
 from eventgw.grpc.target import GrpcRelay
 from eventgw.routing import MethodPolicy, Route, route_for
+from eventgw.upstream.cluster import Cluster
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -42,6 +43,18 @@ class ClosableTarget(RequestTarget, Protocol):
     def busy(self) -> bool: ...
 
     def close(self) -> Deferred[None]: ...
+
+
+def _clusters(target: object) -> list[Cluster[Any]]:
+    """The host clusters a flow's target balances over."""
+    if isinstance(target, ApiProxy):
+        return [target.cluster]
+    if isinstance(target, GrpcRelay):
+        return [] if target.cluster is None else [target.cluster]
+    if isinstance(target, EventsEndpoint):
+        cluster = getattr(target.client, "cluster", None)
+        return [cluster] if isinstance(cluster, Cluster) else []
+    return []
 
 
 class Gateway:
@@ -71,27 +84,39 @@ class Gateway:
         old_api = previous.api if previous is not None else None
         old_events = previous.events if previous is not None else None
         old_grpc = previous.grpc if previous is not None else None
-        api = (
-            None
-            if config.master_api_http is None
-            else ApiProxy(
-                config.master_api_http, config.limits, reactor=reactor,
-                previous=old_api if isinstance(old_api, ApiProxy) else None,
+        built: list[ClosableTarget] = []
+        try:
+            api = (
+                None
+                if config.master_api_http is None
+                else ApiProxy(
+                    config.master_api_http, config.limits, reactor=reactor,
+                    previous=old_api if isinstance(old_api, ApiProxy) else None,
+                )
             )
-        )
-        events = EventsEndpoint(
-            config.event_broker,
-            config.limits,
-            reactor=reactor,
-            client=config.event_broker.client if config.event_broker else "grpcio",
-            previous=old_events if isinstance(old_events, EventsEndpoint) else None,
-        )
-        grpc = GrpcRelay(
-            config.master_api_grpc,
-            MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
-            reactor=reactor,
-            previous=old_grpc if isinstance(old_grpc, GrpcRelay) else None,
-        )
+            if api is not None:
+                built.append(api)
+            events = EventsEndpoint(
+                config.event_broker,
+                config.limits,
+                reactor=reactor,
+                client=config.event_broker.client if config.event_broker else "grpcio",
+                previous=old_events if isinstance(old_events, EventsEndpoint) else None,
+            )
+            built.append(events)
+            grpc = GrpcRelay(
+                config.master_api_grpc,
+                MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
+                reactor=reactor,
+                previous=old_grpc if isinstance(old_grpc, GrpcRelay) else None,
+            )
+        except BaseException:
+            # The old router keeps serving with every pool it had.
+            for target in built:
+                for cluster in _clusters(target):
+                    cluster.give_back()
+                target.close()
+            raise
         return cls(api=api, events=events, grpc=grpc)
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
@@ -127,13 +152,9 @@ class Gateway:
     def upstreams(self) -> dict[str, object]:
         """Every balanced upstream's hosts and their state (the admin page)."""
         found: dict[str, object] = {}
-        api, grpc, events = self.api, self.grpc, self.events
-        if isinstance(api, ApiProxy):
-            found[api.cluster.name] = api.cluster.snapshot()
-        if isinstance(grpc, GrpcRelay) and grpc.cluster is not None:
-            found[grpc.cluster.name] = grpc.cluster.snapshot()
-        if isinstance(events, EventsEndpoint):
-            found.update(events.upstreams())
+        for target in (self.api, self.grpc, self.events):
+            for cluster in _clusters(target):
+                found[cluster.name] = cluster.snapshot()
         return found
 
     def close(self) -> Deferred[object]:

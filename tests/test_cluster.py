@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
@@ -19,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from eventgw.admin.metrics import REGISTRY, flush
 from eventgw.admin.state import ServingState
 from eventgw.admin.target import AdminTarget
-from eventgw.config import Balancing, Outlier, load_config
+from eventgw.config import Balancing, BrokerUpstream, Outlier, load_config
 from eventgw.gateway import Gateway
 from eventgw.upstream.cluster import Cluster
 from tests.events_support import exchange
@@ -193,3 +194,24 @@ class GatewayReloadTests(TestCase):
         hosts = [row["host"] for row in page["upstreams"]["master_api_http"]["hosts"]]
         self.assertEqual(hosts, [b.key, c.key])
         self.assertEqual(page["upstreams"]["master_api_http"]["balance"], "least_request")
+
+    @defer.inlineCallbacks
+    def test_failed_reload_gives_the_pools_back(self) -> Generator[Any, Any, None]:
+        """A new Gateway that fails to build after taking a pool over hands it back:
+        the old gateway keeps using it and closes it itself."""
+        a = RunningBackend(self)
+        config = load_config(f"master_api:\n  http: ['http://{a.key}']\n")
+        old = Gateway.from_config(config, reactor)
+        self.addCleanup(old.close)
+        statuses = yield run_requests(old.api, 5)  # type: ignore[arg-type]
+        self.assertEqual(statuses, [200] * 5)
+        pool = old.api.cluster.hosts[a.key].pool  # type: ignore[union-attr]
+        bad = replace(config, event_broker=BrokerUpstream(
+            target="127.0.0.1:1", tls=False, client="nope"))
+        with self.assertRaises(ValueError):
+            Gateway.from_config(bad, reactor, previous=old)
+        statuses = yield run_requests(old.api, 5)  # type: ignore[arg-type]
+        self.assertEqual(statuses, [200] * 5)
+        self.assertGreater(pool.open_count, 0)
+        yield old.close()
+        self.assertEqual(pool.open_count, 0)

@@ -174,13 +174,6 @@ class EventsEndpoint:
         """Whether a broker call is in flight."""
         return bool(self.running)
 
-    def upstreams(self) -> dict[str, object]:
-        """The brokers and their state, when the client balances them itself."""
-        cluster = getattr(self.client, "cluster", None)
-        if cluster is None:
-            return {}
-        return {cluster.name: cluster.snapshot()}
-
     def close(self) -> Deferred[None]:
         """Answer new exchanges with 503, let running calls finish, close the channel."""
         self._closing = True

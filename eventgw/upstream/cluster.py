@@ -152,6 +152,8 @@ class Cluster(Generic[P]):
         self.draining: list[Host[P]] = []
         # Pools taken over by a newer cluster: no longer ours to close.
         self._handed_over: set[int] = set()
+        # What take_over took, for give_back.
+        self._taken: list[tuple[Cluster[P], P]] = []
         self._resolve_timer: IDelayedCall | None = None
         self._running = False
         self._closed = False
@@ -217,12 +219,21 @@ class Cluster(Generic[P]):
             mine = host.pool
             host.pool = previous.pool
             old._handed_over.add(id(previous.pool))
+            self._taken.append((old, previous.pool))
             self._close_pool(mine)
         # The old cluster's names resolved already: no host-name hosts meanwhile.
         for entry, addresses in old._resolved.items():
             if entry in self.entries and entry not in self._resolved:
                 self._resolved[entry] = addresses
         self._apply()
+
+    def give_back(self) -> None:
+        """Undo :meth:`take_over` (a reload that failed after it): the old cluster owns
+        those pools again, and this one closes only its own."""
+        for old, pool in self._taken:
+            old._handed_over.discard(id(pool))
+            self._handed_over.add(id(pool))
+        self._taken = []
 
     def start(self) -> None:
         """Start the resolution and health-check timers."""
