@@ -173,26 +173,27 @@ class RelayBalancingTests(TestCase):
         self.assertEqual(codes, [grpc.StatusCode.UNAVAILABLE] * 3)
 
 
+def broker_endpoint(case: TestCase, servers: list[GrpcServer], client: str) -> EventsEndpoint:
+    """The /events endpoint over ``servers`` with ``client`` (h2 or grpcio)."""
+    from twisted.internet import reactor
+
+    hosts = ", ".join(f"'{s.key}'" for s in servers)
+    config = load_config(
+        "master_api: {http: 'http://127.0.0.1:9'}\n"
+        f"event_broker: {{grpc: [{hosts}], deadline: 5, client: {client}, "
+        "outlier: {consecutive_failures: 2, eject_for: 30}}\n"
+    )
+    endpoint = EventsEndpoint(config.event_broker, Limits(), reactor=reactor, client=client)
+    case.addCleanup(endpoint.close)
+    return endpoint
+
+
 class BrokerBalancingTests(TestCase):
-    def endpoint(self, servers: list[GrpcServer], client: str) -> EventsEndpoint:
-        hosts = ", ".join(f"'{s.key}'" for s in servers)
-        config = load_config(
-            "master_api: {http: 'http://127.0.0.1:9'}\n"
-            f"event_broker: {{grpc: [{hosts}], deadline: 5, client: {client}, "
-            "outlier: {consecutive_failures: 2, eject_for: 30}}\n"
-        )
-        from twisted.internet import reactor
-
-        endpoint = EventsEndpoint(config.event_broker, Limits(), reactor=reactor,
-                                  client=client)
-        self.addCleanup(endpoint.close)
-        return endpoint
-
     @defer.inlineCallbacks
     def spread_and_kill(self, client: str) -> Generator[Any, Any, None]:
         brokers = [RecordingBroker(), RecordingBroker()]
         servers = [GrpcServer(self, broker) for broker in brokers]
-        endpoint = self.endpoint(servers, client)
+        endpoint = broker_endpoint(self, servers, client)
         accepted: list[str] = []
         statuses: list[int] = []
         for i in range(200):
@@ -264,3 +265,20 @@ class RefusedStreamTests(TestCase):
         self.assertEqual(codes, [grpc.StatusCode.OK])
         self.assertEqual(len(seen), 1)
         self.assertEqual(good.items.count, 1)
+
+
+class BrokersDownTests(TestCase):
+    @defer.inlineCallbacks
+    def test_every_broker_down_is_a_503_for_both_clients(self) -> Generator[Any, Any, None]:
+        """With both brokers stopped an event is answered 503 (never a hang), by the
+        grpcio and the h2 client alike."""
+        for client in ("grpcio", "h2"):
+            servers = [GrpcServer(self, RecordingBroker()) for _ in range(2)]
+            endpoint = broker_endpoint(self, servers, client)
+            writer = yield exchange(endpoint, binary_headers("warm"), b"{}")
+            self.assertEqual(writer.status, 202)
+            for server in servers:
+                yield deferToThread(server.stop)
+            for i in range(3):
+                writer = yield exchange(endpoint, binary_headers(f"down-{i}"), b"{}")
+                self.assertEqual(writer.status, 503, client)
