@@ -83,7 +83,7 @@ class JwksServer(resource.Resource):
         self.hold = False
         self.held: list[server.Request] = []
 
-    def render_GET(self, request: server.Request) -> Any:  # noqa: N802
+    def render_GET(self, request: server.Request) -> Any:
         self.hits += 1
         if self.hold:
             self.held.append(request)
@@ -270,3 +270,24 @@ class UrlTests(TestCase):
         self.addCleanup(new.stop)
         self.assertIsInstance(self.verify(new, OLD), Verified)
         self.assertEqual(self.jwks.hits, 1)
+
+
+class CheckTests(SynchronousTestCase):
+    """--check (check_upstreams) reads the JWKS files too, and fetches no URL."""
+
+    def test_bad_jwks_file_fails_the_check(self) -> None:
+        """An unreadable JWKS file is the check's one-line error naming the key."""
+        from dataclasses import replace
+
+        from eventgw.config import load_config
+        from eventgw.tap import check_upstreams
+
+        config = load_config("master_api: {http: 'http://127.0.0.1:8080'}\n")
+        good = write(self.mktemp(), "k.json", jwks(OLD))
+        url = JwtProviderConfig(name="u", issuer="u", jwks="https://127.0.0.1:1/jwks")
+        check_upstreams(replace(config, auth=AuthConfig(jwt=(
+            JwtProviderConfig(name="a", issuer="a", jwks=good), url))))
+        absent = JwtProviderConfig(name="b", issuer="b", jwks=good + ".absent")
+        with self.assertRaises(ConfigError) as caught:
+            check_upstreams(replace(config, auth=AuthConfig(jwt=(url, absent))))
+        self.assertEqual(caught.exception.key, "auth.jwt[1].jwks")

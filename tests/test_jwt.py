@@ -417,3 +417,83 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(auth.verifications, 120)  # the newest is still there
         auth.verify(tokens[0], NOW)
         self.assertEqual(auth.verifications, 121)  # the oldest was dropped
+
+
+class ConfigTests(SynchronousTestCase):
+    """The auth.jwt section: defaults, conversion, and one line naming each bad key."""
+
+    BASE = "master_api: {http: 'http://127.0.0.1:8080'}\n"
+
+    def load(self, provider: str, extra: str = "") -> Any:
+        from eventgw.config import load_config
+
+        text = (self.BASE + "auth:\n  jwt:\n    - {name: corp, issuer: 'https://idp/', "
+                "jwks: 'https://idp/jwks'}\n    - " + provider + "\n" + extra)
+        return load_config(text)
+
+    def error(self, provider: str) -> str:
+        from eventgw.errors import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            self.load(provider)
+        return str(caught.exception)
+
+    def test_defaults_and_conversion(self) -> None:
+        """Defaults as documented; header names lower-cased; a URL kept as written."""
+        config = self.load("{name: b, issuer: b, jwks: keys.json, audiences: [gw], "
+                           "forward_claims: {sub: X-Client-Id}}")
+        first, second = config.auth.jwt
+        self.assertEqual(first.algorithms, ("RS256", "ES256"))
+        self.assertEqual((first.clock_skew, first.refresh, first.forward), (60.0, 600.0, False))
+        self.assertEqual(first.jwks, "https://idp/jwks")
+        self.assertTrue(first.jwks_is_url)
+        self.assertEqual(second.forward_claims, (("sub", "x-client-id"),))
+        self.assertEqual(second.audiences, ("gw",))
+        self.assertTrue(second.jwks.endswith("keys.json"))
+        self.assertFalse(second.jwks_is_url)
+
+    def test_no_auth_section(self) -> None:
+        """Without auth, no provider."""
+        from eventgw.config import load_config
+
+        self.assertEqual(load_config(self.BASE).auth.jwt, ())
+
+    def test_errors_name_the_key(self) -> None:
+        """Each refusal is one line naming auth.jwt[1].<key>."""
+        cases = {
+            "{name: b, issuer: b, jwks: k.json, algorithms: [RS256, HS256]}":
+                "auth.jwt[1].algorithms[1]: HS256 is a shared-secret (HMAC) algorithm",
+            "{name: b, issuer: b, jwks: k.json, algorithms: [none]}":
+                "auth.jwt[1].algorithms[0]: alg 'none' is never accepted",
+            "{name: b, issuer: b, jwks: k.json, algorithms: []}":
+                "auth.jwt[1].algorithms: must name at least one algorithm",
+            "{name: b, issuer: b, jwks: 'http://idp/jwks'}":
+                "auth.jwt[1].jwks: http:// is refused",
+            "{name: corp, issuer: b, jwks: k.json}":
+                "auth.jwt[1].name: 'corp' is already the name of auth.jwt[0]",
+            "{name: b, issuer: 'https://idp/', jwks: k.json}":
+                "auth.jwt[1].issuer: already the issuer of auth.jwt[0]",
+            "{name: 'a:b', issuer: b, jwks: k.json}": "auth.jwt[1].name: expected a name",
+            "{name: b, issuer: b, jwks: k.json, forward_claims: {sub: authorization}}":
+                "auth.jwt[1].forward_claims.sub: authorization is set or removed",
+            "{name: b, issuer: b, jwks: k.json, forward_claims: {sub: X-Eventgw-Client}}":
+                "auth.jwt[1].forward_claims.sub: x-eventgw-client is set or removed",
+            "{name: b, issuer: b, jwks: k.json, forward_claims: {sub: x-api-key}}":
+                "auth.jwt[1].forward_claims.sub: x-api-key is set or removed",
+            "{name: b, issuer: b, jwks: k.json, forward_claims: {sub: 'a b'}}":
+                "auth.jwt[1].forward_claims.sub: expected a header name",
+            "{name: b, issuer: b, jwks: k.json, forward_claims: {sub: x-a, email: X-A}}":
+                "auth.jwt[1].forward_claims.email: x-a is already the header of claim 'sub'",
+            "{name: b, issuer: b, jwks: k.json, ca_file: ca.pem}":
+                "auth.jwt[1].ca_file: only for an https:// jwks",
+            "{name: b, issuer: b, jwks: 'https://idp/', refresh: 1}":
+                "auth.jwt[1].refresh: expected a number of seconds, at least 10",
+            "{name: b, issuer: b, jwks: k.json, clock_skew: -1}":
+                "auth.jwt[1].clock_skew: expected a number of seconds 0-3600",
+            "{name: b, issuer: b, jwks: k.json, tsl: 1}": "auth.jwt[1].tsl: unknown key (known: ",
+            "{name: b, issuer: b}": "auth.jwt[1].jwks: ",
+        }
+        for provider, start in cases.items():
+            line = self.error(provider)
+            self.assertTrue(line.startswith(start), line)
+            self.assertNotIn("\n", line)
