@@ -187,7 +187,7 @@ class _HoldingServicer(ItemsServicer):
         super().__init__()
         self.release = threading.Event()
 
-    def WatchItems(  # noqa: N802 (the gRPC method's name)
+    def WatchItems(
         self, request: demo_pb2.WatchItemsRequest, context: grpc.ServicerContext
     ) -> Iterator[demo_pb2.Item]:
         if request.payload_size != 7:
