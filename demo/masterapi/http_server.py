@@ -8,7 +8,10 @@ reach through the gateway:
 - ``GET /api/items`` and ``GET /api/items/<id>``: a tiny in-memory collection;
 - ``POST /api/items``: adds an item (JSON body), answers 201;
 - ``POST /api/echo``: echoes the request body with its content type;
-- ``GET /api/bytes/<n>``: ``n`` bytes, for trying large responses.
+- ``GET /api/bytes/<n>``: ``n`` bytes, for trying large responses;
+- ``GET /api/ws/echo`` (WebSocket): an echo (:mod:`demo.masterapi.websocket`);
+- ``GET /api/browser/``: a page that calls this Master API over gRPC-Web and the
+  WebSocket echo, through the gateway (``demo/masterapi/browser/index.html``).
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.python import log
 
     log.startLogging(sys.stdout)
-    site = server.Site(MasterApi())
+    from demo.masterapi.websocket import WebSocketSite
+
+    site = WebSocketSite(MasterApi())
     site.noisy = False
     endpoint = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.interface)
     endpoint.listen(site)
