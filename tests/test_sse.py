@@ -27,7 +27,7 @@ class _Events(resource.Resource):
         super().__init__()
         self.go_on = threading.Event()
 
-    def render_GET(self, request: server.Request) -> Any:  # noqa: N802 (twisted.web's name)
+    def render_GET(self, request: server.Request) -> Any:
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
         request.write(b"id: 1\ndata: first\n\n")
