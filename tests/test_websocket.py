@@ -47,6 +47,10 @@ from eventgw.api.wsframes import (
     handshake_problem,
     upstream_handshake_headers,
 )
+from eventgw.downstream.h2heads import Accepted, Refused, RequestFacts, h2_request_head
+from eventgw.downstream.http1parse import PAUSED, MessageEnded, RequestHeadParsed, RequestParser
+from eventgw.errors import ResponseError
+from eventgw.upstream.h1client import ClientConnection, Data, Ended, ResponseHead
 from tests.rig import RunningGateway, free_port, gateway_config, start_gateway
 from tests.support import make_head
 
@@ -111,6 +115,79 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIsInstance(
             downstream_accept_headers([(b"upgrade", b"h2c")], http2=False, key=None), str
         )
+
+
+class UpgradeRecognitionTests(SynchronousTestCase):
+    """Which requests are WebSocket handshakes, on each protocol and codec."""
+
+    def parse(self, head: bytes) -> Any:
+        parser = RequestParser(32 * 1024)
+        parser.receive_data(head + b"\r\n\r\nafter")
+        return parser, parser.next_event()
+
+    def test_http1_websocket_handshake(self) -> None:
+        """GET with Upgrade: websocket and the upgrade connection option; the bytes after
+        the head are handed over once the upgrade is accepted."""
+        parser, event = self.parse(
+            b"GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
+            b"Upgrade: WebSocket"
+        )
+        self.assertIsInstance(event, RequestHeadParsed)
+        self.assertEqual(event.upgrade, b"websocket")
+        self.assertIsInstance(parser.next_event(), MessageEnded)
+        self.assertEqual(parser.take_tunnel_bytes(), b"after")
+        self.assertIs(parser.next_event(), PAUSED)
+
+    def test_not_websocket(self) -> None:
+        """Other upgrades, a missing connection option, a body or POST: no upgrade."""
+        for head in (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket",
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+            b"Content-Length: 5",
+        ):
+            _, event = self.parse(head)
+            self.assertIsNone(event.upgrade, head)
+
+    def test_h2_extended_connect(self) -> None:
+        """CONNECT + :protocol websocket is accepted with its path; another :protocol
+        and plain CONNECT are 501."""
+        facts = RequestFacts(scheme=b"https", peer="10.0.0.1", max_header_bytes=4096)
+        base = [(b":method", b"CONNECT"), (b":scheme", b"https"), (b":authority", b"x")]
+        accepted = h2_request_head(
+            [*base, (b":protocol", b"websocket"), (b":path", b"/api/ws")], facts,
+            end_stream=False,
+        )
+        self.assertIsInstance(accepted, Accepted)
+        self.assertEqual((accepted.head.upgrade, accepted.head.target), (b"websocket", b"/api/ws"))
+        other = h2_request_head(
+            [*base, (b":protocol", b"webtransport"), (b":path", b"/api/ws")], facts,
+            end_stream=False,
+        )
+        self.assertIsInstance(other, Refused)
+        self.assertEqual(other.status, 501)
+        plain = h2_request_head([(b":method", b"CONNECT"), (b":authority", b"x:1")], facts,
+                                end_stream=False)
+        self.assertIsInstance(plain, Refused)
+        self.assertEqual((plain.status, plain.message), (501, "CONNECT is not supported"))
+
+    def test_h1client_reads_on_after_101(self) -> None:
+        """The upstream codec, asked to upgrade, returns the 101 and then every byte as
+        data until the connection closes; without the flag a 101 is an error."""
+        codec = ClientConnection()
+        codec.send_request(b"GET", b"/api/ws", b"up", [], content_length=0, upgrade=True)
+        codec.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nab")
+        head = codec.next_event()
+        self.assertIsInstance(head, ResponseHead)
+        self.assertEqual(head.status, 101)
+        self.assertEqual(codec.next_event(), Data(data=b"ab"))
+        codec.receive_data(b"")
+        self.assertIsInstance(codec.next_event(), Ended)
+        plain = ClientConnection()
+        plain.send_request(b"GET", b"/", b"up", [], content_length=0)
+        plain.receive_data(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        self.assertRaises(ResponseError, plain.next_event)
 
 
 class FrameScannerTests(SynchronousTestCase):
