@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 import httpx
 from google.rpc import status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -168,6 +170,20 @@ class Base64DecoderTests(SynchronousTestCase):
         decoder = Base64Decoder()
         self.assertEqual(decoder.feed(b"YQ==YmM=ZGVm"), b"abcdef")
         self.assertTrue(decoder.at_boundary)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.binary(max_size=40), max_size=8), st.lists(st.integers(1, 9), max_size=20))
+    def test_any_chunks_any_reads(self, chunks: list[bytes], reads: list[int]) -> None:
+        """Whatever the chunks and however the reads cut their base64, the bytes come back."""
+        text = b"".join(encode_text_chunk(c) for c in chunks)
+        decoder = Base64Decoder()
+        out, pos = b"", 0
+        for size in reads:
+            out += decoder.feed(text[pos : pos + size])
+            pos += size
+        out += decoder.feed(text[pos:])
+        decoder.finish()
+        self.assertEqual(out, b"".join(chunks))
 
     def test_malformed(self) -> None:
         """Characters outside base64, and a stream ending inside a quantum, are errors."""

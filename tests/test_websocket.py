@@ -25,10 +25,13 @@ from h2.events import (
     StreamEnded,
 )
 from h2.settings import SettingCodes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import connect as ws_connect
 from wsproto import ConnectionType
@@ -51,7 +54,7 @@ from eventgw.downstream.h2heads import Accepted, Refused, RequestFacts, h2_reque
 from eventgw.downstream.http1parse import PAUSED, MessageEnded, RequestHeadParsed, RequestParser
 from eventgw.errors import ResponseError
 from eventgw.upstream.h1client import ClientConnection, Data, Ended, ResponseHead
-from tests.rig import RunningGateway, free_port, gateway_config, start_gateway
+from tests.rig import RunningGateway, free_port, gateway_config, settle, start_gateway
 from tests.support import make_head
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -218,6 +221,27 @@ class FrameScannerTests(SynchronousTestCase):
         self.assertEqual(scanner.violation and scanner.violation[0], CLOSE_MESSAGE_TOO_BIG)
         self.assertEqual(scanner.feed(frame(b"z")), b"")
 
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.tuples(st.integers(0, 70000), st.booleans(), st.booleans()), max_size=6),
+        st.lists(st.integers(1, 5000), max_size=30),
+    )
+    def test_any_frames_any_reads(
+        self, frames: list[tuple[int, bool, bool]], reads: list[int]
+    ) -> None:
+        """Frames of any size (7-bit, 16-bit and 64-bit lengths), masked or not, cut
+        anywhere: under the limit every byte passes, in order."""
+        data = b"".join(frame(b"p" * size, masked=masked, opcode=0x2 if fin else 0x1)
+                        for size, masked, fin in frames)
+        scanner = FrameScanner(10**9)
+        out, pos = b"", 0
+        for size in reads:
+            out += scanner.feed(data[pos : pos + size])
+            pos += size
+        out += scanner.feed(data[pos:])
+        self.assertEqual(out, data)
+        self.assertTrue(scanner.at_boundary)
+
     def test_limit_is_per_message(self) -> None:
         """Finished messages do not add up."""
         scanner = FrameScanner(100)
@@ -259,6 +283,7 @@ class _Flood(Protocol):
         self.buffer += data
         if b"\r\n\r\n" not in self.buffer:
             return
+        self.owner.request = self.buffer
         key = b""
         for line in self.buffer.split(b"\r\n"):
             name, _, value = line.partition(b":")
@@ -293,6 +318,7 @@ class _FloodFactory(Factory):
 
     def __init__(self, chunks: int) -> None:
         self.total = chunks * len(self.chunk)
+        self.request = b""
         self.sent = 0
         self.pauses = 0
 
@@ -359,10 +385,24 @@ class WebSocketEndToEndTests(TestCase):
     def ws_url(self, gw: RunningGateway, path: str = "/api/ws/echo") -> str:
         return f"wss://127.0.0.1:{gw.tls_port}{path}"
 
+    def access_events(self) -> list[dict[str, Any]]:
+        """The access events logged from now on (collected until the test ends)."""
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "eventgw.access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return events
+
     @inlineCallbacks
     def test_echo_over_http1(self) -> Any:
         """The websockets client: text and binary echo, the subprotocol agreed, a clean
-        close from the client; the session is counted."""
+        close from the client; the session is counted and has one access event with
+        its bytes and how it ended."""
+        events = self.access_events()
         gw = self.start(listen_echo(self))
         before = sample("eventgw_websocket_sessions_total", {"protocol": "HTTP/1.1"})
 
@@ -380,6 +420,15 @@ class WebSocketEndToEndTests(TestCase):
         self.assertEqual(
             sample("eventgw_websocket_sessions_total", {"protocol": "HTTP/1.1"}), before + 1
         )
+        for _ in range(200):
+            if any(e.get("path") == "/api/ws/echo" for e in events):
+                break
+            yield settle(0.05)
+        [event] = [e for e in events if e.get("path") == "/api/ws/echo"]
+        self.assertEqual((event["status"], event["protocol"]), (101, "HTTP/1.1"))
+        self.assertIn(event["websocket"], ("client closed", "upstream closed"))
+        self.assertGreater(event["ws_bytes_up"], 80000)
+        self.assertGreater(event["ws_bytes_down"], 80000)
 
     @inlineCallbacks
     def test_echo_over_http2_extended_connect(self) -> Any:
@@ -539,6 +588,11 @@ class WebSocketEndToEndTests(TestCase):
 
         sock, head = yield deferToThread(open_session)
         self.addCleanup(sock.close)
+        # The upgrade request carried the forwarding headers of any /api request.
+        request = flood.request.lower()
+        self.assertIn(b"\r\nx-forwarded-proto: https\r\n", request)
+        self.assertIn(b"\r\nx-forwarded-for: 127.0.0.1\r\n", request)
+        self.assertIn(b"\r\nupgrade: websocket\r\n", request)
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         # The client reads nothing now.  Wait until the upstream has been paused and
         # stays paused (its count of sent bytes stops moving).
