@@ -312,6 +312,44 @@ class _Flood(Protocol):
         pass
 
 
+class _Sink(Protocol):
+    """An upstream that accepts the handshake, then reads nothing until told to; it
+    counts what it reads."""
+
+    def __init__(self, owner: _SinkFactory) -> None:
+        self.owner = owner
+        self.buffer = b""
+        self.open = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.open:
+            self.owner.received += len(data)
+            return
+        self.buffer += data
+        head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+        if not sep or self.transport is None:
+            return
+        key = next(v.strip() for n, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                   if n.lower() == b"sec-websocket-key")
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            b"sec-websocket-accept: " + accept_key(key) + b"\r\n\r\n"
+        )
+        self.open = True
+        self.owner.received += len(rest)
+        self.owner.connection = self
+        self.transport.pauseProducing()  # stop reading: the client must be held back
+
+
+class _SinkFactory(Factory):
+    def __init__(self) -> None:
+        self.received = 0
+        self.connection: _Sink | None = None
+
+    def buildProtocol(self, addr: Any) -> _Sink:
+        return _Sink(self)
+
+
 class _FloodFactory(Factory):
     #: One frame of the flood (a binary frame of 64 KiB with its header).
     chunk = frame(b"f" * (64 * 1024 - 4), masked=False)
@@ -624,3 +662,49 @@ class WebSocketEndToEndTests(TestCase):
         received = yield deferToThread(drain)
         self.assertEqual(received, total)
         self.assertGreater(flood.sent, held)
+
+    @inlineCallbacks
+    def test_slow_upstream_holds_the_client_back(self) -> Any:
+        """An upstream that does not read: the client's writes stop being taken (the
+        gateway stopped reading it) long before 48 MiB; once the upstream reads,
+        every byte the client sent arrives."""
+        sink = _SinkFactory()
+        port = global_reactor.listenTCP(0, sink, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        gw = self.start(int(port.getHost().port))
+        context = gw.ssl_context(["http/1.1"])
+        chunk = frame(b"u" * (64 * 1024 - 8))
+        limit = 48 * 1024 * 1024
+
+        def send_until_blocked() -> tuple[ssl.SSLSocket, int]:
+            raw = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=20)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            sock = context.wrap_socket(raw, server_hostname="localhost")
+            sock.sendall(
+                b"GET /api/sink HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+                b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+                b"sec-websocket-key: " + KEY + b"\r\n\r\n"
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+            sock.settimeout(3)  # no progress for this long: the gateway holds us back
+            sent = 0
+            try:
+                while sent < limit:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except TimeoutError:
+                pass
+            return sock, sent
+
+        sock, sent = yield deferToThread(send_until_blocked)
+        self.addCleanup(sock.close)
+        self.assertLess(sent, 16 * 1024 * 1024)
+        assert sink.connection is not None and sink.connection.transport is not None
+        sink.connection.transport.resumeProducing()
+        for _ in range(400):
+            if sink.received >= sent:
+                break
+            yield settle(0.05)
+        # Every whole chunk arrived; of the one cut by the timeout, at most a part.
+        self.assertGreaterEqual(sink.received, sent)
+        self.assertLess(sink.received, sent + len(chunk))
