@@ -94,10 +94,13 @@ class Gateway:
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         http2 = head.protocol == "HTTP/2"
         content_type = None
-        for name, value in head.headers:
-            if name == b"content-type":
-                content_type = value
-                break
+        # gRPC (HTTP/2 only) and gRPC-Web (POST, either protocol) are told by the
+        # content type; other HTTP/1.1 requests need no look at their headers.
+        if http2 or head.method == b"POST":
+            for name, value in head.headers:
+                if name == b"content-type":
+                    content_type = value
+                    break
         route = route_for(head.target, content_type, http2, head.upgrade)
         if route is Route.GRPC:
             return self.grpc.start_exchange(head, writer)
