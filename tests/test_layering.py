@@ -34,6 +34,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.upstream.h1client",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
         "eventgw.auth.jwt",
+        "eventgw.grpc.webcodec", "eventgw.api.wsframes",
     }
 )
 

@@ -244,6 +244,7 @@ class H2ServerProtocol(Protocol):
                 SettingCodes.MAX_HEADER_LIST_SIZE: policy.hard_header_bytes,
                 SettingCodes.INITIAL_WINDOW_SIZE: SERVER_STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         conn.decoder.max_header_list_size = policy.hard_header_bytes
@@ -257,6 +258,8 @@ class H2ServerProtocol(Protocol):
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             SettingCodes.MAX_HEADER_LIST_SIZE: self._facts.max_header_bytes,
             SettingCodes.ENABLE_PUSH: 0,
+            # RFC 8441: extended CONNECT, for WebSockets over HTTP/2 (on /api only).
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         }
         transport: Any = self.transport  # ITransport + IConsumer (TCP or TLS)
         transport.write(settings.serialize() + conn.data_to_send())
