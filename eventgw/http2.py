@@ -16,21 +16,27 @@ What lives here:
   until the read being processed is done, so one read costs one write per connection;
 * :class:`LeanH2Connection`, the ``H2Connection`` both sides of the gateway use: h2
   without the debugging work it does on every frame and every header even when nobody
-  logs (see the class and :func:`_silence_hpack_debug_log` for what and why).
+  logs (see the class and :func:`_silence_hpack_debug_log` for what and why), and with
+  a lean path for DATA on open streams in both directions (:class:`LeanFrameBuffer`,
+  :meth:`LeanH2Connection.send_data`) that keeps h2's windows and stream states exact.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import hpack.hpack
 import hpack.table
-from h2.config import DummyLogger
-from h2.connection import H2Connection
+from h2.config import DummyLogger, H2Configuration
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
+from h2.events import DataReceived
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
-from hyperframe.frame import RstStreamFrame
+from h2.frame_buffer import FrameBuffer
+from h2.stream import StreamState
+from hyperframe.frame import DataFrame, RstStreamFrame
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -44,6 +50,8 @@ __all__ = [
     "STREAM_BUFFER_HIGH",
     "STREAM_BUFFER_LOW",
     "WRITES",
+    "LeanDataFrame",
+    "LeanFrameBuffer",
     "LeanH2Connection",
     "WatermarkBuffer",
     "WriteCoalescer",
@@ -196,24 +204,170 @@ def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
     return sum(len(name) + len(value) + 32 for name, value in headers)
 
 
-class LeanH2Connection(H2Connection):
-    """``H2Connection`` without the per-frame ``repr`` h2 builds for its trace log.
+# --- the lean DATA path ----------------------------------------------------------------
 
-    h2's ``_receive_frame`` starts with ``logger.trace("Received frame: %s",
-    repr(frame))``: the ``repr`` is computed before the logger can decline it, and for
-    a DATA frame it serialises the whole body and hex-encodes it to show ten bytes.
-    On a relayed server stream that was 15% of the gateway's CPU (py-spy, 16 KiB
-    messages); on a unary call about 1.5%.  This class does the same frame handling
-    without that ``repr`` -- the body below is h2 4.x's ``_receive_frame`` minus its
-    first statement -- unless a real logger was configured (``H2Configuration(logger=
-    ...)``), in which case h2's own method runs, traces included.
+# A frame header (RFC 9113 section 4.1): 24-bit length, type, flags, 31-bit stream id.
+_FRAME_HEADER: Final = struct.Struct("!HBBBL")
+_DATA_TYPE: Final = 0x0
+_END_STREAM: Final = 0x1
+_PADDED: Final = 0x8
+# The stream states in which a DATA frame without END_STREAM changes nothing but the
+# windows (h2's stream state machine maps them onto themselves and, on receipt, only
+# builds the DataReceived event).
+_RECEIVING: Final = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+_SENDING: Final = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+# The connection states in which DATA is sent and received without a transition.
+_CONNECTION_OPEN: Final = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
 
-    Behaviour is otherwise h2's own: every frame goes through the same dispatch table,
-    the same stream-closed handling and the same ``_prepare_for_sending``.
+
+class LeanDataFrame:
+    """An unpadded DATA frame on a stream, cut from the read without hyperframe.
+
+    :class:`LeanFrameBuffer` yields it in place of hyperframe's ``DataFrame`` (which
+    costs a ``Flags`` set, padding parsing and a frame object per frame); the
+    connection's lean handler takes it, or turns it into that ``DataFrame``
+    (:meth:`as_frame`) for h2's own handling.
     """
 
+    __slots__ = ("data", "end_stream", "stream_id")
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.end_stream = end_stream
+
+    @property
+    def flow_controlled_length(self) -> int:
+        """What the frame counts against the windows: unpadded, its body."""
+        return len(self.data)
+
+    def as_frame(self) -> DataFrame:
+        """The same frame as hyperframe parses it."""
+        frame = DataFrame(self.stream_id, self.data)
+        if self.end_stream:
+            frame.flags.add("END_STREAM")
+        return frame
+
+
+class LeanFrameBuffer(FrameBuffer):
+    """h2's frame buffer that cuts unpadded DATA frames itself (:class:`LeanDataFrame`).
+
+    Only a DATA frame that is complete, within SETTINGS_MAX_FRAME_SIZE, on a stream
+    (not 0), without the PADDED flag and outside a header block takes this path; any
+    other frame -- and every DATA frame h2 would reject while parsing -- goes through
+    h2's own ``__next__`` and hyperframe, errors included.  Padded DATA is parsed by
+    hyperframe so that its padding rules (and the padding counted against the window)
+    stay h2's.
+    """
+
+    def __next__(self) -> Any:
+        data = self._data
+        if (
+            len(data) >= 9
+            and data[3] == _DATA_TYPE
+            and not data[4] & _PADDED
+            and not self._headers_buffer
+        ):
+            length = (data[0] << 16) | (data[1] << 8) | data[2]
+            stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+            if stream_id and length <= self.max_frame_size and len(data) >= 9 + length:
+                frame = LeanDataFrame(
+                    stream_id, bytes(data[9 : 9 + length]), bool(data[4] & _END_STREAM)
+                )
+                del data[: 9 + length]
+                return frame
+        return super().__next__()
+
+
+class LeanH2Connection(H2Connection):
+    """``H2Connection`` with a lean DATA path and without the per-frame ``repr`` h2
+    builds for its trace log.
+
+    The trace: h2's ``_receive_frame`` starts with ``logger.trace("Received frame:
+    %s", repr(frame))``: the ``repr`` is computed before the logger can decline it,
+    and for a DATA frame it serialises the whole body and hex-encodes it to show ten
+    bytes.  On a relayed server stream that was 15% of the gateway's CPU (py-spy,
+    16 KiB messages); on a unary call about 1.5%.  This class does the same frame
+    handling without that ``repr`` -- the body below is h2 4.x's ``_receive_frame``
+    minus its first statement -- unless a real logger was configured
+    (``H2Configuration(logger=...)``), in which case h2's own methods run, traces
+    included, and the lean DATA path is off.
+
+    The lean DATA path: a DATA frame without END_STREAM on a stream that is open for
+    it changes nothing in h2 but numbers -- the connection's and the stream's windows
+    and the stream's byte count -- and yields one ``DataReceived``.  For that frame,
+    and only when every condition of that sentence is checked to hold, received DATA
+    (:meth:`_receive_lean_data`) and sent DATA (:meth:`send_data`) update exactly
+    those numbers, through h2's own window managers (so a frame over a window is still
+    h2's FLOW_CONTROL_ERROR), and skip the state machines' dispatch, hyperframe's frame
+    objects and h2's debug lines: about a third of the gateway's CPU per relayed
+    16 KiB message.  Everything else -- END_STREAM, padding, closed, reset, idle or
+    half-closed streams, a content-length to check, a closed connection -- takes h2's
+    own path unchanged, so h2 keeps every rule it enforces.
+    """
+
+    def __init__(self, config: H2Configuration | None = None) -> None:
+        super().__init__(config)
+        self._lean = type(self.config.logger) is DummyLogger
+        if self._lean:
+            self.incoming_buffer = LeanFrameBuffer(server=not self.config.client_side)
+            self._frame_dispatch_table[LeanDataFrame] = self._receive_lean_data  # type: ignore[index]
+
+    def _receive_lean_data(self, frame: LeanDataFrame) -> tuple[list[Frame], list[Event]]:
+        """A DATA frame cut by :class:`LeanFrameBuffer`: the lean path when the stream
+        is open for it, h2's ``_receive_data_frame`` otherwise."""
+        stream = self.streams.get(frame.stream_id)
+        if (
+            stream is None
+            or frame.end_stream
+            or self.state_machine.state not in _CONNECTION_OPEN
+            or stream.state_machine.state not in _RECEIVING
+            or not stream.state_machine.headers_received
+            or stream._expected_content_length is not None
+        ):
+            return self._receive_data_frame(frame.as_frame())
+        data = frame.data
+        size = len(data)
+        # h2's order: the connection window first, then the stream's; either raises
+        # FlowControlError (a connection error) when the frame overruns it.
+        self._inbound_flow_control_window_manager.window_consumed(size)
+        stream._inbound_window_manager.window_consumed(size)
+        stream._actual_content_length += size
+        return [], [DataReceived(stream_id=frame.stream_id, data=data, flow_controlled_length=size)]
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        """h2's ``send_data``; a DATA frame without END_STREAM or padding that fits
+        both windows and the peer's frame size on an open stream is framed here."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            not self._lean
+            or end_stream
+            or pad_length is not None
+            or stream is None
+            or not size
+            or self.state_machine.state not in _CONNECTION_OPEN
+            or stream.state_machine.state not in _SENDING
+            or size > self.max_outbound_frame_size
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+        ):
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        out = self._data_to_send
+        out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, 0, stream_id)
+        out += data
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+
     def _receive_frame(self, frame: Frame) -> list[Event]:
-        if type(self.config.logger) is not DummyLogger:
+        if not self._lean:
             return super()._receive_frame(frame)
         events: list[Event]
         try:
