@@ -18,7 +18,11 @@ What lives here:
   without the debugging work it does on every frame and every header even when nobody
   logs (see the class and :func:`_silence_hpack_debug_log` for what and why), and with
   a lean path for DATA on open streams in both directions (:class:`LeanFrameBuffer`,
-  :meth:`LeanH2Connection.send_data`) that keeps h2's windows and stream states exact.
+  :meth:`LeanH2Connection.send_data`) that keeps h2's windows and stream states exact;
+* :class:`IndexedHeaderTable`, the HPACK encoder's table with a constant-time search
+  (same indices, same bytes as hpack's linear one), and :class:`GatewayEncoder`, hpack's
+  encoder with a faster Huffman coder that remembers the request id's encoding
+  (the same bytes again).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from h2.events import DataReceived
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
+from hpack import Encoder
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.table import HeaderTable, table_entry_size
 from hyperframe.frame import DataFrame, RstStreamFrame
 
 if TYPE_CHECKING:
@@ -50,6 +58,8 @@ __all__ = [
     "STREAM_BUFFER_HIGH",
     "STREAM_BUFFER_LOW",
     "WRITES",
+    "GatewayEncoder",
+    "IndexedHeaderTable",
     "LeanDataFrame",
     "LeanFrameBuffer",
     "LeanH2Connection",
@@ -204,6 +214,163 @@ def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
     return sum(len(name) + len(value) + 32 for name, value in headers)
 
 
+# --- HPACK ------------------------------------------------------------------------------
+
+# The index of the newest dynamic-table entry (RFC 7541 section 2.3.3).
+_FIRST_DYNAMIC: Final = HeaderTable.STATIC_TABLE_LENGTH + 1
+
+
+class IndexedHeaderTable(HeaderTable):
+    """hpack's encoder table, searched through dictionaries instead of a scan.
+
+    hpack's ``HeaderTable.search`` walks the whole dynamic table for every field it
+    encodes that is not fully in the static table.  The gateway's header blocks carry
+    one new value per call (``x-request-id``), so the table stays full of them -- about
+    50 entries at the default 4 KiB -- and a relayed unary call paid about 15 such walks
+    (5% of its CPU under cProfile).  Here every entry gets an insertion number; the
+    dictionaries map a field, and a name, to the number of its newest entry.  The
+    dynamic table always holds the newest ``len(dynamic_entries)`` insertions (adds go
+    to the front, evictions take the oldest, a clear drops all), so an entry numbered
+    ``n`` sits at index ``_FIRST_DYNAMIC + added - 1 - n``.  :meth:`search` returns what
+    hpack's own search returns -- a static match first, then the newest exact dynamic
+    match, then a static name, then the newest dynamic name -- so the encoder emits the
+    same bytes; evictions drop the dictionaries' entries, so they stay as small as the
+    table.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._added = 0
+        self._fields: dict[tuple[bytes, bytes], int] = {}
+        self._names: dict[bytes, int] = {}
+
+    def add(self, name: bytes, value: bytes) -> None:
+        size = table_entry_size(name, value)
+        if size > self._maxsize:
+            self._clear()
+            return
+        self.dynamic_entries.appendleft((name, value))
+        number = self._added
+        self._added = number + 1
+        self._fields[(name, value)] = number
+        self._names[name] = number
+        self._current_size += size
+        self._shrink()
+
+    def search(self, name: bytes, value: bytes) -> tuple[int, bytes, bytes | None] | None:
+        partial: tuple[int, bytes, bytes | None] | None = None
+        static = HeaderTable.STATIC_TABLE_MAPPING.get(name)
+        if static:
+            index = static[1].get(value)
+            if index is not None:
+                return index, name, value
+            partial = (static[0], name, None)
+        number = self._fields.get((name, value))
+        if number is not None:
+            return _FIRST_DYNAMIC + self._added - 1 - number, name, value
+        if partial is None:
+            number = self._names.get(name)
+            if number is not None:
+                return _FIRST_DYNAMIC + self._added - 1 - number, name, None
+        return partial
+
+    @HeaderTable.maxsize.setter  # type: ignore[attr-defined,untyped-decorator]
+    def maxsize(self, newmax: int) -> None:
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+        if not self.dynamic_entries:
+            self._clear()
+
+    def _shrink(self) -> None:
+        entries = self.dynamic_entries
+        fields = self._fields
+        names = self._names
+        size = self._current_size
+        while size > self._maxsize:
+            number = self._added - len(entries)  # the oldest entry's
+            name, value = entries.pop()
+            size -= table_entry_size(name, value)
+            if fields.get((name, value)) == number:
+                del fields[(name, value)]
+            if names.get(name) == number:
+                del names[name]
+        self._current_size = size
+
+    def _clear(self) -> None:
+        self.dynamic_entries.clear()
+        self._current_size = 0
+        self._fields.clear()
+        self._names.clear()
+
+
+# Header values whose Huffman encoding is worth remembering: the request id goes out
+# twice per call (upstream request, downstream response), on two connections.  Only
+# values that are never secret belong here (the memo outlives the request).
+_REMEMBERED: Final = frozenset({b"x-request-id"})
+# How many remembered encodings are kept (a few thousand calls in flight at most need
+# theirs; older ones are dropped first).
+_REMEMBER_AT_MOST: Final = 4096
+
+
+class _FastHuffman(HuffmanEncoder):
+    """hpack's Huffman coder (RFC 7541 Appendix B), with a per-byte table and one
+    integer conversion instead of a power and a hex round trip per byte; with
+    ``remember`` set, it keeps the encoding in a process-wide memo, which is valid on
+    any connection (a Huffman encoding depends on the bytes alone)."""
+
+    _codes: Final = tuple(zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True))
+    _memo: Final[dict[bytes, bytes]] = {}
+
+    def __init__(self) -> None:
+        super().__init__(REQUEST_CODES, REQUEST_CODES_LENGTH)
+        self.remember = False
+
+    def encode(self, bytes_to_encode: bytes | None) -> bytes:
+        if not bytes_to_encode:
+            return b""
+        memo = self._memo
+        if self.remember:
+            encoded = memo.get(bytes_to_encode)
+            if encoded is not None:
+                return encoded
+        codes = self._codes
+        number = 0
+        bits = 0
+        for byte in bytes_to_encode:
+            code, length = codes[byte]
+            number = (number << length) | code
+            bits += length
+        pad = -bits % 8  # padded with the most significant bits of EOS: ones
+        encoded = ((number << pad) | ((1 << pad) - 1)).to_bytes((bits + pad) >> 3, "big")
+        if self.remember:
+            if len(memo) >= _REMEMBER_AT_MOST:
+                del memo[next(iter(memo))]
+            memo[bytes_to_encode] = encoded
+        return encoded
+
+
+class GatewayEncoder(Encoder):
+    """hpack's encoder with :class:`IndexedHeaderTable` and :class:`_FastHuffman`.
+
+    Same bytes as hpack's own encoder for any header list and any table size change
+    (the tests compare them); measured on the header blocks of a relayed unary call
+    (upstream request, response, trailers), 42 us per call with hpack's encoder, about
+    half of it with this one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = IndexedHeaderTable()
+        self.huffman_coder: _FastHuffman = _FastHuffman()
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        coder = self.huffman_coder
+        coder.remember = not sensitive and to_add[0] in _REMEMBERED
+        try:
+            return super().add(to_add, sensitive, huffman)
+        finally:
+            coder.remember = False
+
+
 # --- the lean DATA path ----------------------------------------------------------------
 
 # A frame header (RFC 9113 section 4.1): 24-bit length, type, flags, 31-bit stream id.
@@ -308,6 +475,7 @@ class LeanH2Connection(H2Connection):
 
     def __init__(self, config: H2Configuration | None = None) -> None:
         super().__init__(config)
+        self.encoder = GatewayEncoder()
         self._lean = type(self.config.logger) is DummyLogger
         if self._lean:
             self.incoming_buffer = LeanFrameBuffer(server=not self.config.client_side)

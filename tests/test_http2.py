@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import hpack.hpack
 import hpack.table
 from h2.config import H2Configuration
@@ -9,12 +11,14 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.http2 import (
     STREAM_BUFFER_HIGH,
     STREAM_BUFFER_LOW,
+    GatewayEncoder,
     LeanDataFrame,
     LeanFrameBuffer,
     LeanH2Connection,
@@ -494,3 +498,56 @@ class LeanDataPathTests(SynchronousTestCase):
         self.assertEqual(refused, ["FrameTooLargeError", "FlowControlError",
                                    "FlowControlError", "ProtocolError", "StreamClosedError"])
         self.assertIn(b"\x00\x40\x00\x00\x00\x00\x00\x00\x01" + b"s" * 16384, log)
+
+
+class GatewayEncoderTests(SynchronousTestCase):
+    """The gateway's HPACK encoder emits exactly hpack's bytes."""
+
+    def test_same_bytes_as_hpack(self) -> None:
+        """Random header lists -- repeated fields, new values, sensitive fields, names
+        in and out of the static table -- through table size changes that evict, clear
+        and refuse entries: block for block the bytes of hpack's encoder, and a decoder
+        reads them back."""
+        rng = random.Random(7)
+        names = [b":path", b":authority", b"content-type", b"x-request-id", b"date",
+                 b"grpc-status", b"x-custom", b"user-agent", b"authorization"]
+        values = [b"0", b"/a", b"application/grpc", b"v" * 300, b"\xff\x00bin"]
+        ours, theirs, decoder = GatewayEncoder(), Encoder(), Decoder()
+        decoder.max_header_list_size = 1 << 20
+        for round_number in range(3000):
+            if round_number % 97 == 0:
+                size = rng.choice([0, 64, 200, 4096, 8192])
+                ours.header_table_size = theirs.header_table_size = size
+                decoder.max_allowed_table_size = max(size, 8192)
+            headers: list[tuple[bytes, bytes] | HeaderTuple] = []
+            for _ in range(rng.randrange(1, 8)):
+                name = rng.choice(names)
+                value = rng.choice(values) if rng.random() < 0.6 else (
+                    b"%032x" % rng.getrandbits(128))
+                if rng.random() < 0.1:
+                    headers.append(NeverIndexedHeaderTuple(name, value))
+                else:
+                    headers.append((name, value))
+            block = ours.encode(headers)
+            self.assertEqual(block, theirs.encode(headers), round_number)
+            self.assertEqual([tuple(h) for h in decoder.decode(block, raw=True)],
+                             [tuple(h) for h in headers])
+            table = ours.header_table
+            self.assertEqual(list(table.dynamic_entries),
+                             list(theirs.header_table.dynamic_entries))
+            # The search dictionaries shrink with the table.
+            self.assertLessEqual(len(table._fields), len(table.dynamic_entries))
+
+    def test_huffman_matches_hpack(self) -> None:
+        """Every byte value, and the remembered request id on a second encoder."""
+        data = bytes(range(256)) * 2
+        self.assertEqual(GatewayEncoder().huffman_coder.encode(data),
+                         Encoder().huffman_coder.encode(data))
+        rid = (b"x-request-id", b"0123456789abcdef0123456789abcdef")
+        first = GatewayEncoder().encode([rid])
+        self.assertEqual(GatewayEncoder().encode([rid]), first)
+        self.assertEqual(first, Encoder().encode([rid]))
+
+    def test_connections_use_it(self) -> None:
+        """Both sides' h2 connections encode with it."""
+        self.assertIsInstance(LeanH2Connection().encoder, GatewayEncoder)
