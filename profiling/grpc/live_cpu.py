@@ -14,6 +14,7 @@ Usage::
     .venv/bin/python profiling/grpc/live_cpu.py                      # unary, h2c
     .venv/bin/python profiling/grpc/live_cpu.py --stream --tls        # streaming, TLS
     .venv/bin/python profiling/grpc/live_cpu.py --py-spy /tmp/u.txt   # raw py-spy samples
+    .venv/bin/python profiling/grpc/live_cpu.py --tree ../other       # another checkout
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy record --format raw to FILE")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="the checkout whose gateway runs (to compare two branches)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="live-cpu-"))
     grpc_port, tls_port, clear_port = free_port(), free_port(), free_port()
@@ -101,7 +104,7 @@ def main() -> None:
             f"{tls_lines}master_api:\n  grpc: 127.0.0.1:{grpc_port}\n"
             "grpc:\n  allow: [\"/bench.echo.\"]\nlog:\n  access: true\n"
         )
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()))
         gateway = subprocess.Popen(
             [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "-l",
              str(work / "twistd.log"), "eventgw", "--port", str(tls_port), "--config",
