@@ -551,3 +551,35 @@ class GatewayEncoderTests(SynchronousTestCase):
     def test_connections_use_it(self) -> None:
         """Both sides' h2 connections encode with it."""
         self.assertIsInstance(LeanH2Connection().encoder, GatewayEncoder)
+
+
+class LeanClientDataTests(SynchronousTestCase):
+    """On a client connection too, the lean path gives h2's outcome."""
+
+    def run_client(self, conn: H2Connection) -> list[object]:
+        server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        server.initiate_connection()
+        conn.initiate_connection()
+        log: list[object] = []
+
+        def feed(data: bytes) -> None:
+            try:
+                log.append([(type(e).__name__, getattr(e, "data", None))
+                            for e in conn.receive_data(data)])
+            except ProtocolError as exc:
+                log.append((type(exc).__name__, exc.error_code))
+            log.append(bytes(conn.data_to_send()))
+
+        server.receive_data(conn.data_to_send())
+        feed(server.data_to_send())
+        conn.send_headers(1, _REQUEST)
+        conn.send_data(1, b"request", end_stream=True)
+        server.receive_data(conn.data_to_send())
+        feed(_data(1, b"before headers"))  # DATA before the response HEADERS
+        return log
+
+    def test_data_before_response_headers(self) -> None:
+        config = {"client_side": True, "header_encoding": None}
+        lean = self.run_client(LeanH2Connection(H2Configuration(**config)))  # type: ignore[arg-type]
+        self.assertEqual(lean, self.run_client(H2Connection(H2Configuration(**config))))  # type: ignore[arg-type]
+        self.assertIn(("ProtocolError", ErrorCodes.PROTOCOL_ERROR), lean)
