@@ -770,9 +770,11 @@ class TwoFrameResponseTests(TestCase):
         try:
             one.write_head(200, [(b"content-type", b"text/plain")])
             one.write_body(b"hello")
-            one.end()
             two.write_head(200, [(b"content-type", b"application/grpc")])
             two.write_body(b"\x00\x00\x00\x00\x01z")
+            self.assertEqual(getattr(one, "tail", None), b"hello")  # kept for its end
+            self.assertIsNone(getattr(two, "tail", None))  # gRPC: sent at once
+            one.end()
             two.end([(b"grpc-status", b"0")])
         finally:
             WRITES.release()

@@ -17,7 +17,7 @@ and losses).
 Two frames for a small answer: while the connection holds its flush (a read being
 processed, on this connection or another, see :class:`~eventgw.http2.WriteCoalescer`),
 a body chunk that fits the windows is kept back as the stream's ``tail`` instead of
-going to ``h2`` at once.  An ``end()`` without trailers that follows in the same turn
+going to ``h2`` at once (not for gRPC, whose end is a trailers HEADERS frame anyway).  An ``end()`` without trailers that follows in the same turn
 sends it as the last DATA frame with END_STREAM on it (HEADERS + DATA, not HEADERS +
 DATA + an empty DATA); anything else -- more body, trailers, the flush itself --
 releases it first as a plain DATA frame, so the order of bytes never changes.
@@ -156,6 +156,7 @@ class H2Stream:
         "status",
         "stream_id",
         "tail",
+        "tail_ok",
         "trailers_pending",
     )
 
@@ -183,6 +184,7 @@ class H2Stream:
         self.no_body = head.method == b"HEAD"
         self.out = WatermarkBuffer()
         self.tail: bytes | None = None
+        self.tail_ok = False  # set by write_head: not for gRPC, whose end is trailers
         self.producer: Producer | None = None
         self.producer_paused = False
         self.end_pending = False
@@ -216,6 +218,10 @@ class H2Stream:
         self.status = status
         if status in (204, 304) or status < 200:
             self.no_body = True
+        self.tail_ok = not any(
+            name == b"content-type" and value.startswith(b"application/grpc")
+            for name, value in headers
+        )
         fields = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
         fields += h2_response_headers(stamp(headers, self.request_id))
         host = self._host
@@ -246,7 +252,7 @@ class H2Stream:
             if self.closed:
                 return
         if not self.out and not host.transport_paused:
-            if host.holding_flush() and self._fits(len(data)):
+            if self.tail_ok and host.holding_flush() and self._fits(len(data)):
                 self.tail = data
                 host.tail_held(self)
                 host.written()
