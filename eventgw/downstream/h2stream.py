@@ -17,10 +17,11 @@ and losses).
 Two frames for a small answer: while the connection holds its flush (a read being
 processed, on this connection or another, see :class:`~eventgw.http2.WriteCoalescer`),
 a body chunk that fits the windows is kept back as the stream's ``tail`` instead of
-going to ``h2`` at once (not for gRPC, whose end is a trailers HEADERS frame anyway).  An ``end()`` without trailers that follows in the same turn
-sends it as the last DATA frame with END_STREAM on it (HEADERS + DATA, not HEADERS +
-DATA + an empty DATA); anything else -- more body, trailers, the flush itself --
-releases it first as a plain DATA frame, so the order of bytes never changes.
+going to ``h2`` at once (not for gRPC, whose end is a trailers HEADERS frame anyway).
+An ``end()`` without trailers that follows in the same turn sends it as the last DATA
+frame with END_STREAM on it (HEADERS + DATA, not HEADERS + DATA + an empty DATA);
+anything else -- more body, trailers, the flush itself -- releases it first as a plain
+DATA frame, so the order of bytes never changes.
 
 The connection (:class:`~eventgw.downstream.h2server.H2ServerProtocol`) owns the
 ``h2`` state machine, the stream table, the timers, the event dispatch and the one
