@@ -28,6 +28,7 @@ from tests.rig import (
     RunningGateway,
     free_port,
     gateway_config,
+    h2_stream_frames,
     listen_site,
     raw_exchange,
     start_gateway,
@@ -283,42 +284,6 @@ class BadInputTests(GatewayCase):
         yield self.assertStillServing()
 
 
-def h2_frames_of_one_get(port: int, context: ssl.SSLContext, path: bytes) -> list[Any]:
-    """GET ``path`` over TLS with ALPN h2 from a raw h2 client; return the frames the
-    gateway sent on the stream (hyperframe objects), in order, once it ended."""
-    from hyperframe.frame import Frame
-
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None))
-    conn.initiate_connection()
-    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
-                          (b":authority", b"localhost")], end_stream=True)
-    raw = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
-        sock = context.wrap_socket(plain, server_hostname="localhost")
-        sock.sendall(conn.data_to_send())
-        ended = False
-        while not ended:
-            data = sock.recv(65536)
-            if not data:
-                break
-            raw += data
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
-                    ended = True
-            if conn.data_to_send():
-                sock.sendall(conn.data_to_send())
-    frames = []
-    view = memoryview(raw)
-    while len(view) >= 9:
-        frame, length = Frame.parse_frame_header(view[:9])
-        frame.parse_body(view[9 : 9 + length])
-        if frame.stream_id == 1:
-            frames.append(frame)
-        view = view[9 + length :]
-    return frames
-
-
 class TwoFrameResponseEndToEndTests(GatewayCase):
     """A small /api answer over HTTP/2 is two frames on the wire: HEADERS, then one
     DATA frame with END_STREAM (a raw h2 client over TLS counts them)."""
@@ -327,7 +292,9 @@ class TwoFrameResponseEndToEndTests(GatewayCase):
     def test_api_answer_and_error_in_two_frames(self) -> Any:
         context = self.gw.ssl_context(["h2"])
         for path in (b"/api/small", b"/nowhere"):
-            frames = yield deferToThread(h2_frames_of_one_get, self.gw.tls_port, context, path)
+            headers = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
+                       (b":authority", b"localhost")]
+            frames = yield deferToThread(h2_stream_frames, self.gw.tls_port, context, headers)
             kinds = [(type(f).__name__, "END_STREAM" in f.flags) for f in frames]
             self.assertEqual(kinds, [("HeadersFrame", False), ("DataFrame", True)], path)
             self.assertGreater(len(frames[1].data), 0, path)
