@@ -37,6 +37,7 @@ from eventgw.config import BrokerUpstream, parse_grpc_target
 from eventgw.errors import BrokerCallFailed, ConfigError, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
+from eventgw.http2 import WRITES
 from eventgw.upstream.h2pool import INITIAL_BACKOFF, MAX_BACKOFF
 from eventgw.upstream.trust import load_trust
 
@@ -188,6 +189,15 @@ class GrpcioBrokerClient:
         def deliver(done: grpc.Future) -> None:
             if deferred.called:
                 return  # cancelled by the caller; the errback already ran
+            # The answer written from here flushes once, at the end (an HTTP/2
+            # client's 202 then leaves as HEADERS + DATA with END_STREAM).
+            WRITES.hold()
+            try:
+                settle(done)
+            finally:
+                WRITES.release()
+
+        def settle(done: grpc.Future) -> None:
             if done.cancelled():
                 self._async.reject(
                     deferred, BrokerCallFailed(GrpcStatus.CANCELLED, "call cancelled")
