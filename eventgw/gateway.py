@@ -36,7 +36,11 @@ __all__ = ["ClosableTarget", "Gateway"]
 
 
 class ClosableTarget(RequestTarget, Protocol):
-    """A flow's target: takes exchanges, and closes its upstream pools and channels."""
+    """A flow's target: takes exchanges, says whether work it started is still in
+    flight, and closes its upstream pools and channels."""
+
+    def busy(self) -> bool:
+        """Whether exchanges this target started still wait on an upstream."""
 
     def close(self) -> Deferred[None]: ...
 
@@ -105,13 +109,11 @@ class Gateway:
         """Whether exchanges this router started are still in flight upstream: an
         ``/api`` request holding a pooled connection, a broker call, a relayed gRPC
         call.  A router a reload replaced is closed once this is false."""
-        api = self.api
-        pool = getattr(api, "pool", None)
-        if pool is not None and pool.open_count > pool.idle_count:
-            return True
-        if getattr(self.events, "running", None):
-            return True
-        return bool(getattr(self.grpc, "calls", None))
+        return (
+            (self.api is not None and self.api.busy())
+            or self.events.busy()
+            or self.grpc.busy()
+        )
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""

@@ -121,6 +121,11 @@ class ApiProxy:
             return StaticReply()
         return ApiExchange(self, head, writer)
 
+    def busy(self) -> bool:
+        """Whether a request holds a pooled connection (one not idle in the pool)."""
+        pool = self.pool
+        return pool.open_count > pool.idle_count
+
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (in-flight requests are cut)."""
         closed = self.pool.close()

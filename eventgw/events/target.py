@@ -166,6 +166,10 @@ class EventsEndpoint:
             headers.append((b"webhook-allowed-rate", _WEBHOOK_ALLOWED_RATE))
         writer.write_head(200, headers, end=True)
 
+    def busy(self) -> bool:
+        """Whether a broker call is in flight."""
+        return bool(self.running)
+
     def close(self) -> Deferred[None]:
         """Answer new exchanges with 503, let running calls finish, close the channel."""
         self._closing = True

@@ -108,6 +108,10 @@ class GrpcRelay:
         call.begin()
         return call
 
+    def busy(self) -> bool:
+        """Whether a relayed call is in flight."""
+        return bool(self.calls)
+
     def close(self) -> Deferred[None]:
         """Close the upstream connections; calls in flight end with UNAVAILABLE."""
         if self.pool is None:
