@@ -56,6 +56,7 @@ __all__ = [
     "REGISTRY",
     "configure",
     "connections_gauge",
+    "counting",
     "flush",
     "multiprocess_dir",
     "prepare_multiprocess",
@@ -63,6 +64,7 @@ __all__ = [
     "record_certificate",
     "record_event",
     "record_exchange",
+    "record_log_dropped",
     "record_ratelimited",
     "record_reload",
     "scrape_registry",
@@ -131,6 +133,11 @@ RATELIMITED: Final = Counter(
 AUTH_DENIED: Final = Counter(
     "eventgw_auth_denied_total", "Requests refused by access control, by route and reason.",
     ["route", "reason"], registry=REGISTRY,
+)
+LOG_DROPPED: Final = Counter(
+    "eventgw_log_lines_dropped_total", "Access-log lines dropped because the log output "
+    "could not keep up (the log writer's buffer was full).",
+    registry=REGISTRY,
 )
 
 _RELOAD_OK: Final = RELOADS.labels("success")
@@ -212,9 +219,21 @@ def flush() -> None:
             slot.flush()
 
 
-def configure(max_methods: int) -> None:
-    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay)."""
+# ``metrics.enabled``: whether the request metrics are counted at all.
+_counting = True
+
+
+def configure(max_methods: int, *, enabled: bool = True) -> None:
+    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay) and
+    ``metrics.enabled`` (off: requests, gRPC calls, events are not counted)."""
+    global _counting
     METHODS.limit = max_methods
+    _counting = enabled
+
+
+def counting() -> bool:
+    """Whether the request metrics are counted (``metrics.enabled``)."""
+    return _counting
 
 
 def _exchange_slot(route: object, protocol: str, status: int | str) -> _ExchangeSlot:
@@ -255,6 +274,8 @@ def record_exchange(
     fields: dict[str, object], protocol: str, status: int | str, duration_s: float
 ) -> None:
     """Count one finished exchange (called by the access log with its fields)."""
+    if not _counting:
+        return
     route = fields.get("route")
     if route == "admin":
         return  # the admin listener's own requests (probes, scrapes) are not counted
@@ -293,6 +314,8 @@ def record_exchange(
 
 def grpc_answered(path: str, grpc_status: object) -> None:
     """The Master API answered the method ``path`` (with ``grpc_status``)."""
+    if not _counting:
+        return
     METHODS.answered(path, grpc_status)
 
 
@@ -304,6 +327,8 @@ def record_event(mode: str, outcome: str) -> None:
     """Count one ``/events`` request: mode binary, structured or batch; outcome accepted
     (the broker took it), rejected (refused before the call: bad event, too large),
     failed (the broker answered an error) or cancelled (the client went away)."""
+    if not _counting:
+        return
     key = (mode, outcome)
     child = _event_children.get(key)
     if child is None:
@@ -314,6 +339,11 @@ def record_event(mode: str, outcome: str) -> None:
     child.n += 1
     if len(_event_children) >= _CACHE_LIMIT:
         child.flush()
+
+
+def record_log_dropped(count: int) -> None:
+    """``count`` access-log lines were dropped (the log writer was behind)."""
+    LOG_DROPPED.inc(count)
 
 
 def connections_gauge(listener: str) -> Gauge:

@@ -169,6 +169,7 @@ ListenAddress = Annotated[
 ]
 MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
 MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
+LogFormat = Annotated[Literal["text", "json"], _expect("one of: text, json", repr)]
 BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
 
 _LISTEN: Final = ListenConfig()
@@ -363,6 +364,13 @@ class LogSection(_Section):
     access: Switch = Field(
         default=_TOP.access_log, description="One structured access-log event per request."
     )
+    format: LogFormat = Field(
+        default=_TOP.log_format,  # type: ignore[arg-type]
+        description="How log lines are written: text (timestamp, [system], message) or "
+        "json (one JSON object per line: time, level, system, worker, message, and every "
+        "field of an access event). Fixed at start: a reload that changes it is refused "
+        "(a restart is needed).",
+    )
 
 
 class AdminSection(_Section):
@@ -378,6 +386,12 @@ class AdminSection(_Section):
 
 class MetricsSection(_Section):
     """The Prometheus metrics served on the admin listener's /metrics."""
+
+    enabled: Switch = Field(
+        default=_METRICS.enabled,
+        description="Count requests, gRPC calls, events and upstream outcomes; false "
+        "leaves only the process-wide metrics (reloads, certificate, connections).",
+    )
 
     max_methods: PositiveInt = Field(
         default=_METRICS.max_methods,
