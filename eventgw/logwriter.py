@@ -152,12 +152,17 @@ class LogWriter:
                     )
                     self._thread.start()
                 self._lock.notify_all()
-        if self._unreported and self._queued < self.max_pending // 2:
+        if not self._unreported:
+            return
+        if self._queued < self.max_pending // 2:
             count, self._unreported = self._unreported, 0
             self.log.warn(
                 "{count} access-log lines dropped: the log output could not keep up",
                 count=count,
             )
+        elif self._timer is None and self.reactor.running:
+            # Report once the writer has caught up, even if no line comes meanwhile.
+            self._timer = self.reactor.callLater(self.interval, self.hand_over)
 
     def wait_written(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until every handed-over line is written."""

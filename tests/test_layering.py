@@ -33,6 +33,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.downstream.http1parse", "eventgw.downstream.http1frame",
         "eventgw.upstream.h1client",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
+        "eventgw.logformat",
     }
 )
 
