@@ -244,9 +244,9 @@ class GatewayLogObserver:
             message = eventAsText(event, includeTimestamp=False, includeSystem=False)
             if not message:
                 return
-            line = fmt.json_line(
-                event.get("log_time") or 0.0, _level(event), _source(event), message
-            )
+            when = event.get("log_time") or 0.0
+            source = _source(event, fmt.worker)
+            line = fmt.json_line(when, _level(event), source, message)
         else:
             text = formatEventAsClassicLogText(event, formatTime=fmt.text_time)
             if text is None:
@@ -262,7 +262,7 @@ class GatewayLogObserver:
         if fmt.json:
             fields = {k: v for k, v in event.items()
                       if not k.startswith("log_") and k not in _NOT_FIELDS}
-            line = fmt.json_line(when, _level(event), _source(event), message, fields)
+            line = fmt.json_line(when, _level(event), _source(event, fmt.worker), message, fields)
         else:
             line = fmt.text_line(when, _system(event), message)
         self.writer.write(line, droppable=True)
@@ -273,9 +273,17 @@ def _level(event: LogEvent) -> str:
     return getattr(level, "name", "-") if level is not None else "-"
 
 
-def _source(event: LogEvent) -> str:
-    """The ``system`` of a JSON line: the event's system, else its namespace."""
+def _source(event: LogEvent, worker: int | None) -> str:
+    """The ``system`` of a JSON line: the event's system, else its namespace; without
+    the ``worker N`` tag a ``--workers`` worker adds (JSON has its own ``worker``)."""
     system = event.get("log_system")
+    if system is not None and worker is not None:
+        tag = f"worker {worker}"
+        text = str(system)
+        if text == tag:
+            system = None
+        elif text.startswith(tag + ","):
+            system = text[len(tag) + 1:]
     return str(system) if system is not None else str(event.get("log_namespace") or "-")
 
 

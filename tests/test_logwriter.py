@@ -219,6 +219,23 @@ class ObserverTests(SynchronousTestCase):
             r"127\.0\.0\.1 POST /events HTTP/1\.1 -> 202 in=5 out=7 1\.0ms",
         )
 
+    def test_worker_tag_is_a_field_in_json(self) -> None:
+        """In a --workers worker, JSON lines carry ``worker`` and keep the event's own
+        system (or namespace) without the ``worker N`` tag text lines show."""
+        out = _Output()
+        clock = _RunningClock()
+        clock.running = False
+        writer = LogWriter(out, clock)
+        self.addCleanup(writer.close)
+        observer = GatewayLogObserver(writer, LineFormat("json", worker=3))
+        base = {"log_format": "hi", "log_time": WHEN, "log_level": LogLevel.warn,
+                "log_namespace": "eventgw.x"}
+        observer({**base, "log_system": "worker 3"})
+        observer({**base, "log_system": "worker 3,GatewayFactory"})
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        self.assertEqual([(line["system"], line["worker"], line["level"]) for line in lines],
+                         [("eventgw.x", 3, "warn"), ("GatewayFactory", 3, "warn")])
+
     def test_port_announcements_are_left_out(self) -> None:
         """Twisted's "starting on" / "Port Closed" / "Starting factory" lines are not
         written; other legacy lines are."""
