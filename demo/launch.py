@@ -78,6 +78,10 @@ Try (in another terminal, from {root}):
   curl -i http://{interface}:{admin}/readyz
   curl -s http://{interface}:{admin}/metrics | grep eventgw_requests_total
 
+  # a browser: gRPC-Web calls and a WebSocket echo from a page, on the same port
+  # (accept the development certificate first)
+  open https://localhost:{tls}/api/browser/
+
 Ctrl-C stops the gateway and the demo services.
 """
 

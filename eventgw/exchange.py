@@ -77,6 +77,10 @@ class RequestHead:
         only ``body_ended``.
     :ivar log_fields: fields a target adds for the access-log line (``upstream``,
         ``route``, ``grpc_status``...); the protocol emits one line per exchange.
+    :ivar upgrade: ``b"websocket"`` when the request asks for a WebSocket (HTTP/1.1
+        ``Upgrade: websocket``, HTTP/2 extended CONNECT with ``:protocol websocket``),
+        else ``None``.  Its target answers 101 (HTTP/1.1) or 200 (HTTP/2) to accept;
+        the body in both directions is then the tunnel's bytes.
     """
 
     method: bytes
@@ -89,6 +93,7 @@ class RequestHead:
     content_length: int | None = None
     body_expected: bool = True
     log_fields: dict[str, object] = field(default_factory=dict)
+    upgrade: bytes | None = None
 
     @property
     def path(self) -> bytes:

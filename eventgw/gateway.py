@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.defer import Deferred, DeferredList
 
 from eventgw.api.target import ApiProxy
+from eventgw.api.websocket import WebSocketRelay
 from eventgw.config import GatewayConfig
 from eventgw.events.target import EventsEndpoint
 from eventgw.exchange import (
@@ -27,6 +28,7 @@ from eventgw.exchange import (
     send_error,
 )
 from eventgw.grpc.target import GrpcRelay
+from eventgw.grpc.web import GrpcWebAdapter
 from eventgw.routing import MethodPolicy, Route, route_for
 
 if TYPE_CHECKING:
@@ -54,11 +56,18 @@ class Gateway:
     """
 
     def __init__(
-        self, *, api: ClosableTarget | None, events: ClosableTarget, grpc: ClosableTarget
+        self,
+        *,
+        api: ClosableTarget | None,
+        events: ClosableTarget,
+        grpc: ClosableTarget,
+        websocket: ClosableTarget | None = None,
     ) -> None:
         self.api = api
         self.events = events
         self.grpc = grpc
+        self.grpc_web = GrpcWebAdapter(grpc)
+        self.websocket = websocket
 
     @classmethod
     def from_config(cls, config: GatewayConfig, reactor: IReactorTime) -> Gateway:
@@ -79,19 +88,38 @@ class Gateway:
             MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
             reactor=reactor,
         )
-        return cls(api=api, events=events, grpc=grpc)
+        websocket = (
+            None
+            if config.master_api_http is None
+            else WebSocketRelay(config.master_api_http, config.limits, reactor=reactor)
+        )
+        return cls(api=api, events=events, grpc=grpc, websocket=websocket)
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         http2 = head.protocol == "HTTP/2"
         content_type = None
-        if http2:
+        # gRPC (HTTP/2 only) and gRPC-Web (POST, either protocol) are told by the
+        # content type; other HTTP/1.1 requests need no look at their headers.
+        if http2 or head.method == b"POST":
             for name, value in head.headers:
                 if name == b"content-type":
                     content_type = value
                     break
-        route = route_for(head.target, content_type, http2)
+        route = route_for(head.target, content_type, http2, head.upgrade)
         if route is Route.GRPC:
             return self.grpc.start_exchange(head, writer)
+        if route is Route.GRPC_WEB:
+            return self.grpc_web.start_exchange(head, writer)
+        if route is Route.WEBSOCKET:
+            if self.websocket is not None:
+                return self.websocket.start_exchange(head, writer)
+            head.log_fields["route"] = "api"
+            send_error(writer, 503, "no Master API HTTP upstream is configured")
+            return StaticReply()
+        if route is Route.UPGRADE_REFUSED:
+            head.log_fields["route"] = "none"
+            send_error(writer, 400, "WebSocket connections are relayed only under /api")
+            return StaticReply()
         if route is Route.API:
             if self.api is not None:
                 return self.api.start_exchange(head, writer)
@@ -113,9 +141,12 @@ class Gateway:
             (self.api is not None and self.api.busy())
             or self.events.busy()
             or self.grpc.busy()
+            or (self.websocket is not None and self.websocket.busy())
         )
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""
-        targets = [t for t in (self.api, self.events, self.grpc) if t is not None]
+        targets = [
+            t for t in (self.api, self.events, self.grpc, self.websocket) if t is not None
+        ]
         return DeferredList([t.close() for t in targets], consumeErrors=True)  # type: ignore[return-value]

@@ -17,6 +17,7 @@ Each step is a small function: :func:`read_yaml` (text -> mapping, with ``${VAR}
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,11 @@ from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
     AdminSection,
+    AuthModel,
     EventBrokerSection,
     GatewayFile,
     GrpcSection,
+    JwtProviderModel,
     LimitsSection,
     ListenSection,
     LogSection,
@@ -48,9 +51,11 @@ from eventgw.config.model import (
 from eventgw.config.runtime import (
     AdminConfig,
     ApiUpstream,
+    AuthConfig,
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
+    JwtProviderConfig,
     Limits,
     ListenConfig,
     MetricsConfig,
@@ -175,6 +180,7 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
         drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
         reload_watch=(file.reload or ReloadSection()).watch,
+        auth=_auth(file.auth or AuthModel(), base),
         source=source,
     )
 
@@ -283,6 +289,26 @@ def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
     )
 
 
+def _auth(section: AuthModel, base: str) -> AuthConfig:
+    return AuthConfig(jwt=tuple(_jwt_provider(provider, base) for provider in section.jwt))
+
+
+def _jwt_provider(provider: JwtProviderModel, base: str) -> JwtProviderConfig:
+    url = provider.jwks.lower().startswith("https://")
+    return JwtProviderConfig(
+        name=provider.name,
+        issuer=provider.issuer,
+        jwks=provider.jwks if url else os.path.join(base, provider.jwks),
+        audiences=tuple(provider.audiences or ()),
+        algorithms=tuple(provider.algorithms),
+        clock_skew=provider.clock_skew,
+        forward_claims=tuple(provider.forward_claims.items()),
+        forward=provider.forward,
+        ca_file=_path(base, provider.ca_file),
+        refresh=provider.refresh,
+    )
+
+
 # --- pydantic's ValidationError -> one line naming the key ---------------------------
 
 _NOT_A_MAPPING = frozenset({"model_type", "model_attributes_type", "dict_type"})
@@ -310,7 +336,8 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
     if kind == "invalid_key":
         return loc[:-1], f"keys must be strings, got {loc[-1]!r}"
     if kind == "extra_forbidden":
-        section = SECTIONS.get(_dotted(loc[:-1]))
+        # A list item's section is registered once, as ``auth.jwt[]``.
+        section = SECTIONS.get(re.sub(r"\[\d+\]", "[]", _dotted(loc[:-1])))
         known = ", ".join(sorted(section.model_fields)) if section else ""
         return loc, f"unknown key (known: {known})" if known else "unknown key"
     if kind in _NOT_A_MAPPING:

@@ -15,12 +15,15 @@ from typing import Any, Final
 
 __all__ = [
     "BROKER_CLIENTS",
+    "JWT_ALGORITHMS",
     "MIN_EVENT_SIZE",
     "AdminConfig",
     "ApiUpstream",
+    "AuthConfig",
     "BrokerUpstream",
     "GatewayConfig",
     "GrpcUpstream",
+    "JwtProviderConfig",
     "Limits",
     "ListenConfig",
     "MetricsConfig",
@@ -123,6 +126,47 @@ class MetricsConfig:
     max_methods: int = 500
 
 
+# The JWS algorithms ``auth.jwt[].algorithms`` may list: asymmetric ones only (RFC 7518
+# section 3.1), so a key published in a JWKS can never double as an HMAC secret.
+JWT_ALGORITHMS: Final = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProviderConfig:
+    """``auth.jwt[N]``: one issuer of bearer tokens and where its public keys are.
+
+    ``jwks`` is an ``https://`` URL or a file path (made absolute by the loader);
+    ``forward_claims`` is (claim, lower-case header name) pairs, in file order.
+    """
+
+    name: str
+    issuer: str
+    jwks: str
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    clock_skew: float = 60.0
+    forward_claims: tuple[tuple[str, str], ...] = ()
+    # Keep the Authorization header toward the upstream (default: removed).
+    forward: bool = False
+    # The CA bundle for an https:// jwks (None: the system's).
+    ca_file: str | None = None
+    # Seconds between two fetches of an https:// jwks.
+    refresh: float = 600.0
+
+    @property
+    def jwks_is_url(self) -> bool:
+        return self.jwks.lower().startswith("https://")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth:``: who the gateway can authenticate (empty: nobody, everything stays open)."""
+
+    jwt: tuple[JwtProviderConfig, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -144,6 +188,7 @@ class GatewayConfig:
     drain_timeout: float = 30.0
     # ``reload.watch``: also reload when the file (or its directory) changes.
     reload_watch: bool = False
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:
