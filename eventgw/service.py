@@ -255,7 +255,7 @@ class GatewayService(service.Service):
         self.ports = ports
         service.Service.startService(self)
         # Metrics: the label bound, and the initial load as the first successful reload.
-        metrics.configure(config.metrics.max_methods)
+        metrics.configure(config.metrics.max_methods, enabled=config.metrics.enabled)
         metrics.record_reload(True, self.reactor.seconds())
         self.reloads_succeeded = 1
         self.last_reload_success = self.reactor.seconds()
@@ -406,6 +406,7 @@ class GatewayService(service.Service):
         self._tls_options = tls_options
         self.config = config
         self._record_certificate(config)
+        metrics.configure(config.metrics.max_methods, enabled=config.metrics.enabled)
         if self._fixed_drain_timeout is None:
             self.drain_timeout = config.drain_timeout
         self._watch(config)

@@ -131,11 +131,23 @@ class LoadConfigTests(SynchronousTestCase):
             ("limits: {idle_timeout: -1}\n" + base, "limits.idle_timeout"),
             ("event_broker: {deadline: 2}\n" + base, "event_broker.grpc"),
             ("log: {access: 'yes'}\n" + base, "log.access"),
+            ("log: {format: xml}\n" + base, "log.format"),
+            ("metrics: {enabled: 'no'}\n" + base, "metrics.enabled"),
             ("event_broker: {grpc: 'h:1', client: grpc}\n" + base, "event_broker.client"),
             ("workers: 0\n" + base, "workers"),
         ]
         for text, key in cases:
             self.assertConfigError(text, key)
+
+    def test_log_format_and_metrics_switch(self) -> None:
+        """log.format (text by default, or json) and metrics.enabled (true by default)."""
+        base = "master_api: {http: 'http://127.0.0.1:8080'}\n"
+        default = load_config(base)
+        self.assertEqual((default.log_format, default.metrics.enabled), ("text", True))
+        chosen = load_config(base + "log: {format: json}\nmetrics: {enabled: false}\n")
+        self.assertEqual((chosen.log_format, chosen.metrics.enabled), ("json", False))
+        line = self.assertConfigError("log: {format: xml}\n" + base, "log.format")
+        self.assertIn("text, json", line)
 
     def test_not_a_mapping(self) -> None:
         """A YAML document that is not a mapping names the source."""

@@ -35,6 +35,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
         "eventgw.auth.jwt",
         "eventgw.grpc.webcodec", "eventgw.api.wsframes",
+        "eventgw.logformat",
     }
 )
 

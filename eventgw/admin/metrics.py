@@ -56,6 +56,7 @@ __all__ = [
     "REGISTRY",
     "configure",
     "connections_gauge",
+    "counting",
     "flush",
     "multiprocess_dir",
     "prepare_multiprocess",
@@ -63,6 +64,7 @@ __all__ = [
     "record_certificate",
     "record_event",
     "record_exchange",
+    "record_log_dropped",
     "record_ratelimited",
     "record_reload",
     "record_upstream_host",
@@ -146,6 +148,11 @@ RATELIMITED: Final = Counter(
 AUTH_DENIED: Final = Counter(
     "eventgw_auth_denied_total", "Requests refused by access control, by route and reason.",
     ["route", "reason"], registry=REGISTRY,
+)
+LOG_DROPPED: Final = Counter(
+    "eventgw_log_lines_dropped_total", "Access-log lines dropped because the log output "
+    "could not keep up (the log writer's buffer was full).",
+    registry=REGISTRY,
 )
 
 GRPC_WEB_CALLS: Final = Counter(
@@ -261,9 +268,21 @@ def flush() -> None:
             slot.flush()
 
 
-def configure(max_methods: int) -> None:
-    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay)."""
+# ``metrics.enabled``: whether the request metrics are counted at all.
+_counting = True
+
+
+def configure(max_methods: int, *, enabled: bool = True) -> None:
+    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay) and
+    ``metrics.enabled`` (off: requests, gRPC calls, events are not counted)."""
+    global _counting
     METHODS.limit = max_methods
+    _counting = enabled
+
+
+def counting() -> bool:
+    """Whether the request metrics are counted (``metrics.enabled``)."""
+    return _counting
 
 
 def _exchange_slot(route: object, protocol: str, status: int | str) -> _ExchangeSlot:
@@ -304,6 +323,8 @@ def record_exchange(
     fields: dict[str, object], protocol: str, status: int | str, duration_s: float
 ) -> None:
     """Count one finished exchange (called by the access log with its fields)."""
+    if not _counting:
+        return
     route = fields.get("route")
     if route == "admin":
         return  # the admin listener's own requests (probes, scrapes) are not counted
@@ -353,6 +374,8 @@ def record_exchange(
 
 def grpc_answered(path: str, grpc_status: object) -> None:
     """The Master API answered the method ``path`` (with ``grpc_status``)."""
+    if not _counting:
+        return
     METHODS.answered(path, grpc_status)
 
 
@@ -364,6 +387,8 @@ def record_event(mode: str, outcome: str) -> None:
     """Count one ``/events`` request: mode binary, structured or batch; outcome accepted
     (the broker took it), rejected (refused before the call: bad event, too large),
     failed (the broker answered an error) or cancelled (the client went away)."""
+    if not _counting:
+        return
     key = (mode, outcome)
     child = _event_children.get(key)
     if child is None:
@@ -427,6 +452,11 @@ def websocket_closed(duration_s: float, bytes_up: int, bytes_down: int) -> None:
         _WS_UP.inc(bytes_up)
     if bytes_down:
         _WS_DOWN.inc(bytes_down)
+
+
+def record_log_dropped(count: int) -> None:
+    """``count`` access-log lines were dropped (the log writer was behind)."""
+    LOG_DROPPED.inc(count)
 
 
 def connections_gauge(listener: str) -> Gauge:

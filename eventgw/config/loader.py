@@ -177,6 +177,7 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         grpc_deny=tuple(grpc.deny),
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
         access_log=(file.log or LogSection()).access,
+        log_format=(file.log or LogSection()).format,
         workers=file.workers,
         admin=_admin(file.admin or AdminSection()),
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),

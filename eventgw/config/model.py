@@ -213,6 +213,7 @@ GrpcTargets = Annotated[
 ]
 MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
 MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
+LogFormat = Annotated[Literal["text", "json"], _expect("one of: text, json", repr)]
 BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
 Balance = Annotated[
     Literal["least_request", "round_robin"], _expect("one of: least_request, round_robin", repr)
@@ -579,6 +580,13 @@ class LogSection(_Section):
     access: Switch = Field(
         default=_TOP.access_log, description="One structured access-log event per request."
     )
+    format: LogFormat = Field(
+        default=_TOP.log_format,  # type: ignore[arg-type]
+        description="How log lines are written: text (timestamp, [system], message) or "
+        "json (one JSON object per line: time, level, system, worker, message, and every "
+        "field of an access event). Fixed at start: a reload that changes it is refused "
+        "(a restart is needed).",
+    )
 
 
 class AdminSection(_Section):
@@ -594,6 +602,12 @@ class AdminSection(_Section):
 
 class MetricsSection(_Section):
     """The Prometheus metrics served on the admin listener's /metrics."""
+
+    enabled: Switch = Field(
+        default=_METRICS.enabled,
+        description="Count requests, gRPC calls, events and upstream outcomes; false "
+        "leaves only the process-wide metrics (reloads, certificate, connections).",
+    )
 
     max_methods: PositiveInt = Field(
         default=_METRICS.max_methods,

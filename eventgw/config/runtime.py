@@ -187,8 +187,11 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """``metrics:``: bounds on the metrics' label values."""
+    """``metrics:``: whether requests are counted, and bounds on the label values."""
 
+    # False: requests, gRPC calls, events and upstream outcomes are not counted (the
+    # admin listener still serves /metrics: reloads, certificate, connections).
+    enabled: bool = True
     # Distinct gRPC method label values at most.
     max_methods: int = 500
 
@@ -245,6 +248,8 @@ class GatewayConfig:
     grpc_deny: tuple[str, ...] = ("/eventbroker.",)
     limits: Limits = field(default_factory=Limits)
     access_log: bool = True
+    # ``log.format``: "text" (twistd's classic lines) or "json" (one object per line).
+    log_format: str = "text"
     workers: int = 1
     # None: no admin listener.
     admin: AdminConfig | None = None
