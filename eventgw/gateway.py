@@ -123,7 +123,10 @@ class Gateway:
             websocket = (
                 None
                 if config.master_api_http is None
-                else WebSocketRelay(config.master_api_http, config.limits, reactor=reactor)
+                else WebSocketRelay(
+                    config.master_api_http, config.limits, reactor=reactor,
+                    cluster=api.cluster if api is not None else None,
+                )
             )
         except BaseException:
             # The old router keeps serving with every pool it had.

@@ -565,6 +565,39 @@ class WebSocketEndToEndTests(TestCase):
         self.assertEqual((yield deferToThread(refused, self.ws_url(down), down)), 502)
 
     @inlineCallbacks
+    def test_sessions_spread_over_the_master_api_hosts(self) -> Any:
+        """With several ``master_api.http`` hosts each session goes to the host the
+        /api balancer picks (round robin here), and a host that is down counts as a
+        failure there while the next session goes to a live one."""
+        events = self.access_events()
+        first, second, dead = listen_echo(self), listen_echo(self), free_port()
+        hosts = ", ".join(f"http://127.0.0.1:{p}" for p in (first, second, dead))
+        gw = start_gateway(self, gateway_config(api=f"[{hosts}]\n  balance: round_robin"))
+
+        def session(gw: RunningGateway = gw) -> str:
+            try:
+                with ws_connect(self.ws_url(gw), ssl=gw.ssl_context(["http/1.1"]),
+                                open_timeout=10) as ws:
+                    ws.send("x")
+                    return str(ws.recv(10))
+            except websockets.exceptions.InvalidStatus as e:
+                return str(e.response.status_code)
+
+        answers = []
+        for _ in range(6):
+            answers.append((yield deferToThread(session)))
+        for _ in range(200):
+            if len([e for e in events if e.get("path") == "/api/ws/echo"]) >= 6:
+                break
+            yield settle(0.05)
+        used = [e.get("upstream_host") for e in events if e.get("path") == "/api/ws/echo"]
+        self.assertEqual(sorted(answers), ["502", "502", "x", "x", "x", "x"])
+        self.assertEqual(
+            sorted(used),
+            sorted([f"127.0.0.1:{p}" for p in (first, second, dead)] * 2),
+        )
+
+    @inlineCallbacks
     def test_message_size_limit(self) -> Any:
         """A message over limits.max_request_body never reaches the Master API: the
         client gets Close 1009 and the session ends."""

@@ -79,6 +79,9 @@ from eventgw.upstream.trust import client_tls_options, load_trust
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 
+    from eventgw.upstream.cluster import Cluster, Host
+    from eventgw.upstream.httppool import UpstreamPool
+
 __all__ = ["PENDING_HIGH", "WebSocketRelay"]
 
 # Client bytes held before the Master API accepted (an HTTP/2 client may send DATA
@@ -128,10 +131,14 @@ class WebSocketRelay:
         *,
         reactor: Any = None,
         endpoint: IStreamClientEndpoint | None = None,
+        cluster: Cluster[UpstreamPool] | None = None,
     ) -> None:
         self.reactor = default_reactor(reactor)
         self.upstream = upstream
-        self.endpoint = endpoint or _endpoint(upstream, self.reactor)
+        # With the /api proxy's cluster, each session goes to the host it picks (and
+        # counts there); without one, to ``endpoint`` or the configured address.
+        self.cluster = cluster
+        self.endpoint = endpoint or (None if cluster else _endpoint(upstream, self.reactor))
         self.max_message = limits.max_request_body
         self.idle_timeout = limits.idle_timeout
         address = UpstreamAddress.for_http(upstream.scheme, upstream.host, upstream.port)
@@ -233,6 +240,9 @@ class _Session:
         self.timer: IDelayedCall | None = None
         self.client_paused = False  # we paused the client's request body
         self.reading_paused = False  # we paused reading the upstream
+        self.host: Host[UpstreamPool] | None = None  # the cluster's host, when balanced
+        self.host_header = relay.host_header
+        self.connect_failed = False
 
     # -- start --------------------------------------------------------------------
 
@@ -240,7 +250,22 @@ class _Session:
         relay = self.relay
         relay.sessions.add(self)
         self.writer.register_producer(self)
-        attempt = relay.endpoint.connect(_Factory(self))
+        endpoint = relay.endpoint
+        if relay.cluster is not None:
+            host = relay.cluster.pick()
+            if host is None:
+                self._refuse(502, "no upstream host is available")
+                return
+            self.host = host
+            relay.cluster.started(host)
+            self.head.log_fields["upstream_host"] = host.key
+            pool = host.pool.upstream
+            self.host_header = UpstreamAddress.for_http(
+                pool.scheme, pool.host, pool.port
+            ).authority
+            endpoint = host.pool.endpoint
+        assert endpoint is not None
+        attempt = endpoint.connect(_Factory(self))
         attempt.addTimeout(relay.upstream.connect_timeout, relay.reactor)
         self.attempt = attempt
         attempt.addCallbacks(self._connected, self._connect_failed)
@@ -256,7 +281,7 @@ class _Session:
             data = self.codec.send_request(
                 b"GET",
                 self.head.target,
-                self.relay.host_header,
+                self.host_header,
                 upstream_handshake_headers(self.head, self.key),
                 content_length=0,
                 upgrade=True,
@@ -271,6 +296,7 @@ class _Session:
         self.attempt = None
         if self.phase is not _Phase.CONNECTING:
             return
+        self.connect_failed = True
         self.relay.log.warn(
             "WebSocket {path}: cannot connect to {upstream}: {reason}",
             path=self.head.path.decode("latin-1"),
@@ -525,6 +551,9 @@ class _Session:
         was_open = self.phase is _Phase.OPEN
         self.phase = _Phase.DONE
         self.relay.sessions.discard(self)
+        host, self.host = self.host, None
+        if host is not None and self.relay.cluster is not None:
+            self.relay.cluster.finished(host, failed=self.connect_failed)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None

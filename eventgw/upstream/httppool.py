@@ -363,6 +363,12 @@ class UpstreamPool:
 
     # --- the public API ----------------------------------------------------------
 
+    @property
+    def endpoint(self) -> IStreamClientEndpoint:
+        """Where this pool connects (a WebSocket session dials it for a connection of
+        its own, outside the pool)."""
+        return self._endpoint
+
     def acquire(self, *, fresh: bool = False) -> Deferred[UpstreamConnection]:
         """A connection for one request, idle or new; ``fresh`` skips the idle ones.
 
