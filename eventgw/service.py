@@ -42,7 +42,6 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from eventgw._reactor import default_reactor
 from eventgw.admin import metrics
@@ -62,6 +61,7 @@ from eventgw.tls import (
     ensure_dev_certificate,
     server_context_factory,
 )
+from eventgw.tlsdirect import DirectTLSFactory
 from eventgw.workers import bind_listening_socket
 
 __all__ = ["CurrentGateway", "DrainState", "GatewayService", "gateway_service"]
@@ -295,7 +295,7 @@ class GatewayService(service.Service):
             for (fd, _), factory in zip(sockets, factories, strict=True):
                 wrapped: Any = factory
                 if factory.tls:
-                    wrapped = TLSMemoryBIOFactory(server_tls, False, factory)
+                    wrapped = DirectTLSFactory(server_tls, False, factory)
                 ports.append(self.reactor.adoptStreamPort(fd, family, wrapped))
         except BaseException:
             for port in ports:
