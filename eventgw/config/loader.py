@@ -30,7 +30,9 @@ from eventgw.config.environ import expand_node
 from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
+    AccessSection,
     AdminSection,
+    AuthSection,
     EventBrokerSection,
     GatewayFile,
     GrpcSection,
@@ -46,14 +48,21 @@ from eventgw.config.model import (
     split_listen_address,
 )
 from eventgw.config.runtime import (
+    AccessConfig,
+    AccessRule,
     AdminConfig,
+    ApiKey,
     ApiUpstream,
+    AuthConfig,
     BrokerUpstream,
+    ClientCertificates,
+    CorsRule,
     GatewayConfig,
     GrpcUpstream,
     Limits,
     ListenConfig,
     MetricsConfig,
+    RateLimit,
     TlsConfig,
 )
 from eventgw.errors import ConfigError
@@ -174,6 +183,30 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
         drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
         reload_watch=(file.reload or ReloadSection()).watch,
+        auth=_auth(file.auth or AuthSection(), base),
+        access=_access(file.access or AccessSection()),
+        rate_limits=tuple(
+            RateLimit(
+                prefix=limit.prefix,
+                per_second=limit.per_second,
+                burst=limit.burst,
+                by=limit.by,
+                name=limit.name or limit.prefix,
+            )
+            for limit in file.rate_limits
+        ),
+        cors=tuple(
+            CorsRule(
+                prefix=rule.prefix,
+                allow_origins=tuple(rule.allow_origins),
+                allow_methods=tuple(m.upper() for m in rule.allow_methods),
+                allow_headers=tuple(h.lower() for h in rule.allow_headers),
+                max_age=rule.max_age,
+                expose_headers=tuple(h.lower() for h in rule.expose_headers),
+                allow_credentials=rule.allow_credentials,
+            )
+            for rule in file.cors
+        ),
         source=source,
     )
 
@@ -259,6 +292,25 @@ def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
         connect_timeout=api.connect_timeout,
         max_connections=api.grpc_connections,
         keepalive_interval=api.keepalive_interval,
+    )
+
+
+def _auth(section: AuthSection, base: str) -> AuthConfig:
+    certs = section.client_certificates
+    return AuthConfig(
+        api_keys=tuple(ApiKey(key.name, bytes.fromhex(key.sha256)) for key in section.api_keys),
+        client_certificates=(
+            None
+            if certs is None
+            else ClientCertificates(ca=os.path.join(base, certs.ca), required=certs.required)
+        ),
+    )
+
+
+def _access(section: AccessSection) -> AccessConfig:
+    return AccessConfig(
+        default=tuple(section.default),
+        rules=tuple(AccessRule(rule.prefix, tuple(rule.allow)) for rule in section.rules),
     )
 
 

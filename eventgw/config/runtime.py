@@ -16,19 +16,31 @@ from typing import Any, Final
 __all__ = [
     "BROKER_CLIENTS",
     "MIN_EVENT_SIZE",
+    "RATE_LIMIT_KEYS",
+    "AccessConfig",
+    "AccessRule",
     "AdminConfig",
+    "ApiKey",
     "ApiUpstream",
+    "AuthConfig",
     "BrokerUpstream",
+    "ClientCertificates",
+    "CorsRule",
     "GatewayConfig",
     "GrpcUpstream",
     "Limits",
     "ListenConfig",
     "MetricsConfig",
+    "RateLimit",
     "TlsConfig",
 ]
 
 # The Event Broker clients ``event_broker.client`` may name.
 BROKER_CLIENTS: Final = ("grpcio", "h2")
+
+# What ``rate_limits[].by`` may name: the bucket is per principal (the address when
+# anonymous), per client address, or one for the whole rule.
+RATE_LIMIT_KEYS: Final = ("client", "ip", "route")
 
 # The CloudEvents HTTP binding: intermediaries must forward events of 64 KiB.
 MIN_EVENT_SIZE: Final = 64 * 1024
@@ -102,6 +114,9 @@ class Limits:
     max_concurrent_streams: int = 100
     idle_timeout: float = 120.0
     header_timeout: float = 15.0
+    # Open client connections per process (per listening port's factory); a
+    # connection beyond it is closed at once.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +133,71 @@ class MetricsConfig:
 
     # Distinct gRPC method label values at most.
     max_methods: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """``auth.api_keys[]``: a key's name and the SHA-256 digest of the key (32 bytes)."""
+
+    name: str
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificates:
+    """``auth.client_certificates``: the CA client certificates must chain to."""
+
+    ca: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth:``: the credentials the gateway accepts (none: everybody is anonymous)."""
+
+    api_keys: tuple[ApiKey, ...] = ()
+    client_certificates: ClientCertificates | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """``access.rules[]``: who may call under a path or gRPC method prefix."""
+
+    prefix: str
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """``access:``: the rules, and who may use what no rule matches."""
+
+    default: tuple[str, ...] = ("anyone",)
+    rules: tuple[AccessRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limits[]``: a token bucket of ``burst`` tokens refilled at ``per_second``."""
+
+    prefix: str
+    per_second: float
+    burst: int
+    by: str = "client"
+    # The policy's name in the RateLimit headers (default: the prefix).
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CorsRule:
+    """``cors[]``: which browser origins may call under a prefix."""
+
+    prefix: str
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    allow_headers: tuple[str, ...] = ()
+    max_age: int = 600
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +219,10 @@ class GatewayConfig:
     drain_timeout: float = 30.0
     # ``reload.watch``: also reload when the file (or its directory) changes.
     reload_watch: bool = False
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    rate_limits: tuple[RateLimit, ...] = ()
+    cors: tuple[CorsRule, ...] = ()
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:
