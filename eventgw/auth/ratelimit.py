@@ -124,6 +124,8 @@ class RateLimiter:
 
     __slots__ = ("limits",)
 
+    limits: tuple[Limit, ...]
+
     def __init__(self, rules: Sequence[RateLimit], previous: RateLimiter | None = None) -> None:
         kept: dict[RateLimit, Limit] = {}
         if previous is not None:
