@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -47,7 +48,7 @@ def sha(text: str) -> str:
 # --- a test CA and its client certificates --------------------------------------------
 
 
-class TestCA:
+class ClientCA:
     """A CA in a temporary folder, issuing client certificates as PEM files."""
 
     def __init__(self, name: str = "eventgw test clients CA") -> None:
@@ -180,12 +181,12 @@ class AccessTests(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = ClientCA()
         self.uri_cert = self.ca.issue("uri", [x509.UniformResourceIdentifier("spiffe://test/svc"),
                                               x509.DNSName("ignored.test")], "uri-cn")
         self.dns_cert = self.ca.issue("dns", [x509.DNSName("dns.test")], "dns-cn")
         self.cn_cert = self.ca.issue("cn", [], "cn-only-client")
-        self.rogue = TestCA("rogue CA").issue("rogue", [x509.DNSName("rogue.test")], "rogue")
+        self.rogue = ClientCA("rogue CA").issue("rogue", [x509.DNSName("rogue.test")], "rogue")
         self.api = RecordingApi()
         api_port = listen_site(self, self.api)
         self.topics, topics_target = start_topics(self)
@@ -427,7 +428,7 @@ class AccessTests(TestCase):
         yield self.get("/api/recovering")
         refused = yield self.get("/api/recovering")
         self.assertEqual(refused.status_code, 429)
-        yield deferToThread(lambda: __import__("time").sleep(int(refused.headers["retry-after"])))
+        yield deferToThread(time.sleep, int(refused.headers["retry-after"]))
         again = yield self.get("/api/recovering")
         self.assertEqual(again.status_code, 200)
 
@@ -494,13 +495,14 @@ class RequiredCertificateTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.ca = TestCA()
+        self.ca = ClientCA()
         self.cert = self.ca.issue("svc", [x509.UniformResourceIdentifier("spiffe://test/svc")],
                                   "svc")
         self.api = RecordingApi()
         port = listen_site(self, self.api)
+        self.api_url = f"http://127.0.0.1:{port}"
         self.gw = start_gateway(self, gateway_config(
-            api=f"http://127.0.0.1:{port}", extra=access_yaml(self.ca.ca_file, required=True)))
+            api=self.api_url, extra=access_yaml(self.ca.ca_file, required=True)))
 
     def fetch(self, cert: tuple[str, str] | None) -> Any:
         context = self.gw.ssl_context()
@@ -519,6 +521,24 @@ class RequiredCertificateTests(TestCase):
         response = yield self.fetch(self.cert)
         self.assertEqual(response.status_code, 200)
         self.assertEqual(self.api.seen[0][1]["x-eventgw-client"], ["cert:spiffe://test/svc"])
+
+    @inlineCallbacks
+    def test_reload_replaces_the_client_ca(self) -> Any:
+        """A reload naming another CA: new handshakes verify against it only."""
+        other = ClientCA("second CA")
+        cert = other.issue("next", [x509.DNSName("next.test")], "next")
+        service = self.gw.service
+        new = replace(
+            gateway_config(api=self.api_url, extra=access_yaml(other.ca_file, required=True)),
+            tls=service.config.tls,
+        )
+        service.loader = lambda: new
+        self.assertTrue(service.reload())
+        with self.assertRaises((httpx.TransportError, ssl.SSLError)):
+            yield self.fetch(self.cert)
+        response = yield self.fetch(cert)
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(self.api.seen[-1][1]["x-eventgw-client"], ["cert:next.test"])
 
 
 class ConnectionCapTests(TestCase):
