@@ -56,6 +56,7 @@ __all__ = [
     "TokenAccepted",
     "TokenRejected",
     "TokenUnavailable",
+    "without_client_header",
 ]
 
 #: The identity header the upstream (and the Event Broker, as metadata) receives.
@@ -205,9 +206,7 @@ class Guard:
         """Admit ``head`` (with the headers to forward) or refuse it."""
         headers = head.headers
         if self.open:
-            if any(name == CLIENT_HEADER for name, _ in headers):
-                headers = [item for item in headers if item[0] != CLIENT_HEADER]
-            return Admitted(None, headers)
+            return Admitted(None, without_client_header(headers))
         rule = self._rule(head.path)
         satisfied: set[str] = set()
         principal: str | None = None
@@ -282,6 +281,15 @@ class Guard:
             out.append((CLIENT_HEADER, principal.encode("utf-8", "replace")))
         out.extend(extra)
         return out
+
+
+def without_client_header(headers: Headers) -> Headers:
+    """``headers`` without a client's own ``x-eventgw-client`` (the same list when it
+    has none, which is nearly always)."""
+    for name, _ in headers:
+        if name == CLIENT_HEADER:
+            return [item for item in headers if item[0] != CLIENT_HEADER]
+    return headers
 
 
 def _challenges(allow: Iterable[str], configured: list[str]) -> Headers:
