@@ -236,6 +236,7 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(certificate_identity(dns), "a.test")
         self.assertEqual(certificate_identity(_certificate([], "only-cn")), "only-cn")
         self.assertIsNone(certificate_identity(_certificate([], None)))
+        self.assertIsNone(certificate_identity(_certificate([], "evil\r\nx-admin: 1")))
 
 
 class AccessConfigTests(SynchronousTestCase):
