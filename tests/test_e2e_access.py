@@ -588,3 +588,22 @@ class ConnectionCapTests(TestCase):
         self.assertEqual(counter("eventgw_connections_refused_total", listener="cleartext")
                          - before, 1)
         self.assertEqual(self.gw.service.factories[1].refused, 1)
+
+
+class ClientCaFileTests(TestCase):
+    def test_unreadable_or_empty_ca_names_the_key(self) -> None:
+        """A missing CA file, or one without a certificate, stops the start naming
+        auth.client_certificates.ca."""
+        from eventgw.config import ClientCertificates
+        from eventgw.errors import ConfigError
+        from eventgw.tls import ensure_dev_certificate, server_context_factory
+
+        folder = tempfile.mkdtemp(prefix="eventgw-test-ca-")
+        dev = ensure_dev_certificate(folder)
+        empty = os.path.join(folder, "empty.pem")
+        with open(empty, "w") as f:
+            f.write("no certificate here\n")
+        for path in (os.path.join(folder, "missing.pem"), empty):
+            with self.assertRaises(ConfigError) as caught:
+                server_context_factory(dev.cert_path, dev.key_path, ClientCertificates(path))
+            self.assertEqual(caught.exception.key, "auth.client_certificates.ca")
