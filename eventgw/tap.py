@@ -180,7 +180,9 @@ def check_config(config: GatewayConfig) -> None:
 
 
 def check_upstreams(config: GatewayConfig) -> None:
-    """Every configured CA bundle parses, and the Event Broker's HTTP routes build."""
+    """Every configured CA bundle and JWKS file parses, and the Event Broker's HTTP
+    routes build."""
+    from eventgw.auth.jwks import check_jwt
     from eventgw.events.target import EVENT_BROKER_SERVICE
     from eventgw.events.transcode import RouteTable, TemplateError
     from eventgw.upstream.trust import load_trust
@@ -190,6 +192,7 @@ def check_upstreams(config: GatewayConfig) -> None:
         load_trust(api.ca_file, "master_api.ca_file")
     if config.event_broker is not None:
         load_trust(config.event_broker.ca_file, "event_broker.ca_file")
+    check_jwt(config.auth)
     try:
         RouteTable.from_services([EVENT_BROKER_SERVICE])
     except TemplateError as e:

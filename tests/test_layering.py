@@ -34,7 +34,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.upstream.h1client",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
         "eventgw.auth.guard", "eventgw.auth.ratelimit", "eventgw.auth.cors",
-        "eventgw.auth.identity",
+        "eventgw.auth.identity", "eventgw.auth.jwt",
     }
 )
 

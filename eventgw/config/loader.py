@@ -17,6 +17,7 @@ Each step is a small function: :func:`read_yaml` (text -> mapping, with ``${VAR}
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +33,11 @@ from eventgw.config.model import (
     SECTIONS,
     AccessSection,
     AdminSection,
-    AuthSection,
+    AuthModel,
     EventBrokerSection,
     GatewayFile,
     GrpcSection,
+    JwtProviderModel,
     LimitsSection,
     ListenSection,
     LogSection,
@@ -59,6 +61,7 @@ from eventgw.config.runtime import (
     CorsRule,
     GatewayConfig,
     GrpcUpstream,
+    JwtProviderConfig,
     Limits,
     ListenConfig,
     MetricsConfig,
@@ -183,7 +186,7 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
         drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
         reload_watch=(file.reload or ReloadSection()).watch,
-        auth=_auth(file.auth or AuthSection(), base),
+        auth=_auth(file.auth or AuthModel(), base),
         access=_access(file.access or AccessSection()),
         rate_limits=tuple(
             RateLimit(
@@ -295,9 +298,10 @@ def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
     )
 
 
-def _auth(section: AuthSection, base: str) -> AuthConfig:
+def _auth(section: AuthModel, base: str) -> AuthConfig:
     certs = section.client_certificates
     return AuthConfig(
+        jwt=tuple(_jwt_provider(provider, base) for provider in section.jwt),
         api_keys=tuple(ApiKey(key.name, bytes.fromhex(key.sha256)) for key in section.api_keys),
         client_certificates=(
             None
@@ -334,6 +338,22 @@ def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
     )
 
 
+def _jwt_provider(provider: JwtProviderModel, base: str) -> JwtProviderConfig:
+    url = provider.jwks.lower().startswith("https://")
+    return JwtProviderConfig(
+        name=provider.name,
+        issuer=provider.issuer,
+        jwks=provider.jwks if url else os.path.join(base, provider.jwks),
+        audiences=tuple(provider.audiences or ()),
+        algorithms=tuple(provider.algorithms),
+        clock_skew=provider.clock_skew,
+        forward_claims=tuple(provider.forward_claims.items()),
+        forward=provider.forward,
+        ca_file=_path(base, provider.ca_file),
+        refresh=provider.refresh,
+    )
+
+
 # --- pydantic's ValidationError -> one line naming the key ---------------------------
 
 _NOT_A_MAPPING = frozenset({"model_type", "model_attributes_type", "dict_type"})
@@ -361,7 +381,8 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
     if kind == "invalid_key":
         return loc[:-1], f"keys must be strings, got {loc[-1]!r}"
     if kind == "extra_forbidden":
-        section = SECTIONS.get(_dotted(loc[:-1]))
+        # A list item's section is registered once, as ``auth.jwt[]``.
+        section = SECTIONS.get(re.sub(r"\[\d+\]", "[]", _dotted(loc[:-1])))
         known = ", ".join(sorted(section.model_fields)) if section else ""
         return loc, f"unknown key (known: {known})" if known else "unknown key"
     if kind in _NOT_A_MAPPING:

@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from eventgw.config.addresses import BadAddress, split_grpc_target, split_http_url
 from eventgw.config.runtime import (
+    JWT_ALGORITHMS,
     MIN_EVENT_SIZE,
     AccessConfig,
     AdminConfig,
@@ -41,6 +42,7 @@ from eventgw.config.runtime import (
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
+    JwtProviderConfig,
     Limits,
     ListenConfig,
     MetricsConfig,
@@ -53,12 +55,13 @@ __all__ = [
     "AccessSection",
     "AdminSection",
     "ApiKeySection",
-    "AuthSection",
+    "AuthModel",
     "ClientCertificatesSection",
     "CorsSection",
     "EventBrokerSection",
     "GatewayFile",
     "GrpcSection",
+    "JwtProviderModel",
     "LimitsSection",
     "ListenSection",
     "LogSection",
@@ -164,7 +167,7 @@ def _listen_address(text: str) -> str:
 NAME_PATTERN: Final = "^[A-Za-z0-9_.-]+$"
 _NAME: Final = re.compile(NAME_PATTERN)
 #: An HTTP method or header name (RFC 9110 ``token``).
-_TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HTTP_TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def principal_problem(text: str) -> str | None:
@@ -195,7 +198,7 @@ def _principal(text: str) -> str:
 
 
 def _token(text: str) -> str:
-    if not _TOKEN.match(text):
+    if not _HTTP_TOKEN.match(text):
         raise failure(f"expected an HTTP token (letters, digits, -), got {text!r}")
     return text
 
@@ -247,6 +250,103 @@ _TOP: Final = GatewayConfig()
 _ADMIN: Final = AdminConfig()
 _METRICS: Final = MetricsConfig()
 _ACCESS: Final = AccessConfig()
+_JWT: Final = JwtProviderConfig(name="", issuer="", jwks="")
+
+# --- auth.jwt -------------------------------------------------------------------------
+
+# An HTTP field name (RFC 9110 section 5.1: a token).
+_TOKEN: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+#: Header names a claim may not be forwarded as: the credentials and the identity the
+#: gateway itself sets or removes, the framing and hop-by-hop fields, the gateway's
+#: X-Forwarded-* and gRPC's own fields.
+RESERVED_CLAIM_HEADERS: Final = frozenset(
+    {
+        "x-eventgw-client", "authorization", "x-api-key", "proxy-authorization",
+        "host", "content-length", "content-type", "transfer-encoding", "connection",
+        "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+    }
+)
+_RESERVED_PREFIXES: Final = ("x-forwarded-", "grpc-")
+
+
+def _provider_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise failure(
+            f"expected a name of letters, digits, '_', '.' and '-' (rules say jwt:NAME), "
+            f"got {text!r}"
+        )
+    return text
+
+
+def _jwt_algorithm(text: str) -> str:
+    if text in JWT_ALGORITHMS:
+        return text
+    allowed = ", ".join(JWT_ALGORITHMS)
+    if text.lower() == "none":
+        raise failure(f"alg 'none' is never accepted (allowed: {allowed})")
+    if text.upper().startswith("HS"):
+        raise failure(
+            f"{text} is a shared-secret (HMAC) algorithm; only asymmetric ones are "
+            f"accepted: {allowed}"
+        )
+    raise failure(f"expected one of: {allowed}, got {text!r}")
+
+
+def _jwks_source(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text  # a file path
+    if scheme.lower() == "http":
+        raise failure("http:// is refused: a JWKS URL must be https:// (or give a file path)")
+    if scheme.lower() != "https":
+        raise failure(f"expected an https:// URL or a file path, got {text!r}")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        raise failure("a JWKS URL may not carry credentials (user:password@)")
+    try:
+        split_http_url(f"https://{authority}")
+    except BadAddress as e:
+        raise failure(str(e)) from None
+    return text
+
+
+def _header_name(text: str) -> str:
+    if not _TOKEN.match(text):
+        raise failure(f"expected a header name (an RFC 9110 token), got {text!r}")
+    lower = text.lower()
+    if lower in RESERVED_CLAIM_HEADERS or lower.startswith(_RESERVED_PREFIXES):
+        raise failure(f"{lower} is set or removed by the gateway itself; choose another name")
+    return lower
+
+
+def _distinct_headers(mapping: dict[str, str]) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for claim, header in mapping.items():
+        if header in seen:
+            raise failure(f"{header} is already the header of claim {seen[header]!r}", key=claim)
+        seen[header] = claim
+    return mapping
+
+
+def _not_empty(what: str) -> AfterValidator:
+    def check(items: list[str]) -> list[str]:
+        if not items:
+            raise failure(f"must name at least one {what}")
+        if len(set(items)) != len(items):
+            raise failure(f"names a {what} twice")
+        return items
+
+    return AfterValidator(check)
+
+
+ProviderName = Annotated[Text, AfterValidator(_provider_name)]
+JwtAlgorithm = Annotated[
+    Text, AfterValidator(_jwt_algorithm), Field(json_schema_extra={"enum": list(JWT_ALGORITHMS)})
+]
+JwksSource = Annotated[Text, AfterValidator(_jwks_source)]
+HeaderName = Annotated[Text, AfterValidator(_header_name)]
+Audiences = Annotated[list[Text], _expect("a list of audiences"), _not_empty("audience")]
 
 
 class _Section(BaseModel):
@@ -503,9 +603,74 @@ class ClientCertificatesSection(_Section):
     )
 
 
-class AuthSection(_Section):
-    """The credentials the gateway accepts."""
+class JwtProviderModel(_Section):
+    """One issuer of bearer tokens (``Authorization: Bearer <JWT>``); rules say jwt:NAME."""
 
+    name: ProviderName = Field(
+        description="Unique name; access rules say jwt:NAME or jwt:NAME:SUB."
+    )
+    issuer: Text = Field(
+        description="The exact iss claim of this provider's tokens; a token is checked "
+        "against the provider whose issuer it names."
+    )
+    audiences: Audiences | None = Field(
+        default=None,
+        description="A token's aud must name one of these; omit to accept any audience.",
+    )
+    jwks: JwksSource = Field(
+        description="The public keys: a JWKS file (relative to the configuration file; "
+        "read at start and on reload) or an https:// URL (fetched in the background, "
+        "refreshed, the last good keys kept on failure)."
+    )
+    algorithms: Annotated[
+        list[JwtAlgorithm], _expect("a list of JWS algorithms"), _not_empty("algorithm")
+    ] = Field(
+        default=list(_JWT.algorithms),
+        description="The JWS algorithms accepted (asymmetric only: RS*, PS*, ES*, EdDSA).",
+    )
+    clock_skew: Annotated[float, Field(ge=0, le=3600), _expect("a number of seconds 0-3600")] = (
+        Field(
+            default=_JWT.clock_skew,
+            description="Seconds of leeway for exp, nbf and iat.",
+        )
+    )
+    forward_claims: Annotated[
+        dict[Text, HeaderName],
+        _expect("a mapping of claim -> header name"),
+        AfterValidator(_distinct_headers),
+    ] = Field(
+        default_factory=dict,
+        description="Claims sent upstream as headers (gRPC: metadata), claim -> header name.",
+        examples=[{"sub": "x-client-id"}],
+    )
+    forward: Switch = Field(
+        default=_JWT.forward,
+        description="Keep the Authorization header toward the upstream (default: removed).",
+    )
+    ca_file: Text | None = Field(
+        default=_JWT.ca_file,
+        description="CA bundle for an https:// jwks (default: the system's); relative to "
+        "the configuration file.",
+    )
+    refresh: Annotated[float, Field(ge=10), _expect("a number of seconds, at least 10")] = Field(
+        default=_JWT.refresh,
+        description="Seconds between two fetches of an https:// jwks.",
+    )
+
+    @model_validator(mode="after")
+    def _ca_file_for_a_url(self) -> JwtProviderModel:
+        if self.ca_file is not None and not self.jwks.lower().startswith("https://"):
+            raise failure("only for an https:// jwks (this one is a file)", key="ca_file")
+        return self
+
+
+class AuthModel(_Section):
+    """Who the gateway can authenticate; without it, everything stays open."""
+
+    jwt: Annotated[list[JwtProviderModel], _expect("a list of JWT providers")] = Field(
+        default_factory=list,
+        description="JWT bearer-token providers, each with its issuer and keys.",
+    )
     api_keys: Annotated[list[ApiKeySection], _expect("a list of api keys")] = Field(
         default_factory=list, description="API keys (x-api-key)."
     )
@@ -514,7 +679,7 @@ class AuthSection(_Section):
     )
 
     @model_validator(mode="after")
-    def _names_unique(self) -> AuthSection:
+    def _key_names_unique(self) -> AuthModel:
         seen: set[str] = set()
         for index, key in enumerate(self.api_keys):
             if key.name in seen:
@@ -522,6 +687,25 @@ class AuthSection(_Section):
                     f"api key name {key.name!r} given twice", key=f"api_keys[{index}].name"
                 )
             seen.add(key.name)
+        return self
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthModel:
+        names: dict[str, int] = {}
+        issuers: dict[str, int] = {}
+        for index, provider in enumerate(self.jwt):
+            if provider.name in names:
+                raise failure(
+                    f"{provider.name!r} is already the name of auth.jwt[{names[provider.name]}]",
+                    key=f"jwt[{index}].name",
+                )
+            if provider.issuer in issuers:
+                raise failure(
+                    f"already the issuer of auth.jwt[{issuers[provider.issuer]}]",
+                    key=f"jwt[{index}].issuer",
+                )
+            names[provider.name] = index
+            issuers[provider.issuer] = index
         return self
 
 
@@ -626,7 +810,9 @@ class GatewayFile(_Section):
     )
     admin: AdminSection | None = None
     metrics: MetricsSection | None = None
-    auth: AuthSection | None = None
+    auth: AuthModel | None = Field(
+        default=None, description="Authentication; without it, everything stays open."
+    )
     access: AccessSection | None = Field(
         default=None, description="Without it (and without auth) everything stays open."
     )
@@ -642,9 +828,9 @@ class GatewayFile(_Section):
         access = self.access
         if access is None:
             return self
-        auth = self.auth or AuthSection()
+        auth = self.auth or AuthModel()
         keys = {key.name for key in auth.api_keys}
-        jwts = {provider.name for provider in getattr(auth, "jwt", None) or ()}
+        jwts = {provider.name for provider in auth.jwt}
         places = [(f"access.default[{i}]", p) for i, p in enumerate(access.default)]
         for r, rule in enumerate(access.rules):
             places += [(f"access.rules[{r}].allow[{i}]", p) for i, p in enumerate(rule.allow)]
@@ -684,6 +870,7 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "metrics": MetricsSection,
     "shutdown": ShutdownSection,
     "reload": ReloadSection,
-    "auth": AuthSection,
+    "auth": AuthModel,
+    "auth.jwt[]": JwtProviderModel,
     "access": AccessSection,
 }

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 __all__ = [
     "BROKER_CLIENTS",
+    "JWT_ALGORITHMS",
     "MIN_EVENT_SIZE",
     "RATE_LIMIT_KEYS",
     "AccessConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "CorsRule",
     "GatewayConfig",
     "GrpcUpstream",
+    "JwtProviderConfig",
     "Limits",
     "ListenConfig",
     "MetricsConfig",
@@ -135,6 +137,40 @@ class MetricsConfig:
     max_methods: int = 500
 
 
+# The JWS algorithms ``auth.jwt[].algorithms`` may list: asymmetric ones only (RFC 7518
+# section 3.1), so a key published in a JWKS can never double as an HMAC secret.
+JWT_ALGORITHMS: Final = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProviderConfig:
+    """``auth.jwt[N]``: one issuer of bearer tokens and where its public keys are.
+
+    ``jwks`` is an ``https://`` URL or a file path (made absolute by the loader);
+    ``forward_claims`` is (claim, lower-case header name) pairs, in file order.
+    """
+
+    name: str
+    issuer: str
+    jwks: str
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    clock_skew: float = 60.0
+    forward_claims: tuple[tuple[str, str], ...] = ()
+    # Keep the Authorization header toward the upstream (default: removed).
+    forward: bool = False
+    # The CA bundle for an https:// jwks (None: the system's).
+    ca_file: str | None = None
+    # Seconds between two fetches of an https:// jwks.
+    refresh: float = 600.0
+
+    @property
+    def jwks_is_url(self) -> bool:
+        return self.jwks.lower().startswith("https://")
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """``auth.api_keys[]``: a key's name and the SHA-256 digest of the key (32 bytes)."""
@@ -153,8 +189,10 @@ class ClientCertificates:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``auth:``: the credentials the gateway accepts (none: everybody is anonymous)."""
+    """``auth:``: the credentials the gateway accepts (none: everybody is anonymous,
+    everything stays open unless ``access`` says otherwise)."""
 
+    jwt: tuple[JwtProviderConfig, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
     client_certificates: ClientCertificates | None = None
 
