@@ -32,6 +32,7 @@ from eventgw.admin.metrics import record_auth_denied, record_ratelimited
 from eventgw.api.target import ApiProxy
 from eventgw.auth.cors import CorsPolicy
 from eventgw.auth.guard import Denied, Guard, without_client_header
+from eventgw.auth.jwks import JwtAuth
 from eventgw.auth.ratelimit import Limited, RateLimiter
 from eventgw.config import AccessConfig, AuthConfig, GatewayConfig
 from eventgw.errors import grpc_code_for_http
@@ -83,6 +84,7 @@ class Gateway:
         limiter: RateLimiter | None = None,
         cors: CorsPolicy | None = None,
         reactor: IReactorTime | None = None,
+        jwt: JwtAuth | None = None,
     ) -> None:
         self.api = api
         self.events = events
@@ -91,6 +93,8 @@ class Gateway:
         self.limiter = limiter if limiter is not None and limiter.limits else None
         self.cors = cors if cors else None
         self.reactor = default_reactor(reactor)
+        #: The JWT providers' key sources (started here, stopped by :meth:`close`).
+        self.jwt = jwt
         # Whether any check beyond stripping a spoofed identity header runs.
         self._checks = not self.guard.open or self.limiter is not None or self.cors is not None
 
@@ -101,8 +105,15 @@ class Gateway:
         """The three flows' targets built from ``config``, and the router over them.
 
         :param previous: the router a reload replaces: rate limits whose rule is
-            unchanged keep their buckets.
+            unchanged keep their buckets, JWT providers of the same JWKS URL their keys.
         """
+        jwt = None
+        if config.auth.jwt:
+            # A JWKS file that cannot be read raises ConfigError (the start stops, a
+            # reload keeps the old configuration) before any pool exists.
+            jwt = JwtAuth.from_config(
+                config.auth, reactor, previous.jwt if previous is not None else None
+            )
         api = (
             None
             if config.master_api_http is None
@@ -123,13 +134,16 @@ class Gateway:
             api=api,
             events=events,
             grpc=grpc,
-            guard=Guard(config.auth, config.access),
+            guard=Guard(config.auth, config.access, jwt),
             limiter=RateLimiter(
                 config.rate_limits, previous.limiter if previous is not None else None
             ),
             cors=CorsPolicy(config.cors),
             reactor=reactor,
+            jwt=jwt,
         )
+        if jwt is not None:
+            jwt.start()
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         http2 = head.protocol == "HTTP/2"
@@ -241,7 +255,7 @@ class Gateway:
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""
-        targets = [t for t in (self.api, self.events, self.grpc) if t is not None]
+        targets = [t for t in (self.api, self.events, self.grpc, self.jwt) if t is not None]
         return DeferredList([t.close() for t in targets], consumeErrors=True)  # type: ignore[return-value]
 
 

@@ -11,22 +11,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from eventgw.auth.guard import (
-    Admitted,
-    Denied,
-    Guard,
-    TokenAccepted,
-    TokenRejected,
-    TokenResult,
-    TokenUnavailable,
-)
+from eventgw.auth.guard import Admitted, Denied, Guard
 from eventgw.auth.identity import certificate_identity
+from eventgw.auth.jwt import Reason, Rejected, Result, Unavailable, Verified
 from eventgw.config import (
     AccessConfig,
     AccessRule,
     ApiKey,
     AuthConfig,
     ClientCertificates,
+    JwtProviderConfig,
     load_config,
 )
 from eventgw.errors import ConfigError
@@ -44,22 +38,27 @@ def _keys() -> tuple[ApiKey, ...]:
 
 
 class FakeBearer:
-    """A bearer verifier with fixed answers per token (the JWT providers' stand-in)."""
-
-    claim_headers = frozenset({b"x-client-id"})
+    """A bearer verifier with fixed answers per token (the JWT providers' stand-in; the
+    real one is tested end to end)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, float]] = []
 
-    def verify(self, token: str, now: float) -> TokenResult:
+    def verify(self, token: str, now: float) -> Result:
         self.seen.append((token, now))
         if token == "good":
-            return TokenAccepted("corp", "alice", headers=[(b"x-client-id", b"alice")])
+            return Verified("corp", "alice", (("x-client-id", "alice"),), 1e10)
         if token == "forwarded":
-            return TokenAccepted("corp", "bob", forward=True)
+            return Verified("corp", "bob", (), 1e10, forward=True)
         if token == "nokeys":
-            return TokenUnavailable()
-        return TokenRejected("expired")
+            return Unavailable("corp")
+        if token == "crlf":
+            return Verified("corp", "eve\r\nx-admin: 1", (), 1e10)
+        return Rejected(Reason.EXPIRED, "corp")
+
+
+CORP = JwtProviderConfig(name="corp", issuer="https://idp.test/", jwks="keys.json",
+                         forward_claims=(("sub", "x-client-id"),))
 
 
 def guard(
@@ -70,6 +69,7 @@ def guard(
     bearer: FakeBearer | None = None,
 ) -> Guard:
     auth = AuthConfig(
+        jwt=(CORP,) if bearer is not None else (),
         api_keys=_keys(),
         client_certificates=ClientCertificates("ca.pem") if certs else None,
     )
@@ -204,6 +204,9 @@ class GuardTests(SynchronousTestCase):
         self.assertNotIn("secret-token", repr(bad))
         self.assertEqual(denied(g.check(make_head(target=b"/a", headers=[
             (b"authorization", b"Bearer nokeys")]), 0)).status, 503)
+        injected = denied(g.check(make_head(target=b"/a", headers=[
+            (b"authorization", b"Bearer crlf")]), 0))
+        self.assertEqual((injected.status, injected.message), (401, "malformed token"))
 
     def test_basic_authorization_is_no_bearer(self) -> None:
         """authorization: Basic is not a gateway credential: left for the upstream."""

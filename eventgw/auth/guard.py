@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_auth_guard -*-
 """Who may call: credentials in, a principal and the headers to forward out -- or a refusal.
 
-Core module: imports the standard library, :mod:`eventgw.config` and
-:mod:`eventgw.exchange` only; it reads no clock (``now`` comes in) and no socket (the
-client certificate's identity is already in ``RequestHead.client_identity``).
+Core module: imports the standard library, :mod:`eventgw.config`,
+:mod:`eventgw.exchange` and :mod:`eventgw.auth.jwt` (the bearer results) only; it
+reads no clock (``now`` comes in) and no socket (the client certificate's identity is
+already in ``RequestHead.client_identity``).
 
 :meth:`Guard.check` runs once per request, after a CORS preflight has been answered and
 before the rate limit and the flow.  It
@@ -32,7 +33,10 @@ preimage), but the loop keeps to "secrets are compared in constant time" literal
 the cost of a few microseconds for the handful of keys a gateway has.
 
 The bearer kind plugs in as a :class:`BearerVerifier`: ``verify(token, now)`` returning
-:class:`TokenAccepted`, :class:`TokenRejected` or :class:`TokenUnavailable`.
+:mod:`eventgw.auth.jwt`'s ``Verified``, ``Rejected`` or ``Unavailable`` -- in the
+gateway, :class:`eventgw.auth.jwks.JwtAuth`, which also keeps the JWKS fresh.  The
+claim headers of every provider's ``forward_claims`` are removed from what clients send
+whichever provider (if any) verified the token.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from eventgw.auth.jwt import Rejected, Result, Unavailable
 from eventgw.config import AccessConfig, AuthConfig
 from eventgw.exchange import Headers, RequestHead
 
@@ -53,9 +58,6 @@ __all__ = [
     "BearerVerifier",
     "Denied",
     "Guard",
-    "TokenAccepted",
-    "TokenRejected",
-    "TokenUnavailable",
     "without_client_header",
 ]
 
@@ -80,43 +82,10 @@ TOKEN_REASONS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class TokenAccepted:
-    """A bearer token that verified: ``jwt:PROVIDER:SUBJECT``.
-
-    :ivar forward: keep the ``authorization`` header upstream (the provider says so).
-    :ivar headers: claim headers for the upstream (names lower-case).
-    """
-
-    provider: str
-    subject: str
-    forward: bool = False
-    headers: Headers = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRejected:
-    """A bearer token that did not verify; ``reason`` is one of :data:`TOKEN_REASONS`."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUnavailable:
-    """The provider has no keys yet (its JWKS could not be fetched): 503."""
-
-
-TokenResult = TokenAccepted | TokenRejected | TokenUnavailable
-
-
 class BearerVerifier(Protocol):
-    """Verifies ``authorization: Bearer`` tokens (the JWT providers)."""
+    """Verifies ``authorization: Bearer`` tokens (the JWT providers of ``auth.jwt``)."""
 
-    def verify(self, token: str, now: float) -> TokenResult: ...
-
-    @property
-    def claim_headers(self) -> frozenset[bytes]:
-        """Every header name a provider's ``forward_claims`` sets (stripped from clients)."""
+    def verify(self, token: str, now: float) -> Result: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +149,8 @@ class Guard:
             b"", frozenset(access.default), _challenges(access.default, configured)
         )
         strip = {CLIENT_HEADER}
-        if bearer is not None:
-            strip |= bearer.claim_headers
+        for provider in auth.jwt:
+            strip |= {header.encode("ascii") for _, header in provider.forward_claims}
         self._strip = frozenset(strip)
         #: Nothing to check: no credentials configured and everyone allowed everywhere.
         self.open = (
@@ -226,15 +195,23 @@ class Guard:
         if presented_token is not None:
             assert self._bearer is not None
             result = self._bearer.verify(presented_token.decode("latin-1"), now)
-            if isinstance(result, TokenUnavailable):
+            if isinstance(result, Unavailable):
                 return Denied(503, UNAVAILABLE, "unavailable")
-            if isinstance(result, TokenRejected):
-                reason = result.reason if result.reason in TOKEN_REASONS else "malformed token"
+            if isinstance(result, Rejected):
+                reason = str(result.reason)
+                if reason not in TOKEN_REASONS:
+                    reason = "malformed token"
                 return Denied(401, reason, reason.replace(" ", "_"), rule.challenges)
-            principal = f"jwt:{result.provider}:{result.subject}"
+            principal = result.identity
+            if not principal.isprintable():
+                # The subject goes upstream in a header: no control characters.
+                return Denied(401, "malformed token", "malformed_token", rule.challenges)
             satisfied |= {f"jwt:{result.provider}", principal}
             keep_bearer = result.forward
-            extra = list(result.headers)
+            extra = [
+                (name.encode("ascii"), value.encode("utf-8", "replace"))
+                for name, value in result.headers
+            ]
         if presented_key is not None:
             key_name = self._key_name(presented_key)
             if key_name is None:
