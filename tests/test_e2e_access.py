@@ -32,9 +32,10 @@ from twisted.web import resource, server
 
 from eventgw.admin.metrics import REGISTRY
 from eventgw.config import GatewayConfig
+from tests import jwt_support
 from tests._proto.topics.v1 import topics_pb2, topics_pb2_grpc
 from tests.events_support import binary_headers, start_broker
-from tests.rig import RunningGateway, gateway_config, listen_site, start_gateway
+from tests.rig import RunningGateway, free_port, gateway_config, listen_site, start_gateway
 
 BATCH_KEY = "batch-key-0123"
 OPS_KEY = "ops-key-4567"
@@ -607,3 +608,130 @@ class ClientCaFileTests(TestCase):
             with self.assertRaises(ConfigError) as caught:
                 server_context_factory(dev.cert_path, dev.key_path, ClientCertificates(path))
             self.assertEqual(caught.exception.key, "auth.client_certificates.ca")
+
+
+
+class JwtAccessTests(TestCase):
+    """Bearer tokens of auth.jwt through the real gateway: HTTP/1.1, HTTP/2 and gRPC."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.key = jwt_support.ec_key("k1")
+        self.forwarding_key = jwt_support.ec_key("f1")
+        folder = tempfile.mkdtemp(prefix="eventgw-test-jwks-")
+        corp_jwks = os.path.join(folder, "corp.json")
+        fwd_jwks = os.path.join(folder, "fwd.json")
+        with open(corp_jwks, "wb") as f:
+            f.write(jwt_support.jwks(self.key))
+        with open(fwd_jwks, "wb") as f:
+            f.write(jwt_support.jwks(self.forwarding_key))
+        down = f"https://127.0.0.1:{free_port()}/jwks.json"
+        self.api = RecordingApi()
+        api_port = listen_site(self, self.api)
+        self.topics, topics_target = start_topics(self)
+        extra = f"""
+auth:
+  jwt:
+    - {{name: corp, issuer: "https://idp.test/", audiences: [eventgw], jwks: '{corp_jwks}',
+       forward_claims: {{sub: x-client-id}}}}
+    - {{name: fwd, issuer: "https://fwd.test/", jwks: '{fwd_jwks}', forward: true}}
+    - {{name: down, issuer: "https://down.test/", jwks: '{down}'}}
+access:
+  default: [anyone]
+  rules:
+    - {{prefix: /api/jwt, allow: [jwt:corp, jwt:fwd, jwt:down]}}
+    - {{prefix: /api/bob, allow: ["jwt:corp:bob"]}}
+    - {{prefix: /topics.v1.Topics/GetTopic, allow: [authenticated]}}
+"""
+        self.gw = start_gateway(self, gateway_config(
+            api=f"http://127.0.0.1:{api_port}", grpc=topics_target, extra=extra))
+
+    def token(self, issuer: str = "https://idp.test/", key: Any = None, **changes: Any) -> str:
+        now = time.time()
+        claims = jwt_support.claims(iss=issuer, exp=now + 300, iat=now - 5, nbf=now - 5)
+        claims.update(changes)
+        return str((key or self.key).sign({k: v for k, v in claims.items() if v is not None}))
+
+    def get(self, path: str, token: str | None, *, http2: bool = False,
+            headers: dict[str, str] | None = None) -> Any:
+        client = httpx.Client(http2=http2, verify=self.gw.ssl_context(), timeout=20)
+        self.addCleanup(client.close)
+        sent = dict(headers or {})
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        return deferToThread(client.get, f"{self.gw.https}{path}", headers=sent)
+
+    @inlineCallbacks
+    def test_tokens_over_http(self) -> Any:
+        """A good token passes as jwt:corp:alice with its claim header (the client's own
+        replaced) and without the authorization header; expired, wrong issuer and
+        tampered tokens are 401 naming the reason; another subject's rule 403; a
+        provider without keys 503; forward: true keeps the header."""
+        for http2 in (False, True):
+            ok = yield self.get("/api/jwt/x", self.token(), http2=http2, headers={
+                "x-client-id": "mallory", "x-eventgw-client": "key:root"})
+            self.assertEqual(ok.status_code, 200, ok.text)
+        for _, headers in self.api.seen:
+            self.assertEqual(headers["x-eventgw-client"], ["jwt:corp:alice"])
+            self.assertEqual(headers["x-client-id"], ["alice"])
+            self.assertNotIn("authorization", headers)
+        cases = [
+            (self.token(exp=time.time() - 3600), "expired"),
+            (self.token(issuer="https://other.test/"), "wrong issuer"),
+            (self.token()[:-4] + "AAAA", "bad signature"),
+            ("not-a-token", "malformed token"),
+        ]
+        for token, reason in cases:
+            refused = yield self.get("/api/jwt/x", token, http2=True)
+            self.assertEqual((refused.status_code, refused.json()["message"]), (401, reason))
+            self.assertIn("Bearer", refused.headers["www-authenticate"])
+            self.assertNotIn(token, refused.text)
+        missing = yield self.get("/api/jwt/x", None)
+        self.assertEqual((missing.status_code, missing.json()["message"]),
+                         (401, "missing credentials"))
+        self.assertEqual(missing.headers["www-authenticate"], 'Bearer realm="eventgw"')
+        other = yield self.get("/api/bob", self.token())
+        self.assertEqual(other.status_code, 403)
+        bob = yield self.get("/api/bob", self.token(sub="bob"))
+        self.assertEqual(bob.status_code, 200)
+        unavailable = yield self.get("/api/jwt/x", self.token(issuer="https://down.test/"))
+        self.assertEqual((unavailable.status_code, unavailable.json()["code"]), (503, 14))
+        seen = len(self.api.seen)
+        forwarded_token = self.token(issuer="https://fwd.test/", key=self.forwarding_key)
+        forwarded = yield self.get("/api/jwt/x", forwarded_token)
+        self.assertEqual(forwarded.status_code, 200)
+        self.assertEqual(len(self.api.seen), seen + 1)
+        self.assertEqual(self.api.seen[-1][1]["authorization"], [f"Bearer {forwarded_token}"])
+        self.assertEqual(self.api.seen[-1][1]["x-eventgw-client"], ["jwt:fwd:alice"])
+        self.assertEqual(len(self.api.seen), 4)  # two good, bob, forwarded
+
+    @inlineCallbacks
+    def test_tokens_over_grpc(self) -> Any:
+        """gRPC metadata: a good token passes (identity and claim as metadata, the token
+        removed); an expired one is 16 naming the reason; no keys is 14."""
+        with open(self.gw.ca_file, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(f.read())
+        channel = grpc.secure_channel(f"localhost:{self.gw.tls_port}", credentials)
+        self.addCleanup(channel.close)
+        stub = topics_pb2_grpc.TopicsStub(channel)  # type: ignore[no-untyped-call]
+
+        def call(token: str) -> Any:
+            try:
+                stub.GetTopic(topics_pb2.GetTopicRequest(name="n"), timeout=10,
+                              metadata=(("authorization", f"Bearer {token}"),))
+            except grpc.RpcError as e:
+                return e.code(), e.details()
+            return grpc.StatusCode.OK, ""
+
+        result = yield deferToThread(call, self.token())
+        self.assertEqual(result, (grpc.StatusCode.OK, ""))
+        seen = self.topics.metadata[0]
+        self.assertEqual((seen["x-eventgw-client"], seen["x-client-id"]),
+                         ("jwt:corp:alice", "alice"))
+        self.assertNotIn("authorization", seen)
+        result = yield deferToThread(call, self.token(exp=time.time() - 3600))
+        self.assertEqual(result, (grpc.StatusCode.UNAUTHENTICATED, "expired"))
+        result = yield deferToThread(call, self.token(issuer="https://down.test/"))
+        self.assertEqual(result[0], grpc.StatusCode.UNAVAILABLE)
+        self.assertEqual(len(self.topics.metadata), 1)
