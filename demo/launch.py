@@ -71,6 +71,10 @@ Try (in another terminal, from {root}):
   .venv/bin/python -m demo.masterapi.grpc_client --target localhost:{tls} --ca-file run/dev-cert/gateway-dev.pem
   .venv/bin/python -m demo.masterapi.grpc_client --target 127.0.0.1:{cleartext}
 
+  # a browser: gRPC-Web calls and a WebSocket echo from a page, on the same port
+  # (accept the development certificate first)
+  open https://localhost:{tls}/api/browser/
+
 Ctrl-C stops the gateway and the demo services.
 """
 

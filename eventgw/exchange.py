@@ -80,6 +80,10 @@ class RequestHead:
         per connection.
     :ivar log_fields: fields a target adds for the access-log line (``upstream``,
         ``route``, ``grpc_status``...); the protocol emits one line per exchange.
+    :ivar upgrade: ``b"websocket"`` when the request asks for a WebSocket (HTTP/1.1
+        ``Upgrade: websocket``, HTTP/2 extended CONNECT with ``:protocol websocket``),
+        else ``None``.  Its target answers 101 (HTTP/1.1) or 200 (HTTP/2) to accept;
+        the body in both directions is then the tunnel's bytes.
     """
 
     method: bytes
@@ -93,6 +97,7 @@ class RequestHead:
     body_expected: bool = True
     client_identity: str | None = None
     log_fields: dict[str, object] = field(default_factory=dict)
+    upgrade: bytes | None = None
 
     @property
     def path(self) -> bytes:

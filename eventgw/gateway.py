@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from eventgw._reactor import default_reactor
 from eventgw.admin.metrics import record_auth_denied, record_ratelimited
 from eventgw.api.target import ApiProxy
+from eventgw.api.websocket import WebSocketRelay
 from eventgw.auth.cors import CorsPolicy
 from eventgw.auth.guard import Denied, Guard, without_client_header
 from eventgw.auth.jwks import JwtAuth
@@ -48,6 +49,8 @@ from eventgw.exchange import (
     send_error,
 )
 from eventgw.grpc.target import GrpcRelay
+from eventgw.grpc.web import GrpcWebAdapter, GrpcWebWriter
+from eventgw.grpc.webcodec import Flavour, flavour_of
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy, Route, route_for
 
@@ -55,7 +58,10 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
 # The ``route`` label of a request refused before its flow.
-_ROUTE_LABELS = {Route.API: "api", Route.EVENTS: "events", Route.GRPC: "grpc"}
+_ROUTE_LABELS = {
+    Route.API: "api", Route.EVENTS: "events", Route.GRPC: "grpc", Route.GRPC_WEB: "grpc",
+    Route.WEBSOCKET: "api",
+}
 
 __all__ = ["ClosableTarget", "Gateway"]
 
@@ -80,6 +86,7 @@ class Gateway:
         api: ClosableTarget | None,
         events: ClosableTarget,
         grpc: ClosableTarget,
+        websocket: ClosableTarget | None = None,
         guard: Guard | None = None,
         limiter: RateLimiter | None = None,
         cors: CorsPolicy | None = None,
@@ -89,6 +96,8 @@ class Gateway:
         self.api = api
         self.events = events
         self.grpc = grpc
+        self.grpc_web = GrpcWebAdapter(grpc)
+        self.websocket = websocket
         self.guard = guard if guard is not None else Guard(AuthConfig(), AccessConfig())
         self.limiter = limiter if limiter is not None and limiter.limits else None
         self.cors = cors if cors else None
@@ -130,10 +139,16 @@ class Gateway:
             MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
             reactor=reactor,
         )
-        return cls(
+        websocket = (
+            None
+            if config.master_api_http is None
+            else WebSocketRelay(config.master_api_http, config.limits, reactor=reactor)
+        )
+        gateway = cls(
             api=api,
             events=events,
             grpc=grpc,
+            websocket=websocket,
             guard=Guard(config.auth, config.access, jwt),
             limiter=RateLimiter(
                 config.rate_limits, previous.limiter if previous is not None else None
@@ -144,16 +159,19 @@ class Gateway:
         )
         if jwt is not None:
             jwt.start()
+        return gateway
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         http2 = head.protocol == "HTTP/2"
         content_type = None
-        if http2:
+        # gRPC (HTTP/2 only) and gRPC-Web (POST, either protocol) are told by the
+        # content type; other HTTP/1.1 requests need no look at their headers.
+        if http2 or head.method == b"POST":
             for name, value in head.headers:
                 if name == b"content-type":
                     content_type = value
                     break
-        route = route_for(head.target, content_type, http2)
+        route = route_for(head.target, content_type, http2, head.upgrade)
         if not self._checks:
             # Nothing configured: only a client's own x-eventgw-client is dropped.
             head.headers = without_client_header(head.headers)
@@ -164,6 +182,18 @@ class Gateway:
             writer = checked
         if route is Route.GRPC:
             return self.grpc.start_exchange(head, writer)
+        if route is Route.GRPC_WEB:
+            return self.grpc_web.start_exchange(head, writer)
+        if route is Route.WEBSOCKET:
+            if self.websocket is not None:
+                return self.websocket.start_exchange(head, writer)
+            head.log_fields["route"] = "api"
+            send_error(writer, 503, "no Master API HTTP upstream is configured")
+            return StaticReply()
+        if route is Route.UPGRADE_REFUSED:
+            head.log_fields["route"] = "none"
+            send_error(writer, 400, "WebSocket connections are relayed only under /api")
+            return StaticReply()
         if route is Route.API:
             if self.api is not None:
                 return self.api.start_exchange(head, writer)
@@ -233,10 +263,15 @@ class Gateway:
         message: str,
         headers: Headers,
     ) -> None:
-        """The one error shape: JSON, or for a gRPC call a trailers-only answer."""
+        """The one error shape: JSON, or for a gRPC call a trailers-only answer (in the
+        gRPC-Web form for a gRPC-Web call)."""
         code = grpc_code_for_http(status)
-        if route is Route.GRPC:
+        if route is Route.GRPC or route is Route.GRPC_WEB:
             head.log_fields["grpc_status"] = int(code)
+            if route is Route.GRPC_WEB:
+                flavour = flavour_of(head.header(b"content-type") or b"") or Flavour.BINARY
+                cors = head.header(b"origin") is not None
+                writer = GrpcWebWriter(writer, flavour, cors=cors)
             writer.write_head(200, [*trailers_only(code, message), *headers], end=True)
         else:
             send_error(writer, status, message, grpc_code=code, headers=headers)
@@ -251,11 +286,16 @@ class Gateway:
             return True
         if getattr(self.events, "running", None):
             return True
+        if getattr(self.websocket, "sessions", None):
+            return True
         return bool(getattr(self.grpc, "calls", None))
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""
-        targets = [t for t in (self.api, self.events, self.grpc, self.jwt) if t is not None]
+        targets = [
+            t for t in (self.api, self.events, self.grpc, self.websocket, self.jwt)
+            if t is not None
+        ]
         return DeferredList([t.close() for t in targets], consumeErrors=True)  # type: ignore[return-value]
 
 

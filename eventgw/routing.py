@@ -1,18 +1,31 @@
 # -*- test-case-name: tests.test_routing -*-
 """Which flow serves a request: the route table and the gRPC method policy.
 
-Core module: imports the standard library and :mod:`eventgw.grpcwire`.
+Core module: imports the standard library, :mod:`eventgw.grpcwire` and
+:mod:`eventgw.grpc.webcodec`.
+
+Two kinds of request are recognised before their path: a gRPC call (HTTP/2, content
+type ``application/grpc...``) and a gRPC-Web call (either protocol, content type
+``application/grpc-web...`` on a method path ``/pkg.Service/Method``).  A WebSocket
+(an HTTP/1.1 ``Upgrade: websocket`` or an HTTP/2 extended CONNECT with
+``:protocol websocket``) is relayed under ``/api`` only; elsewhere it is refused.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
+from eventgw.grpc.webcodec import flavour_of
 from eventgw.grpcwire import CONTENT_TYPE
 
-__all__ = ["MethodPolicy", "Route", "is_grpc", "route_for"]
+__all__ = ["MethodPolicy", "Route", "is_grpc", "is_grpc_web", "is_method_path", "route_for"]
+
+# "/" service "/" method: two non-empty segments, no query (gRPC's ":path" rule).
+_METHOD_PATH: Final = re.compile(rb"/[^/?#]+/[^/?#]+")
 
 
 class Route(enum.Enum):
@@ -21,6 +34,9 @@ class Route(enum.Enum):
     API = "api"  # flow 2: reverse proxy to the Master API over HTTP
     EVENTS = "events"  # flow 1: CloudEvents to the Event Broker over gRPC
     GRPC = "grpc"  # flow 3: gRPC relay to the Master API
+    GRPC_WEB = "grpc_web"  # flow 3 for browsers: gRPC-Web, relayed as native gRPC
+    WEBSOCKET = "websocket"  # flow 2's upgrade: a WebSocket to the Master API
+    UPGRADE_REFUSED = "upgrade_refused"  # a WebSocket outside /api
     NOT_FOUND = "not_found"
 
 
@@ -32,14 +48,24 @@ def _under(path: bytes, prefix: bytes) -> bool:
     return rest in (b"", b"/", b"?")
 
 
-def route_for(target: bytes, content_type: bytes | None, http2: bool) -> Route:
+def route_for(
+    target: bytes, content_type: bytes | None, http2: bool, upgrade: bytes | None = None
+) -> Route:
     """The route for a request target (path and query) and its content type.
 
     Only HTTP/2 streams can be gRPC calls; over HTTP/1.1 a gRPC content type is routed
-    like any other request.
+    like any other request.  gRPC-Web calls come over either protocol.  ``upgrade``
+    is the protocol a WebSocket request asks for (``b"websocket"``), else ``None``.
     """
-    if http2 and content_type is not None and is_grpc(content_type):
-        return Route.GRPC
+    if upgrade is not None:
+        if upgrade == b"websocket" and _under(target, b"/api"):
+            return Route.WEBSOCKET
+        return Route.UPGRADE_REFUSED
+    if content_type is not None:
+        if http2 and is_grpc(content_type):
+            return Route.GRPC
+        if is_grpc_web(content_type) and is_method_path(target):
+            return Route.GRPC_WEB
     if _under(target, b"/api"):
         return Route.API
     if _under(target, b"/events"):
@@ -53,6 +79,16 @@ def is_grpc(content_type: bytes) -> bool:
         return False
     rest = content_type[len(CONTENT_TYPE) : len(CONTENT_TYPE) + 1]
     return rest in (b"", b"+", b";")
+
+
+def is_grpc_web(content_type: bytes) -> bool:
+    """``application/grpc-web``, ``...grpc-web+proto``, ``...grpc-web-text(+proto)``."""
+    return flavour_of(content_type) is not None
+
+
+def is_method_path(target: bytes) -> bool:
+    """Whether ``target`` has the shape of a gRPC method, ``/pkg.Service/Method``."""
+    return _METHOD_PATH.fullmatch(target) is not None
 
 
 @dataclass(frozen=True, slots=True)

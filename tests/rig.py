@@ -15,6 +15,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+from hyperframe.frame import Frame
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
@@ -127,3 +131,40 @@ def settle(seconds: float = 0.05) -> Any:
     d: Deferred[None] = Deferred()
     global_reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
     yield d
+
+
+def h2_stream_frames(port: int, context: ssl.SSLContext, headers: list[tuple[bytes, bytes]],
+                     body: bytes = b"") -> list[Any]:
+    """One request over TLS with ALPN h2 from a raw h2 client (``body`` ends it); the
+    frames the gateway sent on its stream (hyperframe objects), in order, once it
+    ended or the connection closed."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=not body)
+    if body:
+        conn.send_data(1, body, end_stream=True)
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        sock = context.wrap_socket(plain, server_hostname="localhost")
+        sock.sendall(conn.data_to_send())
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            if not data:
+                break
+            raw += data
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
+                    ended = True
+            if conn.data_to_send():
+                sock.sendall(conn.data_to_send())
+    frames = []
+    view = memoryview(raw)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        if frame.stream_id == 1:
+            frames.append(frame)
+        view = view[9 + length :]
+    return frames

@@ -18,7 +18,13 @@ from twisted.trial.unittest import TestCase
 from demo.masterapi._proto import demo_pb2, demo_pb2_grpc
 from demo.masterapi.grpc_server import serve as serve_master_api
 from tests.events_support import start_broker
-from tests.rig import RunningGateway, free_port, gateway_config, start_gateway
+from tests.rig import (
+    RunningGateway,
+    free_port,
+    gateway_config,
+    h2_stream_frames,
+    start_gateway,
+)
 
 BINARY = {
     "ce-specversion": "1.0",
@@ -77,6 +83,19 @@ class FlowsTests(TestCase):
                          ("/tests", "test.created", "1.0"))
         self.assertEqual(json.loads(event.text_data), {"n": 1})
         self.assertEqual(event.attributes["traceid"].ce_string, "abc")
+
+    @inlineCallbacks
+    def test_event_answer_in_two_frames(self) -> Any:
+        """Over HTTP/2 the 202 of an event is HEADERS + one DATA frame with END_STREAM
+        (a raw h2 client counts the frames)."""
+        headers = [(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/events"),
+                   (b":authority", b"localhost"),
+                   *((k.encode(), v.encode()) for k, v in dict(BINARY, **{"ce-id": "two"}).items())]
+        frames = yield deferToThread(
+            h2_stream_frames, self.gw.tls_port, self.gw.ssl_context(["h2"]), headers, b"{}")
+        self.assertEqual([(type(f).__name__, "END_STREAM" in f.flags) for f in frames],
+                         [("HeadersFrame", False), ("DataFrame", True)])
+        self.assertEqual(json.loads(frames[1].data), {"id": "two"})
 
     @inlineCallbacks
     def test_bad_event_never_reaches_broker(self) -> Any:

@@ -28,6 +28,7 @@ from tests.rig import (
     RunningGateway,
     free_port,
     gateway_config,
+    h2_stream_frames,
     listen_site,
     raw_exchange,
     start_gateway,
@@ -281,3 +282,19 @@ class BadInputTests(GatewayCase):
         )
         self.assertNotIn(b"HTTP/1.1 200", answer)
         yield self.assertStillServing()
+
+
+class TwoFrameResponseEndToEndTests(GatewayCase):
+    """A small /api answer over HTTP/2 is two frames on the wire: HEADERS, then one
+    DATA frame with END_STREAM (a raw h2 client over TLS counts them)."""
+
+    @inlineCallbacks
+    def test_api_answer_and_error_in_two_frames(self) -> Any:
+        context = self.gw.ssl_context(["h2"])
+        for path in (b"/api/small", b"/nowhere"):
+            headers = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
+                       (b":authority", b"localhost")]
+            frames = yield deferToThread(h2_stream_frames, self.gw.tls_port, context, headers)
+            kinds = [(type(f).__name__, "END_STREAM" in f.flags) for f in frames]
+            self.assertEqual(kinds, [("HeadersFrame", False), ("DataFrame", True)], path)
+            self.assertGreater(len(frames[1].data), 0, path)

@@ -81,3 +81,16 @@ class GatewayAccessTests(SynchronousTestCase):
         self.assertEqual(writer.header(b"grpc-message"), b"missing credentials")
         self.assertEqual(head.log_fields["grpc_status"], 16)
         self.assertEqual(grpc.handlers, [])
+
+    def test_grpc_web_refusal_is_a_grpc_web_answer(self) -> None:
+        """A refused gRPC-Web call (HTTP/1.1 POST): HTTP 200, the gRPC-Web content type,
+        grpc-status 16 in the headers; the relay never sees it."""
+        gw, _, grpc = gateway(Clock())
+        head = make_head(method=b"POST", target=b"/pkg.S/M", content_length=None,
+                         headers=[(b"content-type", b"application/grpc-web+proto")])
+        writer = RecordingWriter()
+        gw.start_exchange(head, writer)
+        self.assertEqual((writer.status, writer.head_ended), (200, True))
+        self.assertEqual(writer.header(b"content-type"), b"application/grpc-web")
+        self.assertEqual(writer.header(b"grpc-status"), b"16")
+        self.assertEqual(grpc.handlers, [])

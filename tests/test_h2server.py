@@ -59,6 +59,7 @@ from eventgw.exchange import (
     RequestHead,
     ResponseWriter,
     StaticReply,
+    send_error,
 )
 from eventgw.http2 import SERVER_CONNECTION_WINDOW, SERVER_STREAM_WINDOW, STREAM_BUFFER_HIGH, WRITES
 from tests.support import EchoTarget
@@ -721,6 +722,160 @@ class WriteCoalescingTests(TestCase):
         self.assertEqual(len(writes), 2)
         peer.receive()
         self.assertTrue(peer.response(third)[3])
+
+
+class SmallAnswerTarget:
+    """Answers at once with a JSON error (HEADERS, body, end), as send_error does."""
+
+    def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
+        send_error(writer, 404, "no route")
+        return StaticReply()
+
+
+def stream_frames(peer: Peer, stream_id: int) -> list[tuple[str, frozenset[str], int]]:
+    """(type, flags, DATA length) of every frame the server wrote on one stream."""
+    return [
+        (type(f).__name__, frozenset(f.flags), len(f.data) if isinstance(f, DataFrame) else 0)
+        for f in peer.server_frames()
+        if f.stream_id == stream_id
+    ]
+
+
+class TwoFrameResponseTests(TestCase):
+    """A small answer whose end follows its body in the same turn goes out as HEADERS
+    plus one DATA frame carrying END_STREAM (a raw h2 client counts the frames)."""
+
+    def test_answer_while_reading(self) -> None:
+        """Answered while the request's read is processed: two frames."""
+        peer = Peer(SmallAnswerTarget())
+        stream_id = peer.request()
+        peer.receive()
+        frames = stream_frames(peer, stream_id)
+        self.assertEqual([(kind, "END_STREAM" in flags) for kind, flags, _ in frames],
+                         [("HeadersFrame", False), ("DataFrame", True)])
+        self.assertGreater(frames[1][2], 0)
+        headers, body, _trailers, ended = peer.response(stream_id)
+        self.assertEqual((status_of(headers), ended), (b"404", True))
+        self.assertIn(b"no route", body)
+
+    def test_answer_in_another_connections_read(self) -> None:
+        """Answered while an upstream read is processed (WRITES held): two frames;
+        with trailers (gRPC) three: HEADERS, DATA, trailers."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        plain = peer.request(b"POST", b"/api/x", b"x")
+        grpc = peer.request(b"POST", b"/pkg.S/M", b"y")
+        one, two = (handler.writer for handler in target.handlers)
+        WRITES.hold()
+        try:
+            one.write_head(200, [(b"content-type", b"text/plain")])
+            one.write_body(b"hello")
+            two.write_head(200, [(b"content-type", b"application/grpc")])
+            two.write_body(b"\x00\x00\x00\x00\x01z")
+            self.assertEqual(getattr(one, "tail", None), b"hello")  # kept for its end
+            self.assertIsNone(getattr(two, "tail", None))  # gRPC: sent at once
+            one.end()
+            two.end([(b"grpc-status", b"0")])
+        finally:
+            WRITES.release()
+        peer.receive()
+        self.assertEqual(stream_frames(peer, plain), [
+            ("HeadersFrame", frozenset({"END_HEADERS"}), 0),
+            ("DataFrame", frozenset({"END_STREAM"}), 5),
+        ])
+        self.assertEqual([kind for kind, _, _ in stream_frames(peer, grpc)],
+                         ["HeadersFrame", "DataFrame", "HeadersFrame"])
+        self.assertEqual(peer.response(plain)[1:], (b"hello", None, True))
+        self.assertEqual(peer.response(grpc)[1:],
+                         (b"\x00\x00\x00\x00\x01z", [(b"grpc-status", b"0")], True))
+
+    def test_body_in_pieces_keeps_its_order(self) -> None:
+        """Several body writes in one turn: the earlier ones go out as they were, the
+        last one carries END_STREAM."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", b"x")
+        writer = target.handlers[0].writer
+        WRITES.hold()
+        try:
+            writer.write_head(200, [])
+            for piece in (b"ab", b"cd", b"ef"):
+                writer.write_body(piece)
+            writer.end()
+        finally:
+            WRITES.release()
+        peer.receive()
+        self.assertEqual([(kind, length, "END_STREAM" in flags)
+                          for kind, flags, length in stream_frames(peer, stream_id)],
+                         [("HeadersFrame", 0, False), ("DataFrame", 2, False),
+                          ("DataFrame", 2, False), ("DataFrame", 2, True)])
+        self.assertEqual(peer.response(stream_id)[1], b"abcdef")
+
+    def test_body_without_end_is_flushed(self) -> None:
+        """A body chunk kept back goes out at the flush when no end follows; outside
+        any read, each writer call writes at once (the end is an empty DATA frame)."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", b"x")
+        writer = target.handlers[0].writer
+        WRITES.hold()
+        try:
+            writer.write_head(200, [])
+            writer.write_body(b"first")
+        finally:
+            WRITES.release()
+        peer.receive()
+        self.assertEqual(peer.response(stream_id)[1:], (b"first", None, False))
+        writer.write_body(b"second")
+        writer.end()
+        peer.receive()
+        self.assertEqual([(kind, length, "END_STREAM" in flags)
+                          for kind, flags, length in stream_frames(peer, stream_id)],
+                         [("HeadersFrame", 0, False), ("DataFrame", 5, False),
+                          ("DataFrame", 6, False), ("DataFrame", 0, True)])
+
+    def test_client_reset_before_the_flush(self) -> None:
+        """The client resets the stream in the read that answered it: the chunk kept
+        back is dropped, nothing is sent on the stream after its reset."""
+        target = RecordingTarget()
+        peer = Peer(target)
+        stream_id = peer.request(b"POST", b"/api/x", b"x", end=False)
+        writer = target.handlers[0].writer
+        WRITES.hold()
+        try:
+            writer.write_head(200, [])
+            writer.write_body(b"late")
+            peer.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+            peer.send()
+            writer.end()
+        finally:
+            WRITES.release()
+        peer.receive()
+        self.assertEqual([kind for kind, _, _ in stream_frames(peer, stream_id)],
+                         ["HeadersFrame"])
+        self.assertEqual(target.handlers[0].lost, "client reset the stream (CANCEL)")
+        peer.request()
+        self.assertIsNone(peer.goaway())
+
+    def test_window_too_small_for_the_body(self) -> None:
+        """A body the windows do not allow is not kept back: it waits in the stream's
+        buffer and END_STREAM follows it once the client opens its window."""
+        target = RecordingTarget()
+        peer = Peer(target, client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 4})
+        stream_id = peer.request(b"POST", b"/api/x", b"x")
+        writer = target.handlers[0].writer
+        WRITES.hold()
+        try:
+            writer.write_head(200, [])
+            writer.write_body(b"0123456789")
+            writer.end()
+        finally:
+            WRITES.release()
+        peer.receive()
+        self.assertEqual(peer.response(stream_id)[1:], (b"0123", None, False))
+        peer.client.increment_flow_control_window(100, stream_id)
+        peer.pump()
+        self.assertEqual(peer.response(stream_id)[1:], (b"0123456789", None, True))
 
 
 class FlowControlTests(TestCase):

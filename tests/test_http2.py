@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import hpack.hpack
 import hpack.table
 from h2.config import H2Configuration
@@ -9,12 +11,16 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
-from hyperframe.frame import DataFrame, Frame, RstStreamFrame
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from eventgw.http2 import (
     STREAM_BUFFER_HIGH,
     STREAM_BUFFER_LOW,
+    GatewayEncoder,
+    LeanDataFrame,
+    LeanFrameBuffer,
     LeanH2Connection,
     WatermarkBuffer,
     WriteCoalescer,
@@ -238,3 +244,342 @@ class WriteCoalescerTests(SynchronousTestCase):
         writes.defer(outer)
         writes.release()
         self.assertEqual(ran, ["outer", "inner"])
+
+
+_REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"),
+            (b":authority", b"a")]
+
+
+def _data(stream_id: int, body: bytes, *, end: bool = False, pad: int | None = None) -> bytes:
+    frame = DataFrame(stream_id, body)
+    if end:
+        frame.flags.add("END_STREAM")
+    if pad is not None:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    return frame.serialize()
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    # hyperframe refuses to build an increment of 0 or over 2**31 - 1: raw bytes.
+    return (4).to_bytes(3, "big") + b"\x08\x00" + stream_id.to_bytes(4, "big") + (
+        increment.to_bytes(4, "big"))
+
+
+class _Outcome:
+    """Drives one server connection with raw client frames and records everything
+    observable: events (with their fields), errors, bytes sent and the windows."""
+
+    def __init__(self, conn: H2Connection) -> None:
+        self.conn = conn
+        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.client.initiate_connection()
+        conn.initiate_connection()
+        self.log: list[object] = []
+        self.feed(self.client.data_to_send())
+
+    def feed(self, data: bytes) -> None:
+        conn = self.conn
+        try:
+            events = conn.receive_data(data)
+        except ProtocolError as exc:
+            self.log.append((type(exc).__name__, exc.error_code))
+        else:
+            self.log.append([
+                (type(e).__name__, getattr(e, "stream_id", None), getattr(e, "data", None),
+                 getattr(e, "flow_controlled_length", None),
+                 getattr(e, "stream_ended", None) is not None)
+                for e in events
+            ])
+        self.log.append(bytes(conn.data_to_send()))
+        self.log.append(conn.outbound_flow_control_window)
+        self.log.append(conn._inbound_flow_control_window_manager.current_window_size)
+        for stream_id, stream in sorted(conn.streams.items()):
+            self.log.append((stream_id, stream.state_machine.state,
+                             stream.outbound_flow_control_window,
+                             stream._inbound_window_manager.current_window_size))
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        try:
+            self.conn.send_data(stream_id, data, end_stream=end)
+        except ProtocolError as exc:
+            self.log.append(("send", type(exc).__name__))
+        self.log.append(bytes(self.conn.data_to_send()))
+        self.log.append(self.conn.local_flow_control_window(stream_id)
+                        if stream_id in self.conn.streams else None)
+
+    def open(self, stream_id: int, end: bool = False) -> None:
+        self.client.send_headers(stream_id, _REQUEST, end_stream=end)
+        self.feed(self.client.data_to_send())
+
+
+def _answers(log: list[object]) -> list[tuple[str, int, int]]:
+    """The RST_STREAM and GOAWAY frames the connection sent, and the errors it raised:
+    (what, stream id or -1, error code)."""
+    found: list[tuple[str, int, int]] = []
+    for item in log:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int):
+            found.append((str(item[0]), -1, int(item[1])))
+        elif isinstance(item, bytes):
+            for frame in hyperframe_frames(item):
+                if isinstance(frame, RstStreamFrame):
+                    found.append(("RST_STREAM", frame.stream_id, frame.error_code))
+                elif isinstance(frame, GoAwayFrame):
+                    found.append(("GOAWAY", 0, frame.error_code))
+    return found
+
+
+class LeanDataPathTests(SynchronousTestCase):
+    """The lean DATA path leaves h2's connection exactly as h2's own path would: the
+    same events, errors, bytes, windows and stream states, frame for frame."""
+
+    def same_as_h2(self, script: object) -> list[object]:
+        def run(conn: H2Connection) -> list[object]:
+            outcome = _Outcome(conn)
+            script(outcome)  # type: ignore[operator]
+            return outcome.log
+
+        config = {"client_side": False, "header_encoding": None}
+        lean = run(LeanH2Connection(H2Configuration(**config)))  # type: ignore[arg-type]
+        self.assertEqual(lean, run(H2Connection(H2Configuration(**config))))  # type: ignore[arg-type]
+        return lean
+
+    def test_unpadded_data_takes_the_lean_path(self) -> None:
+        """Unpadded DATA on a stream is cut by the lean buffer; padded DATA, DATA on
+        stream 0 and DATA inside a header block are left to hyperframe."""
+        buffer = LeanFrameBuffer()
+        buffer.max_frame_size = 16384
+        stream_zero = b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"
+        buffer.add_data(_data(1, b"abc", end=True) + _data(1, b"x", pad=4) + stream_zero)
+        lean = next(buffer)
+        self.assertIs(type(lean), LeanDataFrame)
+        self.assertEqual((lean.stream_id, lean.data, lean.end_stream), (1, b"abc", True))
+        padded = next(buffer)
+        self.assertIs(type(padded), DataFrame)
+        self.assertEqual(padded.flow_controlled_length, 1 + 1 + 4)
+        self.assertRaises(ProtocolError, next, buffer)  # DATA on stream 0
+
+    def test_data_on_open_stream(self) -> None:
+        """DATA, with and without END_STREAM, and the windows it consumes."""
+        def script(o: _Outcome) -> None:
+            o.open(1)
+            o.feed(_data(1, b"a" * 1000) + _data(1, b"") + _data(1, b"b" * 10, end=True))
+            o.conn.acknowledge_received_data(500, 1)
+            o.feed(b"")
+        log = self.same_as_h2(script)
+        self.assertIn([("DataReceived", 1, b"a" * 1000, 1000, False),
+                       ("DataReceived", 1, b"", 0, False),
+                       ("DataReceived", 1, b"b" * 10, 10, True),
+                       ("StreamEnded", 1, None, None, False)], log)
+
+    def test_data_over_the_stream_window(self) -> None:
+        """A lean DATA frame past the stream's window: FLOW_CONTROL_ERROR."""
+        def script(o: _Outcome) -> None:
+            o.open(1)
+            o.feed(_data(1, b"a" * 16384) * 3 + _data(1, b"a" * 16384))  # 65536 > 65535
+        answers = _answers(self.same_as_h2(script))
+        self.assertEqual(answers, [("FlowControlError", -1, ErrorCodes.FLOW_CONTROL_ERROR),
+                                   ("GOAWAY", 0, ErrorCodes.FLOW_CONTROL_ERROR)])
+
+    def test_data_over_the_connection_window(self) -> None:
+        """The connection's window is checked first, across streams."""
+        def script(o: _Outcome) -> None:
+            for stream_id in (1, 3, 5, 7, 9):
+                o.open(stream_id)
+            o.feed(b"".join(_data(sid, b"c" * 16000) for sid in (1, 3, 5, 7, 9)))
+        answers = _answers(self.same_as_h2(script))
+        self.assertEqual(answers, [("FlowControlError", -1, ErrorCodes.FLOW_CONTROL_ERROR),
+                                   ("GOAWAY", 0, ErrorCodes.FLOW_CONTROL_ERROR)])
+
+    def test_padded_data_counts_against_the_window(self) -> None:
+        """Padding is flow-controlled; too much padding is a PROTOCOL_ERROR."""
+        def script(o: _Outcome) -> None:
+            o.open(1)
+            o.feed(_data(1, b"p" * 100, pad=200) + _data(1, b"q" * 10))
+            o.feed(b"\x00\x00\x02\x00\x08\x00\x00\x00\x01\x05x")  # pad length 5 > body
+        log = self.same_as_h2(script)
+        self.assertIn([("DataReceived", 1, b"p" * 100, 301, False),
+                       ("DataReceived", 1, b"q" * 10, 10, False)], log)
+        self.assertIn(65535 - 311, log)
+        self.assertEqual(_answers(log), [("ProtocolError", -1, ErrorCodes.PROTOCOL_ERROR),
+                                         ("GOAWAY", 0, ErrorCodes.PROTOCOL_ERROR)])
+
+    def test_data_after_rst_stream(self) -> None:
+        """DATA after the client's RST_STREAM: STREAM_CLOSED, still counted against the
+        connection window; after ours: answered with RST_STREAM."""
+        def script(o: _Outcome) -> None:
+            o.open(1)
+            o.open(3)
+            o.conn.reset_stream(3, ErrorCodes.CANCEL)
+            o.feed(_data(3, b"late"))
+            o.client.reset_stream(1, ErrorCodes.CANCEL)
+            o.feed(o.client.data_to_send() + _data(1, b"after"))
+        self.assertEqual(_answers(self.same_as_h2(script)), [
+            ("RST_STREAM", 3, ErrorCodes.CANCEL),  # ours
+            ("RST_STREAM", 3, ErrorCodes.STREAM_CLOSED),  # DATA after it
+            ("RST_STREAM", 1, ErrorCodes.STREAM_CLOSED),  # DATA after the client's
+        ])
+
+    def test_data_on_idle_half_closed_and_in_a_header_block(self) -> None:
+        """DATA on an idle stream, after END_STREAM, and between HEADERS and its
+        CONTINUATION: the errors h2 raises."""
+        def idle(o: _Outcome) -> None:
+            o.feed(_data(5, b"x"))
+        def half_closed(o: _Outcome) -> None:
+            o.open(1, end=True)
+            o.feed(_data(1, b"x"))
+        def header_block(o: _Outcome) -> None:
+            headers = HeadersFrame(1)
+            headers.data = b"\x83"
+            o.feed(headers.serialize() + _data(1, b"x"))
+        connection_error = [("ProtocolError", -1, ErrorCodes.PROTOCOL_ERROR),
+                            ("GOAWAY", 0, ErrorCodes.PROTOCOL_ERROR)]
+        self.assertEqual(_answers(self.same_as_h2(idle)), connection_error)
+        self.assertEqual(_answers(self.same_as_h2(half_closed)),
+                         [("RST_STREAM", 1, ErrorCodes.STREAM_CLOSED)])
+        self.assertEqual(_answers(self.same_as_h2(header_block)), connection_error)
+
+    def test_content_length_still_checked(self) -> None:
+        """With a content-length h2 checks, DATA takes h2's path."""
+        def script(o: _Outcome) -> None:
+            o.client.send_headers(1, [*_REQUEST, (b"content-length", b"3")])
+            o.feed(o.client.data_to_send())
+            o.feed(_data(1, b"abcd"))
+        self.assertEqual(_answers(self.same_as_h2(script)), [
+            ("InvalidBodyLengthError", -1, ErrorCodes.PROTOCOL_ERROR),
+            ("GOAWAY", 0, ErrorCodes.PROTOCOL_ERROR),
+        ])
+
+    def test_window_update_rules(self) -> None:
+        """WINDOW_UPDATE past 2**31 - 1 is FLOW_CONTROL_ERROR; an increment of 0 is
+        PROTOCOL_ERROR; both while lean DATA moves the windows."""
+        def stream_overflow(o: _Outcome) -> None:
+            o.open(1)
+            o.send(1, b"r" * 1000)
+            o.feed(_window_update(1, 2**31 - 1 - 64535) + _window_update(1, 1))
+        def connection_overflow(o: _Outcome) -> None:
+            o.feed(_window_update(0, 2**31 - 1 - 65535 + 1))
+        def zero(o: _Outcome) -> None:
+            o.open(1)
+            o.feed(_window_update(0, 0))
+        self.assertEqual(_answers(self.same_as_h2(stream_overflow)),
+                         [("RST_STREAM", 1, ErrorCodes.FLOW_CONTROL_ERROR)])
+        self.assertEqual(_answers(self.same_as_h2(connection_overflow)),
+                         [("FlowControlError", -1, ErrorCodes.FLOW_CONTROL_ERROR),
+                          ("GOAWAY", 0, ErrorCodes.FLOW_CONTROL_ERROR)])
+        self.assertEqual(_answers(self.same_as_h2(zero)),
+                         [("ProtocolError", -1, ErrorCodes.PROTOCOL_ERROR),
+                          ("GOAWAY", 0, ErrorCodes.PROTOCOL_ERROR)])
+
+    def test_sending(self) -> None:
+        """Sent DATA: the same bytes and windows; past a window, past the frame size,
+        on a closed stream and with END_STREAM the same as h2."""
+        def script(o: _Outcome) -> None:
+            o.open(1)
+            o.open(3, end=True)
+            o.conn.send_headers(1, [(b":status", b"200")])
+            o.conn.send_headers(3, [(b":status", b"200")])
+            o.conn.data_to_send()
+            o.send(1, b"s" * 16384)
+            o.send(1, memoryview(b"m" * 100))  # type: ignore[arg-type]
+            o.send(3, b"t" * 16384)
+            o.send(1, b"u" * 16385)  # over the frame size
+            o.send(3, b"v" * 16384)
+            o.send(3, b"w" * 16384)  # over the connection window
+            o.feed(_window_update(0, 100000))
+            o.send(3, b"w" * 16384)  # the connection's window is open again
+            o.send(3, b"x" * 16384)  # over the stream window (16383)
+            o.send(1, b"e", end=True)
+            o.send(1, b"after")  # half-closed (local)
+            o.conn.reset_stream(3)
+            o.send(3, b"after")  # closed
+        log = self.same_as_h2(script)
+        refused = [item[1] for item in log if isinstance(item, tuple) and item[0] == "send"]
+        self.assertEqual(refused, ["FrameTooLargeError", "FlowControlError",
+                                   "FlowControlError", "ProtocolError", "StreamClosedError"])
+        self.assertIn(b"\x00\x40\x00\x00\x00\x00\x00\x00\x01" + b"s" * 16384, log)
+
+
+class GatewayEncoderTests(SynchronousTestCase):
+    """The gateway's HPACK encoder emits exactly hpack's bytes."""
+
+    def test_same_bytes_as_hpack(self) -> None:
+        """Random header lists -- repeated fields, new values, sensitive fields, names
+        in and out of the static table -- through table size changes that evict, clear
+        and refuse entries: block for block the bytes of hpack's encoder, and a decoder
+        reads them back."""
+        rng = random.Random(7)
+        names = [b":path", b":authority", b"content-type", b"x-request-id", b"date",
+                 b"grpc-status", b"x-custom", b"user-agent", b"authorization"]
+        values = [b"0", b"/a", b"application/grpc", b"v" * 300, b"\xff\x00bin"]
+        ours, theirs, decoder = GatewayEncoder(), Encoder(), Decoder()
+        decoder.max_header_list_size = 1 << 20
+        for round_number in range(3000):
+            if round_number % 97 == 0:
+                size = rng.choice([0, 64, 200, 4096, 8192])
+                ours.header_table_size = theirs.header_table_size = size
+                decoder.max_allowed_table_size = max(size, 8192)
+            headers: list[tuple[bytes, bytes] | HeaderTuple] = []
+            for _ in range(rng.randrange(1, 8)):
+                name = rng.choice(names)
+                value = rng.choice(values) if rng.random() < 0.6 else (
+                    b"%032x" % rng.getrandbits(128))
+                if rng.random() < 0.1:
+                    headers.append(NeverIndexedHeaderTuple(name, value))
+                else:
+                    headers.append((name, value))
+            block = ours.encode(headers)
+            self.assertEqual(block, theirs.encode(headers), round_number)
+            self.assertEqual([tuple(h) for h in decoder.decode(block, raw=True)],
+                             [tuple(h) for h in headers])
+            table = ours.header_table
+            self.assertEqual(list(table.dynamic_entries),
+                             list(theirs.header_table.dynamic_entries))
+            # The search dictionaries shrink with the table.
+            self.assertLessEqual(len(table._fields), len(table.dynamic_entries))
+
+    def test_huffman_matches_hpack(self) -> None:
+        """Every byte value, and the remembered request id on a second encoder."""
+        data = bytes(range(256)) * 2
+        self.assertEqual(GatewayEncoder().huffman_coder.encode(data),
+                         Encoder().huffman_coder.encode(data))
+        rid = (b"x-request-id", b"0123456789abcdef0123456789abcdef")
+        first = GatewayEncoder().encode([rid])
+        self.assertEqual(GatewayEncoder().encode([rid]), first)
+        self.assertEqual(first, Encoder().encode([rid]))
+
+    def test_connections_use_it(self) -> None:
+        """Both sides' h2 connections encode with it."""
+        self.assertIsInstance(LeanH2Connection().encoder, GatewayEncoder)
+
+
+class LeanClientDataTests(SynchronousTestCase):
+    """On a client connection too, the lean path gives h2's outcome."""
+
+    def run_client(self, conn: H2Connection) -> list[object]:
+        server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        server.initiate_connection()
+        conn.initiate_connection()
+        log: list[object] = []
+
+        def feed(data: bytes) -> None:
+            try:
+                log.append([(type(e).__name__, getattr(e, "data", None))
+                            for e in conn.receive_data(data)])
+            except ProtocolError as exc:
+                log.append((type(exc).__name__, exc.error_code))
+            log.append(bytes(conn.data_to_send()))
+
+        server.receive_data(conn.data_to_send())
+        feed(server.data_to_send())
+        conn.send_headers(1, _REQUEST)
+        conn.send_data(1, b"request", end_stream=True)
+        server.receive_data(conn.data_to_send())
+        feed(_data(1, b"before headers"))  # DATA before the response HEADERS
+        return log
+
+    def test_data_before_response_headers(self) -> None:
+        config = {"client_side": True, "header_encoding": None}
+        lean = self.run_client(LeanH2Connection(H2Configuration(**config)))  # type: ignore[arg-type]
+        self.assertEqual(lean, self.run_client(H2Connection(H2Configuration(**config))))  # type: ignore[arg-type]
+        self.assertIn(("ProtocolError", ErrorCodes.PROTOCOL_ERROR), lean)

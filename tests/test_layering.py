@@ -35,6 +35,7 @@ EXPECTED_CORE = frozenset(
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
         "eventgw.auth.guard", "eventgw.auth.ratelimit", "eventgw.auth.cors",
         "eventgw.auth.identity", "eventgw.auth.jwt",
+        "eventgw.grpc.webcodec", "eventgw.api.wsframes",
     }
 )
 

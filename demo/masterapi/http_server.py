@@ -8,7 +8,10 @@ reach through the gateway:
 - ``GET /api/items`` and ``GET /api/items/<id>``: a tiny in-memory collection;
 - ``POST /api/items``: adds an item (JSON body), answers 201;
 - ``POST /api/echo``: echoes the request body with its content type;
-- ``GET /api/bytes/<n>``: ``n`` bytes, for trying large responses.
+- ``GET /api/bytes/<n>``: ``n`` bytes, for trying large responses;
+- ``GET /api/ws/echo`` (WebSocket): an echo (:mod:`demo.masterapi.websocket`);
+- ``GET /api/browser/``: a page that calls this Master API over gRPC-Web and the
+  WebSocket echo, through the gateway (``demo/masterapi/browser/index.html``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import endpoints
@@ -30,6 +34,23 @@ def _json(request: server.Request, status: int, payload: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(payload, indent=2).encode() + b"\n"
+
+
+BROWSER_DIR = Path(__file__).parent / "browser"
+_PAGES = {
+    (): ("index.html", b"text/html; charset=utf-8"),
+    ("app.js",): ("app.js", b"text/javascript; charset=utf-8"),
+}
+
+
+def _page(request: server.Request, rest: list[str]) -> bytes:
+    """The demo page and its script (``/api/browser/``, ``/api/browser/app.js``)."""
+    found = _PAGES.get(tuple(rest))
+    if found is None:
+        return _json(request, 404, {"error": "no such page"})
+    name, content_type = found
+    request.setHeader(b"content-type", content_type)
+    return (BROWSER_DIR / name).read_bytes()
 
 
 class MasterApi(resource.Resource):
@@ -51,6 +72,8 @@ class MasterApi(resource.Resource):
         if parts[:1] != ["api"]:
             return _json(request, 404, {"error": f"no such path {path}"})
         rest = parts[1:]
+        if rest[:1] == ["browser"] and method == "GET":
+            return _page(request, rest[1:])
         if rest == ["hello"]:
             return _json(request, 200, {
                 "hello": "from the demo Master API",
@@ -100,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.python import log
 
     log.startLogging(sys.stdout)
-    site = server.Site(MasterApi())
+    from demo.masterapi.websocket import WebSocketSite
+
+    site = WebSocketSite(MasterApi())
     site.noisy = False
     endpoint = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.interface)
     endpoint.listen(site)

@@ -67,6 +67,8 @@ __all__ = [
     "record_ratelimited",
     "record_reload",
     "scrape_registry",
+    "websocket_closed",
+    "websocket_opened",
     "worker_exited",
 ]
 
@@ -139,6 +141,35 @@ AUTH_DENIED: Final = Counter(
     ["route", "reason"], registry=REGISTRY,
 )
 
+GRPC_WEB_CALLS: Final = Counter(
+    "eventgw_grpc_web_calls_total", "gRPC-Web calls relayed, by flavour (binary, text) "
+    "and final status.", ["flavour", "grpc_code"], registry=REGISTRY,
+)
+WEBSOCKET_SESSIONS: Final = Counter(
+    "eventgw_websocket_sessions_total", "WebSocket sessions relayed to the Master API "
+    "(accepted by it), by client protocol.", ["protocol"], registry=REGISTRY,
+)
+WEBSOCKET_OPEN: Final = Gauge(
+    "eventgw_websocket_sessions_open", "WebSocket sessions open now.",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
+WEBSOCKET_BYTES: Final = Counter(
+    "eventgw_websocket_bytes_total", "WebSocket bytes relayed, by direction (upstream: "
+    "client to Master API; downstream: Master API to client).", ["direction"],
+    registry=REGISTRY,
+)
+WEBSOCKET_DURATION: Final = Histogram(
+    "eventgw_websocket_session_duration_seconds", "How long WebSocket sessions lasted.",
+    buckets=(0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0),
+    registry=REGISTRY,
+)
+_WS_SESSIONS: Final = {
+    "HTTP/1.1": WEBSOCKET_SESSIONS.labels("HTTP/1.1"),
+    "HTTP/2": WEBSOCKET_SESSIONS.labels("HTTP/2"),
+}
+_WS_UP: Final = WEBSOCKET_BYTES.labels("upstream")
+_WS_DOWN: Final = WEBSOCKET_BYTES.labels("downstream")
+
 _RELOAD_OK: Final = RELOADS.labels("success")
 _RELOAD_FAILED: Final = RELOADS.labels("failure")
 
@@ -207,13 +238,15 @@ _exchange_children: dict[tuple[object, str, int | str], _ExchangeSlot] = {}
 _grpc_children: dict[tuple[str, str, object], _CountSlot] = {}
 _upstream_children: dict[tuple[str, str], _CountSlot] = {}
 _event_children: dict[tuple[str, str], _CountSlot] = {}
+_grpc_web_children: dict[tuple[object, object], _CountSlot] = {}
+_GRPC_WEB_FLAVOURS: Final = frozenset({"binary", "text"})
 
 
 def flush() -> None:
     """Add the counts recorded since the last flush to the prometheus-client values."""
     for exchange in list(_exchange_children.values()):
         exchange.flush()
-    for slots in (_grpc_children, _upstream_children, _event_children):
+    for slots in (_grpc_children, _upstream_children, _event_children, _grpc_web_children):
         for slot in list(slots.values()):
             slot.flush()
 
@@ -285,6 +318,17 @@ def record_exchange(
         child.n += 1
         if len(_grpc_children) >= _CACHE_LIMIT:
             child.flush()  # a slot that may not be kept
+        flavour = fields.get("grpc_web")
+        if flavour is not None:
+            wkey = (flavour, grpc_status)
+            wchild = _grpc_web_children.get(wkey)
+            if wchild is None:
+                wchild = _count_slot(_grpc_web_children, wkey, lambda: GRPC_WEB_CALLS.labels(
+                    flavour if flavour in _GRPC_WEB_FLAVOURS else OTHER,
+                    grpc_code_name(grpc_status)))
+            wchild.n += 1
+            if len(_grpc_web_children) >= _CACHE_LIMIT:
+                wchild.flush()
     if upstream is not None and isinstance(route, str) and route in _UPSTREAM_OF_ROUTE:
         outcome = _upstream_outcome(route, status, fields.get("grpc_status"))
         ukey = (route, outcome)
@@ -320,6 +364,22 @@ def record_event(mode: str, outcome: str) -> None:
     child.n += 1
     if len(_event_children) >= _CACHE_LIMIT:
         child.flush()
+
+
+def websocket_opened(protocol: str) -> None:
+    """A WebSocket session was accepted by the Master API (client on ``protocol``)."""
+    _WS_SESSIONS["HTTP/2" if protocol == "HTTP/2" else "HTTP/1.1"].inc()
+    WEBSOCKET_OPEN.inc()
+
+
+def websocket_closed(duration_s: float, bytes_up: int, bytes_down: int) -> None:
+    """An accepted WebSocket session ended after ``duration_s`` seconds."""
+    WEBSOCKET_OPEN.dec()
+    WEBSOCKET_DURATION.observe(duration_s)
+    if bytes_up:
+        _WS_UP.inc(bytes_up)
+    if bytes_down:
+        _WS_DOWN.inc(bytes_down)
 
 
 def connections_gauge(listener: str) -> Gauge:

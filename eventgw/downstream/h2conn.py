@@ -25,12 +25,11 @@ from h2.exceptions import (
     StreamClosedError,
     StreamIDTooLowError,
 )
-from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamClosedBy
 from hpack import Decoder, HPACKError, OversizedHeaderListError
 from hyperframe.frame import HeadersFrame, PriorityFrame, RstStreamFrame, SettingsFrame
 
-from eventgw.http2 import LeanH2Connection
+from eventgw.http2 import LeanFrameBuffer, LeanH2Connection
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -78,8 +77,8 @@ _WINDOW_UPDATE_TYPE: Final = 0x8
 _ACK_FLAG: Final = 0x1
 
 
-class _ServerFrameBuffer(FrameBuffer):
-    """h2's frame buffer, with three frames told apart before hyperframe parses them.
+class _ServerFrameBuffer(LeanFrameBuffer):
+    """The lean frame buffer, with three frames told apart before hyperframe parses them.
 
     hyperframe rejects all three with an ``InvalidDataError``/``InvalidFrameError`` that
     h2 turns into a connection error of the wrong kind; RFC 9113 asks for:
@@ -93,7 +92,7 @@ class _ServerFrameBuffer(FrameBuffer):
     block they are still the connection error section 6.10 requires).
     """
 
-    def __next__(self) -> Frame:
+    def __next__(self) -> Any:
         data = self._data
         if len(data) >= 9:
             length = int.from_bytes(data[0:3], "big")

@@ -10,7 +10,9 @@ connection's facts into the :class:`~eventgw.exchange.RequestHead` a target gets
 with the declared content-length the stream enforces -- or into a refusal the server
 answers itself, without a target: a header list larger than we advertised (431, or
 a trailers-only RESOURCE_EXHAUSTED for gRPC, whose clients read the status from
-trailers) and CONNECT (501 Not Implemented) -- or into a
+trailers) and CONNECT (501 Not Implemented; an extended CONNECT of RFC 8441 with
+``:protocol websocket`` is a request like any other, its head's ``upgrade`` set) -- or
+into a
 malformed request the server resets (a :method that is not a token, a :path that is
 neither origin-form nor ``*`` for OPTIONS, a content-length on a stream that ended with
 its HEADERS).
@@ -103,7 +105,7 @@ def h2_request_head(
     The size is counted as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 section
     6.5.2), pseudo-headers included.
     """
-    method = path = authority = host = content_length = None
+    method = path = authority = host = content_length = protocol = None
     expect_continue = False
     regular: Headers = []
     size = 0
@@ -116,6 +118,8 @@ def h2_request_head(
                 path = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":
+                protocol = value
         else:
             regular.append((name, value))
             if name == b"content-length":
@@ -147,12 +151,14 @@ def h2_request_head(
             else (None if body_expected else 0)
         ),
         body_expected=body_expected,
+        upgrade=b"websocket" if protocol is not None and protocol.lower() == b"websocket"
+        else None,
     )
     # RFC 9113 section 8.3.1 (h2 checks the pseudo-headers are there, once, first):
     # :method is a token; :path is origin-form, or "*" for OPTIONS; CONNECT has none.
     if method is None or _TOKEN.fullmatch(method) is None:
         return Malformed(head, "invalid :method")
-    if method != b"CONNECT" and not (
+    if (method != b"CONNECT" or protocol is not None) and not (
         (path or b"")[:1] == b"/" or (path == b"*" and method == b"OPTIONS")
     ):
         return Malformed(head, "invalid :path")
@@ -166,9 +172,12 @@ def h2_request_head(
             reply = trailers_only(GrpcStatus.RESOURCE_EXHAUSTED, "request headers too large")
             return Refused(head, 431, "request header fields too large", reply, log)
         return Refused(head, 431, "request header fields too large", log=log)
-    if method == b"CONNECT":
+    if method == b"CONNECT" and head.upgrade is None:
         # RFC 9110 section 15.6.2: a method the server does not support, as HTTP/1.1
-        # answers it.
+        # answers it.  RFC 8441 extended CONNECT is offered for WebSockets only.
+        if protocol is not None:
+            what = protocol.decode("ascii", "replace")
+            return Refused(head, 501, f"CONNECT with :protocol {what} is not supported")
         return Refused(head, 501, "CONNECT is not supported")
     return Accepted(head, expect_continue, declared if body_expected else None)
 

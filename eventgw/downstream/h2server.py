@@ -201,6 +201,7 @@ class H2ServerProtocol(Protocol):
         self.transport_paused = False
         self.closing = False
         self._blocked: dict[int, H2Stream] = {}
+        self._tails: list[H2Stream] = []
         self._in_batch = False
         self._window_opened = False
         self._unfinished: list[H2Stream] = []
@@ -247,6 +248,7 @@ class H2ServerProtocol(Protocol):
                 SettingCodes.MAX_HEADER_LIST_SIZE: policy.hard_header_bytes,
                 SettingCodes.INITIAL_WINDOW_SIZE: SERVER_STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         conn.decoder.max_header_list_size = policy.hard_header_bytes
@@ -260,6 +262,8 @@ class H2ServerProtocol(Protocol):
             SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
             SettingCodes.MAX_HEADER_LIST_SIZE: self._facts.max_header_bytes,
             SettingCodes.ENABLE_PUSH: 0,
+            # RFC 8441: extended CONNECT, for WebSockets over HTTP/2 (on /api only).
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         }
         transport: Any = self.transport  # ITransport + IConsumer (TCP or TLS)
         transport.write(settings.serialize() + conn.data_to_send())
@@ -429,7 +433,12 @@ class H2ServerProtocol(Protocol):
         return self._reactor.seconds()
 
     def flush(self) -> None:
-        """Write whatever h2 has queued."""
+        """Write whatever h2 has queued, body chunks kept back included."""
+        if self._tails:
+            tails, self._tails = self._tails, []
+            if not self.closing:
+                for stream in tails:
+                    stream.release_tail()
         data = self.conn.data_to_send()
         if data and self.transport is not None:
             if self.transport_paused and not self._lost:
@@ -442,6 +451,12 @@ class H2ServerProtocol(Protocol):
         or another connection's (see :class:`~eventgw.http2.WriteCoalescer`) will."""
         if not self._in_batch and not WRITES.defer(self.flush):
             self.flush()
+
+    def holding_flush(self) -> bool:
+        return self._in_batch or WRITES.depth > 0
+
+    def tail_held(self, stream: H2Stream) -> None:
+        self._tails.append(stream)
 
     def stream_blocked(self, stream: H2Stream) -> None:
         self._blocked[stream.stream_id] = stream

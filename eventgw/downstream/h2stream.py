@@ -14,6 +14,15 @@ malformed), the counters of the access-log line, and the logic that ends the str
 (END_STREAM, trailers, the early RST_STREAM NO_ERROR of RFC 9113 section 8.1, resets
 and losses).
 
+Two frames for a small answer: while the connection holds its flush (a read being
+processed, on this connection or another, see :class:`~eventgw.http2.WriteCoalescer`),
+a body chunk that fits the windows is kept back as the stream's ``tail`` instead of
+going to ``h2`` at once (not for gRPC, whose end is a trailers HEADERS frame anyway).
+An ``end()`` without trailers that follows in the same turn sends it as the last DATA
+frame with END_STREAM on it (HEADERS + DATA, not HEADERS + DATA + an empty DATA);
+anything else -- more body, trailers, the flush itself -- releases it first as a plain
+DATA frame, so the order of bytes never changes.
+
 The connection (:class:`~eventgw.downstream.h2server.H2ServerProtocol`) owns the
 ``h2`` state machine, the stream table, the timers, the event dispatch and the one
 flush per read.  It offers each stream the :class:`StreamHost` interface and nothing
@@ -99,6 +108,13 @@ class StreamHost(Protocol):
     def stream_closed(self, stream: H2Stream, completed: bool) -> None:
         """``stream`` is over on both sides; ``completed`` when it ended normally."""
 
+    def holding_flush(self) -> bool:
+        """Whether the next flush waits for the end of a read being processed."""
+
+    def tail_held(self, stream: H2Stream) -> None:
+        """``stream`` keeps a body chunk back (its ``tail``): release it before the
+        next flush (:meth:`H2Stream.release_tail`)."""
+
 
 class H2Stream:
     """One request stream and its response: the :class:`ResponseWriter` of that stream.
@@ -140,6 +156,8 @@ class H2Stream:
         "started",
         "status",
         "stream_id",
+        "tail",
+        "tail_ok",
         "trailers_pending",
     )
 
@@ -166,6 +184,8 @@ class H2Stream:
         self.status: int | None = None
         self.no_body = head.method == b"HEAD"
         self.out = WatermarkBuffer()
+        self.tail: bytes | None = None
+        self.tail_ok = False  # set by write_head: not for gRPC, whose end is trailers
         self.producer: Producer | None = None
         self.producer_paused = False
         self.end_pending = False
@@ -199,6 +219,10 @@ class H2Stream:
         self.status = status
         if status in (204, 304) or status < 200:
             self.no_body = True
+        self.tail_ok = not any(
+            name == b"content-type" and value.startswith(b"application/grpc")
+            for name, value in headers
+        )
         fields = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
         fields += h2_response_headers(stamp(headers, self.request_id))
         host = self._host
@@ -224,7 +248,16 @@ class H2Stream:
             return
         self.bytes_out += len(data)
         host = self._host
+        if self.tail is not None:
+            self.release_tail()
+            if self.closed:
+                return
         if not self.out and not host.transport_paused:
+            if self.tail_ok and host.holding_flush() and self._fits(len(data)):
+                self.tail = data
+                host.tail_held(self)
+                host.written()
+                return
             try:
                 data = self._send_now(data)
             except ProtocolError as exc:
@@ -243,6 +276,23 @@ class H2Stream:
             # Contract breach (end before write_head): there is no response to finish.
             self.abort(ErrorCodes.INTERNAL_ERROR)
             return
+        tail = self.tail
+        if tail is not None:
+            if trailers or not self._fits(len(tail)):
+                self.release_tail()
+                if self.closed:
+                    return
+            else:
+                self.tail = None
+                try:
+                    self._host.conn.send_data(self.stream_id, tail, end_stream=True)
+                except ProtocolError as exc:
+                    self.failed(exc)
+                    return
+                self.response_done = True
+                self._response_finished()
+                self._host.written()
+                return
         if self.out:
             self.end_pending = True
             self.trailers_pending = trailers or None
@@ -358,6 +408,25 @@ class H2Stream:
             self._body_ended()
         if self.response_done and not self.closed:
             self.finish(self.status if self.status is not None else "-")
+
+    def release_tail(self) -> None:
+        """Send the body chunk kept back (see the module docstring) as a plain DATA
+        frame, or buffer what the windows no longer allow."""
+        tail, self.tail = self.tail, None
+        if tail is None or self.closed:
+            return
+        host = self._host
+        rest = tail
+        if not self.out and not host.transport_paused:
+            try:
+                rest = self._send_now(tail)
+            except ProtocolError as exc:
+                self.failed(exc)
+                return
+        if rest:
+            host.stream_blocked(self)
+            if self.out.append(rest):
+                self.sync_producer()
 
     def push(self, frames: int | None) -> bool:
         """Send buffered body as the windows allow (at most ``frames`` frames).
@@ -486,6 +555,7 @@ class H2Stream:
                 timer.cancel()
         host = self._host
         host.stream_unblocked(self.stream_id)
+        self.tail = None
         self.out.clear()
         self.producer = None
         if self.inbox:
@@ -499,6 +569,16 @@ class H2Stream:
         host.stream_closed(self, isinstance(status, int))
 
     # --- helpers --------------------------------------------------------------------
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` bytes go out now as one DATA frame (``False`` for a stream
+        h2 already closed: sending then reports that)."""
+        conn = self._host.conn
+        try:
+            window = conn.local_flow_control_window(self.stream_id)
+        except ProtocolError:
+            return False
+        return size <= window and size <= conn.max_outbound_frame_size
 
     def _send_now(self, data: bytes) -> bytes:
         """Send what the windows allow of ``data``; return the rest."""

@@ -26,6 +26,7 @@ from eventgw.downstream.http1parse import MAX_CONTENT_LENGTH_DIGITS, Headers, Re
 from eventgw.errors import error_body, grpc_code_for_http
 
 __all__ = [
+    "SWITCH_PLAN",
     "BodyFraming",
     "ResponsePlan",
     "body_allowed",
@@ -35,6 +36,7 @@ __all__ = [
     "serialize_error_response",
     "serialize_interim_response",
     "serialize_response_head",
+    "serialize_switching_protocols",
 ]
 
 
@@ -206,6 +208,18 @@ def serialize_response_head(status: int, headers: Headers, plan: ResponsePlan) -
     if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2:
         raise ValueError("CR or LF in a response header")
     return head
+
+
+#: How a ``101 Switching Protocols`` goes out: no length, no chunks, the connection is
+#: the new protocol's until it closes.
+SWITCH_PLAN: Final = ResponsePlan(BodyFraming.CLOSE, None, 0, False, False, b"upgrade")
+
+
+def serialize_switching_protocols(headers: Headers, protocol: bytes) -> bytes:
+    """A ``101 Switching Protocols`` head to ``protocol`` (``b"websocket"``): the
+    handler's headers (hop-by-hop ones dropped), ``upgrade`` and ``connection``."""
+    head = serialize_response_head(101, headers, SWITCH_PLAN)
+    return head[:-2] + b"upgrade: " + protocol + b"\r\n\r\n"
 
 
 def serialize_interim_response(status: int, headers: Headers | None = None) -> bytes:

@@ -126,6 +126,12 @@ class RequestHeadParsed:
     :ivar expect_continue: an HTTP/1.1 ``Expect: 100-continue`` was sent.
     :ivar host: the authority (absolute-form target, else ``Host``), ``b""`` if none.
     :ivar accepts_trailers: the client sent ``TE: trailers``.
+    :ivar upgrade: ``b"websocket"`` for a WebSocket opening handshake (RFC 6455
+        section 4.1: an HTTP/1.1 ``GET`` without a body, ``Upgrade: websocket`` and
+        ``upgrade`` among the ``Connection`` options), else ``None``.  Other upgrades
+        are not offered: the request is served as if ``Upgrade`` were absent.  Once
+        the target accepts, the bytes after the head belong to the new protocol
+        (:meth:`RequestParser.take_tunnel_bytes`).
     """
 
     method: bytes
@@ -138,6 +144,7 @@ class RequestHeadParsed:
     expect_continue: bool
     host: bytes
     accepts_trailers: bool = False
+    upgrade: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +172,7 @@ class _State(enum.Enum):
     CHUNK_DATA_END = enum.auto()
     TRAILERS = enum.auto()
     DONE = enum.auto()
+    TUNNEL = enum.auto()  # an upgrade was accepted: the rest is not HTTP
     ERROR = enum.auto()
 
 
@@ -185,7 +193,10 @@ _NAME_CACHE: dict[bytes, bytes] = {}
 _NAME_CACHE_MAX: Final = 1024
 
 _SPECIAL: Final = frozenset(
-    (b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"te")
+    (
+        b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"te",
+        b"upgrade",
+    )
 )
 
 # Fields a trailer section may not carry: framing, routing, connection management
@@ -328,6 +339,17 @@ class RequestParser:
         self._state = _State.HEAD
         self._scan_from = 0
 
+    def take_tunnel_bytes(self) -> bytes:
+        """The upgrade was accepted: hand over the bytes received after the request
+        (they belong to the new protocol); nothing is parsed from now on."""
+        if self._state is not _State.DONE:
+            raise RuntimeError("take_tunnel_bytes() before the upgrade request ended")
+        data = bytes(self._buf)
+        self._buf.clear()
+        self.consumed += len(data)
+        self._state = _State.TUNNEL
+        return data
+
     # -- events --------------------------------------------------------------------
 
     def next_event(self) -> Event | Signal:
@@ -338,7 +360,7 @@ class RequestParser:
                 return self._next_head()
             if state is _State.BODY:
                 return self._next_body()
-            if state is _State.DONE:
+            if state is _State.DONE or state is _State.TUNNEL:
                 return PAUSED
             if state is _State.ERROR:
                 assert self._error is not None
@@ -435,6 +457,7 @@ class RequestParser:
         connection: list[bytes] = []
         expect_continue = False
         accepts_trailers = False
+        upgrade: list[bytes] = []
         for name, value in headers:
             if name not in _SPECIAL:
                 continue
@@ -454,6 +477,8 @@ class RequestParser:
             elif name == b"expect":
                 if value.lower() == b"100-continue":
                     expect_continue = http11
+            elif name == b"upgrade":
+                upgrade.extend(_split_tokens(value))
             elif b"trailers" in _split_tokens(value):  # te
                 accepts_trailers = True
 
@@ -490,6 +515,15 @@ class RequestParser:
         else:
             keep_alive = b"keep-alive" in connection and b"close" not in connection
 
+        websocket = (
+            http11
+            and method == b"GET"
+            and not chunked
+            and not length
+            and b"websocket" in upgrade
+            and b"upgrade" in connection
+        )
+
         if chunked:
             self._state = _State.CHUNK_SIZE
             self._received_body = 0
@@ -512,6 +546,7 @@ class RequestParser:
             expect_continue=expect_continue,
             host=target_host if target_host is not None else (host or b""),
             accepts_trailers=accepts_trailers,
+            upgrade=b"websocket" if websocket else None,
         )
 
     def _next_body(self) -> Event | Signal:

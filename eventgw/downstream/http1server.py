@@ -25,6 +25,12 @@ Pipelined requests are not parsed until the current response has ended, and read
 stops while more than :data:`MAX_BUFFERED_BYTES` wait unparsed.  No new exchange starts
 while the transport has paused us (the client is not reading its responses).
 
+A WebSocket opening handshake (the parser marks it, ``RequestHead.upgrade``) is an
+exchange like any other until its handler answers ``101``: from then on the connection
+is a tunnel (:meth:`Http1ServerProtocol.tunnel_opened`) -- every byte the client sends
+is that exchange's ``body_received``, its ``write_body`` bytes go out as they are, with
+the same back-pressure both ways, and the exchange ends when either side closes.
+
 A response that ends before its request body was read ends the exchange for the
 handler: the rest of the body is read and dropped (up to :data:`DISCARD_BODY_LIMIT`),
 or the connection closes after the response (``connection: close`` is sent).
@@ -151,6 +157,10 @@ class Http1ServerProtocol(TwistedProtocol):
         self._deadline_kind: _Deadline | None = None
         self._deadline = 0.0
         self._timer: IDelayedCall | None = None
+        # The exchange that switched protocols (101), and client bytes held for it
+        # while it has paused the request body.
+        self._tunnel: Http1Writer | None = None
+        self._tunnel_held: list[bytes] = []
 
     # -- connection ------------------------------------------------------------------
 
@@ -166,6 +176,9 @@ class Http1ServerProtocol(TwistedProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
+            return
+        if self._tunnel is not None:
+            self._tunnel_data(data)
             return
         if self._deadline_kind == "idle":
             # The client starts its next request: it now has header_timeout for it.
@@ -192,7 +205,11 @@ class Http1ServerProtocol(TwistedProtocol):
         if exchange is None or exchange.closed:
             return
         exchange.closed = True
-        self._log_exchange(exchange, exchange.status if exchange.response_ended else "aborted")
+        tunnel = exchange is self._tunnel
+        self._tunnel = None
+        self._log_exchange(
+            exchange, exchange.status if exchange.response_ended or tunnel else "aborted"
+        )
         handler = exchange.handler
         if handler is not None and not exchange.response_ended:
             message = reason.getErrorMessage() if reason is not None else "connection lost"
@@ -229,12 +246,60 @@ class Http1ServerProtocol(TwistedProtocol):
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost does the cleanup."""
 
+    # -- the tunnel after 101 ---------------------------------------------------------
+
+    def tunnel_opened(self, exchange: Http1Writer) -> None:
+        """``exchange`` answered 101: the connection now carries its protocol.  Bytes
+        the client sent after the request head are delivered first (next turn, so the
+        handler is not re-entered from its own ``write_head``)."""
+        if exchange is not self._exchange or self._parser.remaining_body != 0:
+            return
+        try:
+            early = self._parser.take_tunnel_bytes()
+        except RuntimeError:
+            return
+        self._tunnel = exchange
+        exchange.request_ended = False  # the tunnel's client side is open again
+        if early:
+            self._tunnel_held.append(early)
+            self._schedule_pump()
+
+    def _tunnel_data(self, data: bytes) -> None:
+        exchange = self._tunnel
+        assert exchange is not None
+        if exchange.request_paused or self._tunnel_held:
+            self._tunnel_held.append(data)
+            return
+        self._deliver_tunnel(exchange, data)
+
+    def _deliver_tunnel(self, exchange: Http1Writer, data: bytes) -> None:
+        exchange.bytes_in += len(data)
+        handler = exchange.handler
+        if handler is None or exchange.closed:
+            return
+        self._receiving = True
+        try:
+            handler.body_received(data)
+        except Exception:
+            self._handler_failed(exchange)
+        finally:
+            self._receiving = False
+            self._flush()
+
+    def _pump_tunnel(self, exchange: Http1Writer) -> None:
+        held = self._tunnel_held
+        while held and not exchange.request_paused and not exchange.closed:
+            self._deliver_tunnel(exchange, held.pop(0))
+
     # -- input -----------------------------------------------------------------------
 
     def _pump(self) -> None:
         """Turn buffered bytes into exchange calls until blocked (re-entry is a no-op:
         the running loop re-checks its conditions after every handler call)."""
         if self._pumping:
+            return
+        if self._tunnel is not None:
+            self._pump_tunnel(self._tunnel)
             return
         self._pumping = True
         parser = self._parser
@@ -323,6 +388,7 @@ class Http1ServerProtocol(TwistedProtocol):
             client_identity=self.client_identity,
             content_length=content_length,
             body_expected=content_length != 0,
+            upgrade=request.upgrade,
         )
         exchange = Http1Writer(self, request, head, self._reactor.seconds())
         self._exchange = exchange

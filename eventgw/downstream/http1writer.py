@@ -16,6 +16,7 @@ from h2.errors import ErrorCodes
 from twisted.logger import Logger
 
 from eventgw.downstream.http1frame import (
+    SWITCH_PLAN,
     BodyFraming,
     ResponsePlan,
     frame_chunk,
@@ -23,6 +24,7 @@ from eventgw.downstream.http1frame import (
     plan_response,
     serialize_interim_response,
     serialize_response_head,
+    serialize_switching_protocols,
 )
 from eventgw.downstream.http1parse import (
     RequestHeadParsed,
@@ -75,6 +77,10 @@ class WriterHost(Protocol):
 
     def abort_exchange(self, exchange: Http1Writer) -> None:
         """``exchange``'s handler gave up on its response: close the connection."""
+
+    def tunnel_opened(self, exchange: Http1Writer) -> None:
+        """``exchange`` switched protocols (101): from now on the bytes in both
+        directions are its body, until the connection closes."""
 
     def pause_request_body(self) -> None:
         """Stop reading and delivering the request body."""
@@ -154,6 +160,9 @@ class Http1Writer:
         if self.closed or self.head_written:
             return
         channel = self.channel
+        if status == 101 and self.request.upgrade is not None and not end:
+            self._switch_protocols(headers)
+            return
         if status < 200:
             self._write_interim(status, headers)
             return
@@ -178,9 +187,29 @@ class Http1Writer:
         if end:
             self.end()
 
+    def _switch_protocols(self, headers: Headers) -> None:
+        """``101 Switching Protocols`` for an upgrade request (the parser only offers
+        WebSocket ones); the body both ways is then raw bytes until a close."""
+        request = self.request
+        assert request.upgrade is not None
+        headers = stamp(headers, self.request_id)
+        try:
+            data = serialize_switching_protocols(headers, request.upgrade)
+        except ValueError:
+            self.channel.log.error(
+                "{peer} dropped a response with CR/LF in a header", peer=self.channel.peer
+            )
+            self._replace_with_error(502, "invalid response header")
+            return
+        self.head_written = True
+        self.status = 101
+        self.plan = SWITCH_PLAN
+        self.channel.send(data)
+        self.channel.tunnel_opened(self)
+
     def _write_interim(self, status: int, headers: Headers) -> None:
-        # 1xx responses are for HTTP/1.1 clients only (RFC 9110 section 15.2); 101 would
-        # switch protocols, which this gateway never does.
+        # 1xx responses are for HTTP/1.1 clients only (RFC 9110 section 15.2); 101
+        # switches protocols only for the upgrade requests the parser recognises.
         if status == 101 or self.request.version != b"HTTP/1.1":
             return
         if status == 100:

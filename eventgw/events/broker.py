@@ -35,6 +35,7 @@ from eventgw.config import BrokerUpstream
 from eventgw.errors import BrokerCallFailed, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
+from eventgw.http2 import WRITES
 from eventgw.upstream.h2pool import INITIAL_BACKOFF, MAX_BACKOFF
 from eventgw.upstream.trust import load_trust
 
@@ -184,6 +185,15 @@ class GrpcioBrokerClient:
         def deliver(done: grpc.Future) -> None:
             if deferred.called:
                 return  # cancelled by the caller; the errback already ran
+            # The answer written from here flushes once, at the end (an HTTP/2
+            # client's 202 then leaves as HEADERS + DATA with END_STREAM).
+            WRITES.hold()
+            try:
+                settle(done)
+            finally:
+                WRITES.release()
+
+        def settle(done: grpc.Future) -> None:
             if done.cancelled():
                 self._async.reject(
                     deferred, BrokerCallFailed(GrpcStatus.CANCELLED, "call cancelled")

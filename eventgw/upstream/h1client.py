@@ -33,7 +33,9 @@ Theory of operation:
 * Body framing follows RFC 9112 section 6.3: no body after a ``HEAD`` request or for
   1xx/204/304; else chunked (trailers kept), else ``content-length``, else the body
   runs until the connection closes.  Interim 1xx responses (``100 Continue``, ``103``)
-  are skipped; ``101`` is an error (the gateway never asks to upgrade).
+  are skipped; ``101`` is an error unless the request asked to upgrade
+  (``send_request(..., upgrade=True)``, a WebSocket handshake): then it is the
+  response head, and every byte after it is :class:`Data` until the connection closes.
 * Keep-alive: the connection is :attr:`~ClientConnection.reusable` only when the
   request was sent completely, the response was read completely, the response was
   HTTP/1.1 without ``Connection: close``, its body was not close-delimited, and no
@@ -190,6 +192,7 @@ class ClientConnection:
         "_scan",
         "_send",
         "_send_remaining",
+        "_upgrade",
     )
 
     def __init__(self, *, max_head_bytes: int = MAX_RESPONSE_HEAD) -> None:
@@ -206,6 +209,7 @@ class ClientConnection:
         self._send_remaining = 0
         self._chunked_out = False
         self._received_any = False
+        self._upgrade = False
 
     # --- the request ------------------------------------------------------------
 
@@ -217,6 +221,7 @@ class ClientConnection:
         headers: Headers,
         *,
         content_length: int | None,
+        upgrade: bool = False,
     ) -> bytes:
         """Start a request; return its serialized head.
 
@@ -224,6 +229,9 @@ class ClientConnection:
         :param headers: end-to-end headers only (see :mod:`eventgw.headers`): no
             ``host``, ``content-length`` or ``transfer-encoding``.
         :param content_length: the body's length, or ``None`` to send it chunked.
+        :param upgrade: the request asks to switch protocols (the caller put the
+            ``upgrade`` and ``connection`` headers in ``headers``): a ``101`` is its
+            answer, after which the connection carries the new protocol.
         """
         if self._read is not _Read.IDLE or self._send is not _Send.IDLE:
             raise LocalProtocolError("a request is already in flight on this connection")
@@ -256,6 +264,7 @@ class ClientConnection:
         self._read = _Read.HEAD
         self._keep_alive = True
         self._received_any = False
+        self._upgrade = upgrade
         return head
 
     def send_body(self, data: bytes) -> bytes:
@@ -469,6 +478,18 @@ class ClientConnection:
                     close = True
                 elif minor == b"0" and b"keep-alive" in tokens:
                     close = False
+        if status == 101 and self._upgrade:
+            # Switched: the rest of the connection is the new protocol's, read as a
+            # body that runs until the connection closes.
+            self._read = _Read.CLOSE
+            self._keep_alive = False
+            return ResponseHead(
+                status=101,
+                reason=reason or b"",
+                headers=headers,
+                http_version=b"HTTP/1." + minor,
+                has_body=True,
+            )
         if 100 <= status < 200:
             if status == 101:
                 raise self._fail("unexpected 101 Switching Protocols from upstream")

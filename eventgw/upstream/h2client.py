@@ -77,7 +77,7 @@ from twisted.python.failure import Failure
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
 from eventgw.grpcwire import format_grpc_timeout
-from eventgw.http2 import WRITES, LeanH2Connection
+from eventgw.http2 import WRITES, LeanDataFrame, LeanH2Connection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -116,9 +116,10 @@ MIN_PING_INTERVAL_WITHOUT_DATA: Final = 300.0
 TOO_MANY_PINGS: Final = b"too_many_pings"
 # Frames on a stream that may arrive after it was reset or closed, and the connection
 # state machine input each one is.
-_LATE_FRAMES: Final = {
+_LATE_FRAMES: Final[dict[type, ConnectionInputs]] = {
     HeadersFrame: ConnectionInputs.RECV_HEADERS,
     DataFrame: ConnectionInputs.RECV_DATA,
+    LeanDataFrame: ConnectionInputs.RECV_DATA,
     WindowUpdateFrame: ConnectionInputs.RECV_WINDOW_UPDATE,
     RstStreamFrame: ConnectionInputs.RECV_RST_STREAM,
 }
@@ -208,14 +209,14 @@ class _GracefulH2Connection(LeanH2Connection):
         return super()._receive_frame(frame)
 
     def _receive_late_frame(
-        self, frame: Frame, connection_input: ConnectionInputs
+        self, frame: Frame | LeanDataFrame, connection_input: ConnectionInputs
     ) -> list[Event]:
         """Drop a frame for a stream of ours that is over, keeping the connection's
         state (HPACK, flow control) as if it had been processed."""
         events: list[Event] = self.state_machine.process_input(connection_input)
         if isinstance(frame, HeadersFrame):
             _decode_headers(self.decoder, frame.data)
-        elif isinstance(frame, DataFrame):
+        elif isinstance(frame, (DataFrame, LeanDataFrame)):
             size = frame.flow_controlled_length
             manager = self._inbound_flow_control_window_manager
             manager.window_consumed(size)

@@ -54,6 +54,7 @@ from eventgw.errors import (
     UpstreamUnavailable,
 )
 from eventgw.headers import Headers
+from eventgw.http2 import WRITES
 from eventgw.upstream.address import UpstreamAddress
 from eventgw.upstream.h1client import (
     MAX_RESPONSE_HEAD,
@@ -159,7 +160,13 @@ class UpstreamConnection(protocol.Protocol):
             self.abort()
             return
         self.codec.receive_data(data)
-        self._deliver(sink)
+        # The HTTP/2 client connections this read writes on flush once, at its end (a
+        # small answer then leaves as HEADERS + DATA with END_STREAM).
+        WRITES.hold()
+        try:
+            self._deliver(sink)
+        finally:
+            WRITES.release()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.lost = True

@@ -1,0 +1,14 @@
+// The demo Master API's protobuf schema (demo/masterapi/protos/demo.proto) for
+// @bufbuild/protobuf: its serialized FileDescriptorProto, as generated code embeds it.
+// Regenerate (from the repository root):
+//   python -c "import base64; from demo.masterapi._proto import demo_pb2; \
+//     print(base64.b64encode(demo_pb2.DESCRIPTOR.serialized_pb).decode())"
+import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv1";
+
+export const file_demo = fileDesc("CiBkZW1vL21hc3RlcmFwaS9fcHJvdG8vZGVtby5wcm90bxIRZGVtby5tYXN0ZXJhcGkudjEiMQoESXRlbRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3BheWxvYWQYAyABKAwiWwoJQmVoYXZpb3VyEhAKCGRlbGF5X21zGAEgASgFEhEKCWZhaWxfY29kZRgCIAEoBRIUCgxmYWlsX21lc3NhZ2UYAyABKAkSEwoLZmFpbF9kZXRhaWwYBCABKAkiYwoOR2V0SXRlbVJlcXVlc3QSCgoCaWQYASABKAkSFAoMcGF5bG9hZF9zaXplGAIgASgFEi8KCWJlaGF2aW91chgDIAEoCzIcLmRlbW8ubWFzdGVyYXBpLnYxLkJlaGF2aW91ciJACg1QdXRJdGVtc1JlcGx5Eg0KBWNvdW50GAEgASgFEhMKC3RvdGFsX2J5dGVzGAIgASgDEgsKA2lkcxgDIAMoCSJpChFXYXRjaEl0ZW1zUmVxdWVzdBINCgVjb3VudBgBIAEoBRIUCgxwYXlsb2FkX3NpemUYAiABKAUSLwoJYmVoYXZpb3VyGAMgASgLMhwuZGVtby5tYXN0ZXJhcGkudjEuQmVoYXZpb3VyMqkCCgVJdGVtcxJFCgdHZXRJdGVtEiEuZGVtby5tYXN0ZXJhcGkudjEuR2V0SXRlbVJlcXVlc3QaFy5kZW1vLm1hc3RlcmFwaS52MS5JdGVtEkcKCFB1dEl0ZW1zEhcuZGVtby5tYXN0ZXJhcGkudjEuSXRlbRogLmRlbW8ubWFzdGVyYXBpLnYxLlB1dEl0ZW1zUmVwbHkoARJNCgpXYXRjaEl0ZW1zEiQuZGVtby5tYXN0ZXJhcGkudjEuV2F0Y2hJdGVtc1JlcXVlc3QaFy5kZW1vLm1hc3RlcmFwaS52MS5JdGVtMAESQQoJU3luY0l0ZW1zEhcuZGVtby5tYXN0ZXJhcGkudjEuSXRlbRoXLmRlbW8ubWFzdGVyYXBpLnYxLkl0ZW0oATABYgZwcm90bzM=");
+
+export const ItemSchema = messageDesc(file_demo, 0);
+export const BehaviourSchema = messageDesc(file_demo, 1);
+export const GetItemRequestSchema = messageDesc(file_demo, 2);
+export const WatchItemsRequestSchema = messageDesc(file_demo, 4);
+export const Items = serviceDesc(file_demo, 0);
