@@ -39,6 +39,7 @@ from rig.report import (
     HEADER,
     Run,
     Summary,
+    metrics_cost_table,
     summarize,
     table_rows,
     targets_table,
@@ -498,6 +499,9 @@ def measure_and_report(args: Options, waited_s: float) -> int:
         # The single-process eventgw row against the performance targets; the rig runs
         # on any machine, the targets were set for the two-CPU reference one.
         table += "\n\nTargets for one eventgw process (see bench/README.md):\n\n" + targets
+    cost = metrics_cost_table(bench.summaries())
+    if cost:
+        table += "\n\nThe cost of metrics: proxy CPU per request, on against off:\n\n" + cost
     path = bench.write(table, rig)
     print(table)
     if bench.measured_s:

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig.processes import cpu_seconds, process_tree
-from rig.report import Run, Summary, summarize, table_rows, targets_table
+from rig.report import Run, Summary, metrics_cost_table, summarize, table_rows, targets_table
 from rig.rows import Endpoints, Row
 from rig.setup import BENCH_DIR, fill_template
 from rig.workloads import (
@@ -234,6 +234,25 @@ class TargetTests(SynchronousTestCase):
         self.assertIn("| POST /events: ≥ 2,500 events/s | 2,000 | no |", table)
         self.assertIn("| 1.80x | yes |", table)
         self.assertEqual(targets_table({}), "")
+
+    def test_metrics_cost_is_on_over_off(self) -> None:
+        """The metrics' cost: eventgw's CPU per request over eventgw-metrics-off's, met
+        at 1.10x or less; workloads without both rows are left out."""
+        def cell(workload: str, cpu: float) -> Summary:
+            return summarize(_workload(workload),
+                             [Run(LoadResult(1000, 0, 1.0, 0, 0.5, 1.0), cpu)])
+
+        table = metrics_cost_table({
+            ("h1-small-tls", "eventgw"): cell("h1-small-tls", 0.105),
+            ("h1-small-tls", "eventgw-metrics-off"): cell("h1-small-tls", 0.100),
+            ("grpc-unary-h2c", "eventgw"): cell("grpc-unary-h2c", 0.240),
+            ("grpc-unary-h2c", "eventgw-metrics-off"): cell("grpc-unary-h2c", 0.200),
+            ("h1-16k-tls", "eventgw"): cell("h1-16k-tls", 0.3),
+        })
+        self.assertIn("| h1-small-tls | 105 ms/1k req | 100 ms/1k req | 1.05x | yes |", table)
+        self.assertIn("| grpc-unary-h2c | 240 ms/1k req | 200 ms/1k req | 1.20x | no |", table)
+        self.assertNotIn("h1-16k-tls", table)
+        self.assertEqual(metrics_cost_table({}), "")
 
 
 class TemplateTests(SynchronousTestCase):

@@ -47,10 +47,13 @@ event_broker:
 grpc:
   allow: ["/"]
   deny: ["/eventbroker."]
+admin:
+  listen: {interface}:{admin}   # /healthz, /readyz, /metrics, grpc.health.v1
 """
 
 EXAMPLES = """
 eventgw demo is up: TLS on https://localhost:{tls}, cleartext on http://localhost:{cleartext}
+admin listener on http://{interface}:{admin} (/healthz, /readyz, /metrics)
 
 Try (in another terminal, from {root}):
 
@@ -70,6 +73,10 @@ Try (in another terminal, from {root}):
   # gRPC through the gateway, over TLS and over h2c
   .venv/bin/python -m demo.masterapi.grpc_client --target localhost:{tls} --ca-file run/dev-cert/gateway-dev.pem
   .venv/bin/python -m demo.masterapi.grpc_client --target 127.0.0.1:{cleartext}
+
+  # the admin listener: readiness and the metrics
+  curl -i http://{interface}:{admin}/readyz
+  curl -s http://{interface}:{admin}/metrics | grep eventgw_requests_total
 
   # a browser: gRPC-Web calls and a WebSocket echo from a page, on the same port
   # (accept the development certificate first)
@@ -126,7 +133,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-port", type=int, default=8080, help="demo Master API HTTP")
     parser.add_argument("--grpc-port", type=int, default=50051, help="demo Master API gRPC")
     parser.add_argument("--broker-port", type=int, default=50052, help="demo Event Broker")
+    parser.add_argument("--admin-port", type=int, default=9901,
+                        help="the gateway's admin listener (health, metrics)")
     return parser.parse_args(argv)
+
+
+def demo_config(args: argparse.Namespace) -> str:
+    """The gateway's configuration for the demo's ports."""
+    return CONFIG.format(
+        tls=args.port, cleartext=args.cleartext_port, interface=INTERFACE, root=ROOT,
+        http=args.http_port, grpc=args.grpc_port, broker=args.broker_port,
+        admin=args.admin_port,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,15 +155,13 @@ def main(argv: list[str] | None = None) -> None:
         ("demo Master API (HTTP)", "--http-port", args.http_port),
         ("demo Master API (gRPC)", "--grpc-port", args.grpc_port),
         ("demo Event Broker", "--broker-port", args.broker_port),
+        ("gateway (admin)", "--admin-port", args.admin_port),
     ])
 
     run_dir = ROOT / "run"
     run_dir.mkdir(exist_ok=True)
     config_path = run_dir / "demo-gateway.yaml"
-    config_path.write_text(CONFIG.format(
-        tls=args.port, cleartext=args.cleartext_port, interface=INTERFACE, root=ROOT,
-        http=args.http_port, grpc=args.grpc_port, broker=args.broker_port,
-    ))
+    config_path.write_text(demo_config(args))
     python = sys.executable
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     children: list[subprocess.Popen[bytes]] = []
@@ -184,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
               [twistd, "-n", "--pidfile=", "eventgw", "--port", str(args.port),
                "--config", str(config_path)],
               args.port)
-        print(EXAMPLES.format(tls=args.port, cleartext=args.cleartext_port, root=ROOT), flush=True)
+        print(EXAMPLES.format(tls=args.port, cleartext=args.cleartext_port, root=ROOT,
+                              interface=INTERFACE, admin=args.admin_port), flush=True)
         ended = wait_for_any(children)
         raise SystemExit(
             f"demo: {names[ended.pid]} exited with status {ended.returncode}; stopping the demo"

@@ -22,7 +22,7 @@ made only for requests that have some.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, DeferredList
@@ -53,6 +53,7 @@ from eventgw.grpc.web import GrpcWebAdapter, GrpcWebWriter
 from eventgw.grpc.webcodec import Flavour, flavour_of
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy, Route, route_for
+from eventgw.upstream.cluster import Cluster
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -67,9 +68,24 @@ __all__ = ["ClosableTarget", "Gateway"]
 
 
 class ClosableTarget(RequestTarget, Protocol):
-    """A flow's target: takes exchanges, and closes its upstream pools and channels."""
+    """A flow's target: takes exchanges, says whether work is in flight upstream, and
+    closes its upstream pools and channels."""
+
+    def busy(self) -> bool: ...
 
     def close(self) -> Deferred[None]: ...
+
+
+def _clusters(target: object) -> list[Cluster[Any]]:
+    """The host clusters a flow's target balances over."""
+    if isinstance(target, ApiProxy):
+        return [target.cluster]
+    if isinstance(target, GrpcRelay):
+        return [] if target.cluster is None else [target.cluster]
+    if isinstance(target, EventsEndpoint):
+        cluster = getattr(target.client, "cluster", None)
+        return [cluster] if isinstance(cluster, Cluster) else []
+    return []
 
 
 class Gateway:
@@ -113,8 +129,10 @@ class Gateway:
     ) -> Gateway:
         """The three flows' targets built from ``config``, and the router over them.
 
-        :param previous: the router a reload replaces: rate limits whose rule is
-            unchanged keep their buckets, JWT providers of the same JWKS URL their keys.
+        ``previous``: the router a reload replaces; upstream hosts both configurations
+        name keep their pools (and connections), handed over to the new targets; rate
+        limits whose rule is unchanged keep their buckets, JWT providers of the same
+        JWKS URL their keys.
         """
         jwt = None
         if config.auth.jwt:
@@ -123,27 +141,50 @@ class Gateway:
             jwt = JwtAuth.from_config(
                 config.auth, reactor, previous.jwt if previous is not None else None
             )
-        api = (
-            None
-            if config.master_api_http is None
-            else ApiProxy(config.master_api_http, config.limits, reactor=reactor)
-        )
-        events = EventsEndpoint(
-            config.event_broker,
-            config.limits,
-            reactor=reactor,
-            client=config.event_broker.client if config.event_broker else "grpcio",
-        )
-        grpc = GrpcRelay(
-            config.master_api_grpc,
-            MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
-            reactor=reactor,
-        )
-        websocket = (
-            None
-            if config.master_api_http is None
-            else WebSocketRelay(config.master_api_http, config.limits, reactor=reactor)
-        )
+        old_api = previous.api if previous is not None else None
+        old_events = previous.events if previous is not None else None
+        old_grpc = previous.grpc if previous is not None else None
+        built: list[ClosableTarget] = []
+        try:
+            api = (
+                None
+                if config.master_api_http is None
+                else ApiProxy(
+                    config.master_api_http, config.limits, reactor=reactor,
+                    previous=old_api if isinstance(old_api, ApiProxy) else None,
+                )
+            )
+            if api is not None:
+                built.append(api)
+            events = EventsEndpoint(
+                config.event_broker,
+                config.limits,
+                reactor=reactor,
+                client=config.event_broker.client if config.event_broker else "grpcio",
+                previous=old_events if isinstance(old_events, EventsEndpoint) else None,
+            )
+            built.append(events)
+            grpc = GrpcRelay(
+                config.master_api_grpc,
+                MethodPolicy.from_lists(config.grpc_allow, config.grpc_deny),
+                reactor=reactor,
+                previous=old_grpc if isinstance(old_grpc, GrpcRelay) else None,
+            )
+            built.append(grpc)
+            websocket = (
+                None
+                if config.master_api_http is None
+                else WebSocketRelay(config.master_api_http, config.limits, reactor=reactor)
+            )
+        except BaseException:
+            # The old router keeps serving with every pool it had.
+            for target in built:
+                for cluster in _clusters(target):
+                    cluster.give_back()
+                target.close()
+            if jwt is not None:
+                jwt.stop()
+            raise
         gateway = cls(
             api=api,
             events=events,
@@ -280,15 +321,16 @@ class Gateway:
         """Whether exchanges this router started are still in flight upstream: an
         ``/api`` request holding a pooled connection, a broker call, a relayed gRPC
         call.  A router a reload replaced is closed once this is false."""
-        api = self.api
-        pool = getattr(api, "pool", None)
-        if pool is not None and pool.open_count > pool.idle_count:
-            return True
-        if getattr(self.events, "running", None):
-            return True
-        if getattr(self.websocket, "sessions", None):
-            return True
-        return bool(getattr(self.grpc, "calls", None))
+        targets = (self.api, self.events, self.grpc, self.websocket)
+        return any(t.busy() for t in targets if t is not None)
+
+    def upstreams(self) -> dict[str, object]:
+        """Every balanced upstream's hosts and their state (the admin page)."""
+        found: dict[str, object] = {}
+        for target in (self.api, self.grpc, self.events):
+            for cluster in _clusters(target):
+                found[cluster.name] = cluster.snapshot()
+        return found
 
     def close(self) -> Deferred[object]:
         """Close every upstream pool and channel."""

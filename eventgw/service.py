@@ -143,6 +143,7 @@ class GatewayService(service.Service):
         reactor = default_reactor(reactor)
         # Serving or draining: what the admin listener's readiness reports.
         self.state = state if state is not None else ServingState()
+        self.state.upstreams = self._upstreams
         self.config = config
         self.reactor = reactor
         self._fixed_drain_timeout = drain_timeout
@@ -256,7 +257,7 @@ class GatewayService(service.Service):
         self.ports = ports
         service.Service.startService(self)
         # Metrics: the label bound, and the initial load as the first successful reload.
-        metrics.configure(config.metrics.max_methods)
+        metrics.configure(config.metrics.max_methods, enabled=config.metrics.enabled)
         metrics.record_reload(True, self.reactor.seconds())
         self.reloads_succeeded = 1
         self.last_reload_success = self.reactor.seconds()
@@ -267,6 +268,11 @@ class GatewayService(service.Service):
         if self.parent_pid is not None:
             self._parent_watch = ParentWatch(self.parent_pid, self.begin_drain, self.reactor)
             self._parent_watch.start()
+
+    def _upstreams(self) -> dict[str, object]:
+        """The current router's upstreams (the admin listener's ``/upstreams``)."""
+        gateway = self.gateway
+        return {} if gateway is None else gateway.upstreams()
 
     def _install_signals(self) -> None:
         self.signals = StopSignals(
@@ -402,6 +408,7 @@ class GatewayService(service.Service):
         self._tls_options = tls_options
         self.config = config
         self._record_certificate(config)
+        metrics.configure(config.metrics.max_methods, enabled=config.metrics.enabled)
         if self._fixed_drain_timeout is None:
             self.drain_timeout = config.drain_timeout
         self._watch(config)

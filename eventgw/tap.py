@@ -27,10 +27,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application import service
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from eventgw import __version__
 from eventgw.config import GatewayConfig, Override, load_config, load_config_file
@@ -247,7 +250,7 @@ def makeService(options: Options) -> service.IService:
             from eventgw.admin.service import supervisor_admin_service
 
             supervisor_admin_service(config, top)
-            return top
+            return _OneLineErrors(top, log=_log_setup(options, config, None))
         sockets: list[socket.socket] = []
         if adopt_fds is None:
             # Bound now and served once the service starts (when daemonizing, by the
@@ -273,7 +276,28 @@ def makeService(options: Options) -> service.IService:
         check_upstreams(config)
     except ConfigError as e:
         _fail(e)
-    return _OneLineErrors(top, sockets, daemonized=options.daemonizing)
+    return _OneLineErrors(
+        top,
+        sockets,
+        daemonized=options.daemonizing,
+        log=_log_setup(options, config, None if worker is None else worker[0]),
+    )
+
+
+def _log_setup(
+    options: Options, config: GatewayConfig, worker: int | None
+) -> Callable[[], ILogObserver | None] | None:
+    """How the process's log observer is made (``log.format``), when twistd runs us."""
+    twistd = options.parent
+    if twistd is None:
+        return None
+
+    def make() -> ILogObserver | None:
+        from eventgw.logwriter import twistd_log_observer
+
+        return twistd_log_observer(twistd, config.log_format, worker)
+
+    return make
 
 
 def _worker_identity() -> tuple[int, int] | None:
@@ -307,6 +331,11 @@ class _OneLineErrors(service.MultiService):
     It owns the listening sockets bound by :func:`makeService` until the service has
     started (each port then listens on its own duplicate).  In a daemonized child a
     failure is raised as :class:`StartFailed`, which twistd passes to the parent.
+
+    It also gives twistd the process's log observer: twistd adds the service to its
+    application and then, beginning to log, asks the application for an
+    ``ILogObserver`` (``twisted.application.app.AppLogger.start``), which
+    :meth:`setServiceParent` sets (:mod:`eventgw.logwriter`, ``log.format``).
     """
 
     def __init__(
@@ -315,11 +344,20 @@ class _OneLineErrors(service.MultiService):
         sockets: list[socket.socket] | None = None,
         *,
         daemonized: bool = False,
+        log: Callable[[], ILogObserver | None] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         inner.setServiceParent(self)
         self.sockets = list(sockets or ())
         self.daemonized = daemonized
+        self.log_observer = log
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            observer = self.log_observer()
+            if observer is not None:
+                parent.setComponent(ILogObserver, observer)
 
     def startService(self) -> None:
         try:

@@ -119,6 +119,24 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual(sample("eventgw_request_duration_seconds_count", route="api"),
                          before_hist + 1)
 
+    def test_metrics_switched_off_count_nothing(self) -> None:
+        """metrics.enabled false: requests and events are not counted; true again:
+        they are."""
+        key = {"route": "api", "protocol": "HTTP/1.1", "code": "503"}
+        before = sample("eventgw_requests_total", **key)
+        events_before = sample("eventgw_events_total", mode="batch", outcome="failed")
+        metrics.configure(metrics.DEFAULT_MAX_METHODS, enabled=False)
+        self.addCleanup(metrics.configure, metrics.DEFAULT_MAX_METHODS)
+        self.assertFalse(metrics.counting())
+        metrics.record_exchange({"route": "api"}, "HTTP/1.1", 503, 0.01)
+        metrics.record_event("batch", "failed")
+        self.assertEqual(sample("eventgw_requests_total", **key), before)
+        self.assertEqual(sample("eventgw_events_total", mode="batch", outcome="failed"),
+                         events_before)
+        metrics.configure(metrics.DEFAULT_MAX_METHODS, enabled=True)
+        metrics.record_exchange({"route": "api"}, "HTTP/1.1", 503, 0.01)
+        self.assertEqual(sample("eventgw_requests_total", **key), before + 1)
+
     def test_admin_requests_not_counted(self) -> None:
         """The admin listener's own requests do not show in eventgw_requests_total."""
         metrics.record_exchange({"route": "admin"}, "HTTP/1.1", 200, 0.001)

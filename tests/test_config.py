@@ -131,11 +131,23 @@ class LoadConfigTests(SynchronousTestCase):
             ("limits: {idle_timeout: -1}\n" + base, "limits.idle_timeout"),
             ("event_broker: {deadline: 2}\n" + base, "event_broker.grpc"),
             ("log: {access: 'yes'}\n" + base, "log.access"),
+            ("log: {format: xml}\n" + base, "log.format"),
+            ("metrics: {enabled: 'no'}\n" + base, "metrics.enabled"),
             ("event_broker: {grpc: 'h:1', client: grpc}\n" + base, "event_broker.client"),
             ("workers: 0\n" + base, "workers"),
         ]
         for text, key in cases:
             self.assertConfigError(text, key)
+
+    def test_log_format_and_metrics_switch(self) -> None:
+        """log.format (text by default, or json) and metrics.enabled (true by default)."""
+        base = "master_api: {http: 'http://127.0.0.1:8080'}\n"
+        default = load_config(base)
+        self.assertEqual((default.log_format, default.metrics.enabled), ("text", True))
+        chosen = load_config(base + "log: {format: json}\nmetrics: {enabled: false}\n")
+        self.assertEqual((chosen.log_format, chosen.metrics.enabled), ("json", False))
+        line = self.assertConfigError("log: {format: xml}\n" + base, "log.format")
+        self.assertIn("text, json", line)
 
     def test_not_a_mapping(self) -> None:
         """A YAML document that is not a mapping names the source."""
@@ -218,6 +230,8 @@ def json_type(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return "string"
     types = {alt.get("type", "object") for alt in prop.get("anyOf", [prop])} - {"null"}
+    if types == {"string", "array"}:
+        return "string"  # one address, or a list of them
     assert len(types) == 1, prop
     return types.pop()
 
@@ -371,3 +385,51 @@ class SchemaTests(SynchronousTestCase):
         for key, prop in schema_keys():
             if "." in key or json_type(prop) != "object":
                 self.assertTrue(prop.get("description"), key)
+
+
+class UpstreamListTests(SynchronousTestCase):
+    """One address or a list for each upstream, with the balancing keys."""
+
+    def test_a_bad_entry_is_named_with_its_index(self) -> None:
+        """master_api.http[1], master_api.grpc[2], event_broker.grpc[1]: one line each."""
+        cases = [
+            ("master_api: {http: ['http://a:1', 'ftp://b']}",
+             "master_api.http[1]: expected an http:// or https:// URL, got 'ftp://b'"),
+            ("master_api: {http: ['http://a:1', 'https://b:2']}",
+             "master_api.http[1]: every host of a list must use the scheme of the first"),
+            ("master_api: {grpc: ['a:1', 'b:2', 'c']}",
+             "master_api.grpc[2]: missing port in 'c'"),
+            ("master_api: {http: []}",
+             "master_api.http: expected an http(s):// URL or a non-empty list of them, got []"),
+            ("master_api: {http: 'http://a:1'}\nevent_broker: {grpc: ['a:1', 7]}",
+             "event_broker.grpc[1]: expected a non-empty string, got int 7"),
+            ("master_api: {http: 'http://a:1', balance: random}",
+             "master_api.balance: expected one of: least_request, round_robin, got 'random'"),
+            ("master_api: {http: 'http://a:1', outlier: {eject_for: 0}}",
+             "master_api.outlier.eject_for: expected a positive number of seconds, got int 0"),
+        ]
+        for text, line in cases:
+            with self.assertRaises(ConfigError) as caught:
+                load_config(text)
+            self.assertEqual(str(caught.exception), line)
+
+    def test_list_and_keys_reach_the_runtime(self) -> None:
+        """The list, balance, health_check and outlier become the runtime objects; the
+        single form still has no host list."""
+        config = load_config(
+            "master_api:\n  http: ['http://10.0.0.1:8080', 'http://10.0.0.2:8080']\n"
+            "  balance: round_robin\n  health_check: {interval: 0.5, path: /ready}\n"
+            "  outlier: {consecutive_failures: 3, eject_for: 10}\n"
+            "event_broker: {grpc: '127.0.0.1:50052'}\n"
+        )
+        api = config.master_api_http
+        assert api is not None and config.event_broker is not None
+        self.assertEqual(api.entries, (("10.0.0.1", 8080), ("10.0.0.2", 8080)))
+        self.assertEqual(api.balancing.balance, "round_robin")
+        assert api.balancing.health_check is not None
+        self.assertEqual((api.balancing.health_check.interval,
+                          api.balancing.health_check.path), (0.5, "/ready"))
+        self.assertEqual((api.balancing.consecutive_failures, api.balancing.eject_for),
+                         (3, 10.0))
+        self.assertEqual(config.event_broker.hosts, ())
+        self.assertIsNone(config.event_broker.balancing.health_check)

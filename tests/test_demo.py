@@ -1,11 +1,16 @@
-"""``./demo/run`` (``python -m demo.launch``): a taken port stops it before anything starts."""
+"""``./demo/run`` (``python -m demo.launch``): a taken port stops it before anything starts;
+once up, its gateway has an admin listener, whose URL the demo prints."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,9 +38,9 @@ def launch(*args: str) -> subprocess.CompletedProcess[str]:
 
 class DemoPortTests(SynchronousTestCase):
     def ports(self, **given: int) -> list[str]:
-        tls, cleartext, http, grpc, broker = free_ports(5)
+        tls, cleartext, http, grpc, broker, admin = free_ports(6)
         chosen = {"port": tls, "cleartext-port": cleartext, "http-port": http,
-                  "grpc-port": grpc, "broker-port": broker, **given}
+                  "grpc-port": grpc, "broker-port": broker, "admin-port": admin, **given}
         return [part for flag, port in chosen.items() for part in (f"--{flag}", str(port))]
 
     def test_taken_port_is_named_and_nothing_starts(self) -> None:
@@ -62,3 +67,46 @@ class DemoPortTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertEqual(result.stdout, "")
         self.assertIn(f"port {port} is given to both --port and --broker-port", result.stderr)
+
+
+class DemoAdminTests(SynchronousTestCase):
+    def test_demo_starts_an_admin_listener_and_prints_it(self) -> None:
+        """The running demo's gateway has an admin listener; the demo prints its URL,
+        and /readyz there answers 200 serving."""
+        tls, cleartext, http, grpc, broker, admin = free_ports(6)
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo.launch", "--port", str(tls), "--cleartext-port",
+             str(cleartext), "--http-port", str(http), "--grpc-port", str(grpc),
+             "--broker-port", str(broker), "--admin-port", str(admin)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=path), start_new_session=True,
+        )
+
+        def stop() -> None:
+            if demo.poll() is None:
+                demo.send_signal(signal.SIGTERM)
+                try:
+                    demo.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(demo.pid, signal.SIGKILL)
+                    demo.wait()
+            assert demo.stdout is not None
+            demo.stdout.close()
+
+        self.addCleanup(stop)
+        assert demo.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("admin listener on"):
+                break
+        self.assertIn(f"admin listener on http://127.0.0.1:{admin} (/healthz, /readyz, /metrics)\n",
+                      seen, "".join(seen))
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=10) as answer:
+            self.assertEqual(answer.status, 200)
+            self.assertEqual(json.loads(answer.read())["status"], "serving")

@@ -31,11 +31,12 @@ EXPECTED_CORE = frozenset(
         "eventgw.errors", "eventgw.config", "eventgw.exchange", "eventgw.routing",
         "eventgw.headers", "eventgw.http2", "eventgw.downstream.sniff",
         "eventgw.downstream.http1parse", "eventgw.downstream.http1frame",
-        "eventgw.upstream.h1client",
+        "eventgw.upstream.h1client", "eventgw.upstream.balancer",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
         "eventgw.auth.guard", "eventgw.auth.ratelimit", "eventgw.auth.cors",
         "eventgw.auth.identity", "eventgw.auth.jwt",
         "eventgw.grpc.webcodec", "eventgw.api.wsframes",
+        "eventgw.logformat",
     }
 )
 

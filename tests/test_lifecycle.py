@@ -32,6 +32,15 @@ class RestartNeededTests(SynchronousTestCase):
             f"listen.tls {old.listen.tls} -> {old.listen.tls + 1}; workers 1 -> 3",
         )
 
+    def test_log_format(self) -> None:
+        """A changed log.format needs a restart; the metrics switch does not."""
+        old = GatewayConfig()
+        self.assertEqual(
+            restart_needed(old, replace(old, log_format="json")), "log.format text -> json"
+        )
+        metrics_off = replace(old.metrics, enabled=False)
+        self.assertIsNone(restart_needed(old, replace(old, metrics=metrics_off)))
+
 
 class FileWatcherTests(SynchronousTestCase):
     """The watcher reports each change of the file, a ConfigMap symlink swap included."""

@@ -141,14 +141,16 @@ class PercentileTests(SynchronousTestCase):
 
 class TinySoakTests(TestCase):
     def test_a_few_seconds_with_one_fault(self) -> None:
-        """Seven seconds of every lane, 20 idle connections and one Master API HTTP kill:
-        the run records every lane, one fault window, and its error, deadline,
-        exactly-once and idle checks pass."""
+        """Seven seconds of every lane, 20 idle connections, one Master API HTTP kill and
+        SIGHUP reloads: the run records every lane, one fault window, at least one
+        reload applied and none failed, and its error, deadline, exactly-once and idle
+        checks pass."""
         out = Path(tempfile.mkdtemp(prefix="soak-smoke-"))
         env = dict(os.environ, PYTHONPATH=str(SOAK_DIR.parent.parent))
         done = subprocess.run(
             [sys.executable, str(SOAK_DIR / "soak.py"), "--minutes", "0.12", "--idle", "20",
              "--fault-every", "3", "--down", "1", "--grace", "2", "--sample", "0.5",
+             "--reload-every", "2",
              "--warmup", "0", "--no-plot", "--out", str(out)],
             env=env, capture_output=True, text=True, timeout=60)
         self.assertIn(done.returncode, (0, 1), done.stderr[-2000:])
@@ -159,8 +161,11 @@ class TinySoakTests(TestCase):
             self.assertGreater(figures["requests"] - figures["errors"], 0, lane)
         checks = {c["name"]: c for c in summary["checks"]}
         for name in ("errors only in fault windows", "no request outlives its deadline",
-                     "every 202 event at the broker exactly once", "idle connections held"):
+                     "every 202 event at the broker exactly once", "idle connections held",
+                     "every reload applied"):
             self.assertTrue(checks[name]["passed"], checks[name]["detail"])
+        self.assertGreaterEqual(summary["reloads"]["ok"], 1, summary["reloads"])
+        self.assertEqual(summary["reloads"]["failed"], 0, summary["reloads"])
 
 
 class BrokerRecordTests(SynchronousTestCase):

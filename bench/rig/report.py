@@ -157,6 +157,37 @@ TARGETS: Final = (
 WORKERS_SCALING: Final = 1.7
 
 
+# Metrics on (as shipped) against metrics off: at most this much more CPU per request.
+METRICS_COST_LIMIT: Final = 1.10
+METRICS_COST_WORKLOADS: Final = (
+    "h1-small-tls", "h1-small-clear", "h1-16k-tls", "h1-16k-clear",
+    "grpc-unary-tls", "grpc-unary-h2c",
+)
+
+
+def metrics_cost_table(summaries: dict[tuple[str, str], Summary]) -> str:
+    """The ``eventgw`` row's CPU per request over ``eventgw-metrics-off``'s, for the
+    HTTP/1.1 and gRPC workloads measured on both."""
+    lines = [
+        "| workload | eventgw | eventgw, metrics off | metrics on / off "
+        f"| ≤ {METRICS_COST_LIMIT:.2f}x |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for workload in METRICS_COST_WORKLOADS:
+        on, off = summaries.get((workload, "eventgw")), summaries.get(
+            (workload, "eventgw-metrics-off")
+        )
+        if on is None or off is None or on.cpu is None or not off.cpu:
+            continue
+        ratio = on.cpu / off.cpu
+        disturbed = " (disturbed)" if on.disturbed or off.disturbed else ""
+        lines.append(
+            f"| {workload} | {_number(on.cpu)} ms/1k req | {_number(off.cpu)} ms/1k req "
+            f"| {ratio:.2f}x{disturbed} | {'yes' if ratio <= METRICS_COST_LIMIT else 'no'} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def targets_table(summaries: dict[tuple[str, str], Summary]) -> str:
     """The eventgw row against the targets, for the cells that were measured."""
     lines = ["| target | eventgw | met |", "|---|---:|---|"]

@@ -3,7 +3,9 @@
 Backends (pinned with the load generator to the side CPUs): nginx answering
 ``/api/small`` and ``/api/16k``; the gRPC C++ backend (echo, stream, broker).
 Rows (pinned to the proxy CPU): ``direct`` (no proxy), ``nginx``, ``twisted-rp``,
-``py-grpc-proxy``, ``eventgw`` and ``eventgw-w2``.  A row names the ports it offers for
+``py-grpc-proxy``, ``eventgw``, ``eventgw-metrics-off`` (the same without the request
+metrics: the cost of metrics, on the HTTP/1.1 and gRPC workloads) and ``eventgw-w2``.
+A row names the ports it offers for
 each kind of traffic; a workload runs on a row only if the row offers its kind.
 """
 
@@ -18,7 +20,13 @@ from typing import Final
 from rig.processes import Server, free_port, pinned
 from rig.setup import BENCH_DIR, REPO_DIR, Certificate, fill_template, make_static_files
 
-ROW_NAMES: Final = ("direct", "nginx", "twisted-rp", "py-grpc-proxy", "eventgw", "eventgw-w2")
+ROW_NAMES: Final = (
+    "direct", "nginx", "twisted-rp", "py-grpc-proxy", "eventgw", "eventgw-metrics-off",
+    "eventgw-w2",
+)
+# The configuration the "eventgw-metrics-off" row adds to the template: the same
+# gateway without the request metrics, for the cost of metrics beside "eventgw".
+METRICS_OFF: Final = "\nmetrics:\n  enabled: false\n"
 CONF_DIR: Final = BENCH_DIR / "conf"
 PEERS_DIR: Final = BENCH_DIR / "peers"
 
@@ -109,6 +117,8 @@ def make_rows(rig: Rig, backends: Backends, names: Sequence[str]) -> list[Row]:
         "twisted-rp": _twisted_rp,
         "py-grpc-proxy": _py_grpc_proxy,
         "eventgw": lambda rig, backends: _eventgw(rig, backends, workers=1),
+        "eventgw-metrics-off": lambda rig, backends: _eventgw(
+            rig, backends, workers=1, metrics=False),
         "eventgw-w2": lambda rig, backends: _eventgw(rig, backends, workers=2),
     }
     return [makers[name](rig, backends) for name in names]
@@ -185,8 +195,10 @@ def eventgw_unavailable(python: Path) -> str | None:
     return None
 
 
-def _eventgw(rig: Rig, b: Backends, workers: int) -> Row:
+def _eventgw(rig: Rig, b: Backends, workers: int, metrics: bool = True) -> Row:
     name = "eventgw" if workers == 1 else f"eventgw-w{workers}"
+    if not metrics:
+        name += "-metrics-off"
     tls, clear = free_port(), free_port()
     run_dir = rig.out / name
     config = fill_template(
@@ -194,6 +206,9 @@ def _eventgw(rig: Rig, b: Backends, workers: int) -> Row:
         tls_port=tls, clear_port=clear, cert=rig.cert.cert, key=rig.cert.key,
         api_port=b.http_port, grpc_port=b.grpc_port, broker_port=b.grpc_port,
     )
+    if not metrics:
+        with config.open("a") as f:
+            f.write(METRICS_OFF)
     argv = [
         str(rig.python.parent / "twistd"), "-n", "--pidfile=",
         "eventgw", "--port", str(tls), "--config", str(config),
@@ -203,6 +218,10 @@ def _eventgw(rig: Rig, b: Backends, workers: int) -> Row:
     # Several workers get a second CPU when there is one that is not the side CPUs'.
     cpus = rig.proxy_cpus if workers == 1 else rig.workers_cpus
     server = Server(name, pinned(cpus, argv), (tls, clear), run_dir / "twistd.log", cwd=run_dir)
+    if not metrics:  # HTTP/1.1 and gRPC: where the metrics' cost is compared
+        return Row(name, Endpoints(
+            http_tls=tls, http_clear=clear, grpc_tls=tls, grpc_h2c=clear,
+        ), [server])
     return Row(name, Endpoints(
         http_tls=tls, http_clear=clear, grpc_tls=tls, grpc_h2c=clear, events_tls=tls,
     ), [server])

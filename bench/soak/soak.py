@@ -1,10 +1,14 @@
 """The soak: the gateway under a steady mixed load for minutes, its upstreams killed on a
-schedule, thousands of idle TLS connections held; then PASS/FAIL per check.
+schedule, thousands of idle TLS connections held, its configuration reloaded (SIGHUP)
+on a schedule; then PASS/FAIL per check.
 
 ``bench/soak/run --minutes 30`` (see bench/README.md, "Soak"). Everything runs on
 127.0.0.1: the demo Master API (HTTP and gRPC), the demo Event Broker recording every
 accepted event id, ``twistd -n eventgw`` (TLS with the development certificate, and
-cleartext), ``idle.py`` holding the idle connections and ``loadgen.py`` sending the
+cleartext; an admin listener whose ``eventgw_config_reloads_total`` counts the reloads:
+every ``--reload-every`` seconds the file alternates between two valid configurations,
+the second denying one more gRPC method prefix that no lane calls, and the gateway gets
+SIGHUP), ``idle.py`` holding the idle connections and ``loadgen.py`` sending the
 load. The run's files go to ``bench/out/soak/<time>/``: the gateway's configuration and
 log, every request (``records.jsonl``), the samples, the fault windows, ``report.md``,
 ``soak.png`` and ``summary.json``.
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +51,10 @@ from soakcheck import (  # noqa: E402
 )
 
 SERVICES: Final = ("master-http", "master-grpc", "broker")
+# The two gRPC deny lists the reloads alternate between (no lane calls /soak.reload.).
+DENY_LISTS: Final = ('["/eventbroker."]', '["/eventbroker.", "/soak.reload."]')
+# How long a reload may take to show in the admin listener's reload counter.
+RELOAD_WAIT_S: Final = 10.0
 # A failed request is still explained by a fault this long after the service listens again
 # (the gateway's pools reconnect on the next request; a grpcio channel backs off ~1 s).
 GRACE_S: Final = 5.0
@@ -72,7 +81,9 @@ event_broker:
   client: {broker_client}
 grpc:
   allow: ["/"]
-  deny: ["/eventbroker."]
+  deny: {deny}
+admin:
+  listen: 127.0.0.1:{admin}
 limits:
   # The idle connections send nothing for the whole run: keep them past the defaults
   # (header_timeout 15 s, idle_timeout 120 s), which would close them.
@@ -113,7 +124,9 @@ class Soak:
         self.out: Path = options.out or BENCH_DIR / "out" / "soak" / stamp
         self.out.mkdir(parents=True, exist_ok=True)
         self.python = sys.executable
-        self.ports = {name: free_port() for name in ("tls", "clear", "http", "grpc", "broker")}
+        self.ports = {name: free_port()
+                      for name in ("tls", "clear", "http", "grpc", "broker", "admin")}
+        self.reloads: list[dict[str, Any]] = []
         self.windows: list[Window] = []
         self.samples: list[dict[str, Any]] = []
         self.servers: dict[str, Server] = {}
@@ -153,11 +166,61 @@ class Soak:
         for name in SERVICES:
             self.servers[name].wait_ready()
 
-    def start_gateway(self) -> Server:
+    def write_config(self, variant: int) -> Path:
+        """The gateway's file with deny list ``variant``, replaced in one rename."""
         config = self.out / "gateway.yaml"
         hold = int(self.options.minutes * 60 + 600)
-        config.write_text(CONFIG.format(out=self.out, hold=hold,
-                                        broker_client=self.options.broker_client, **self.ports))
+        text = CONFIG.format(out=self.out, hold=hold, deny=DENY_LISTS[variant],
+                             broker_client=self.options.broker_client, **self.ports)
+        scratch = config.with_suffix(".tmp")
+        scratch.write_text(text)
+        scratch.replace(config)
+        return config
+
+    def reload_counts(self) -> tuple[float, float]:
+        """``eventgw_config_reloads_total`` (success, failure) from the admin listener."""
+        url = f"http://127.0.0.1:{self.ports['admin']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        counts = {"success": 0.0, "failure": 0.0}
+        for line in text.splitlines():
+            if line.startswith("eventgw_config_reloads_total{"):
+                for result in counts:
+                    if f'result="{result}"' in line:
+                        counts[result] = float(line.rsplit(" ", 1)[1])
+        return counts["success"], counts["failure"]
+
+    def reload(self, gateway: Server) -> None:
+        """Switch the file to the other deny list, SIGHUP, and wait for the outcome."""
+        variant = (len(self.reloads) + 1) % len(DENY_LISTS)
+        try:
+            before = self.reload_counts()
+        except OSError as error:
+            self.reloads.append({"t": time.time(), "ok": False, "detail": f"no metrics: {error}"})
+            return
+        self.write_config(variant)
+        start = time.time()
+        os.kill(gateway.pid, signal.SIGHUP)
+        outcome: dict[str, Any] = {"t": start, "ok": False, "detail": "no outcome in time"}
+        while time.time() < start + RELOAD_WAIT_S:
+            try:
+                after = self.reload_counts()
+            except OSError:
+                after = before
+            if after[1] > before[1]:
+                outcome = {"t": start, "ok": False, "detail": "reload failed"}
+                break
+            if after[0] > before[0]:
+                outcome = {"t": start, "ok": True, "detail": f"deny list {variant}"}
+                break
+            time.sleep(0.1)
+        outcome["took_s"] = time.time() - start
+        self.reloads.append(outcome)
+        log(f"reload {len(self.reloads)} (deny list {variant}): "
+            f"{'ok' if outcome['ok'] else outcome['detail']} in {outcome['took_s']:.1f} s")
+
+    def start_gateway(self) -> Server:
+        config = self.write_config(0)
         twistd = str(Path(self.python).with_name("twistd"))
         gateway = Server("eventgw", [twistd, "-n", "--pidfile=", "--logfile",
                                      str(self.out / "twistd.log"), "eventgw", "--config",
@@ -238,6 +301,10 @@ class Soak:
         tail = min(10.0, duration / 10)
         log(f"running {options.minutes:g} min; a fault every {every:g} s "
             f"(down {options.down} s), {options.idle} idle connections")
+        reload_every = options.reload_every
+        next_reload = t0 + reload_every if reload_every > 0 else float("inf")
+        if reload_every > 0:
+            log(f"a configuration reload (SIGHUP) every {reload_every:g} s")
         status = 0
         try:
             index = 0
@@ -254,6 +321,9 @@ class Soak:
                     self.fault(SERVICES[index % len(SERVICES)], down)
                     index += 1
                     next_fault += every
+                if time.time() >= next_reload and time.time() + 2.0 < end:
+                    self.reload(gateway)
+                    next_reload += reload_every
                 time.sleep(min(1.0, max(0.0, end - time.time())))
             load.wait(timeout=120)
         finally:
@@ -296,6 +366,11 @@ class Soak:
                               f"{idle_final.get('closed_by_peer')} closed by the gateway, "
                               f"{idle_final.get('failed')} failed to open, ALPN "
                               f"{idle_final.get('alpn')}"))
+        reloads_ok = sum(1 for r in self.reloads if r["ok"])
+        reloads_failed = len(self.reloads) - reloads_ok
+        results.append(Result("every reload applied", reloads_failed == 0,
+                              f"{reloads_ok} ok, {reloads_failed} failed"
+                              f" of {len(self.reloads)} SIGHUP reloads"))
         tracebacks = sum(path.read_text(errors="replace").count("Traceback")
                          for path in self.out.glob("twistd.log*"))
         results.append(Result("no tracebacks in the gateway's log", tracebacks == 0,
@@ -329,6 +404,7 @@ class Soak:
             "started": datetime.datetime.fromtimestamp(t0, datetime.UTC).isoformat(),
             "options": {k: str(v) for k, v in vars(options).items()},
             "passed": passed, "recoveries": recovered,
+            "reloads": {"ok": reloads_ok, "failed": reloads_failed, "each": self.reloads},
             "rss_after_warmup_mib": next((s["rss_mib"] for s in self.samples
                                           if s["t"] - t0 >= warmup), None),
             "fds_after_warmup": next((s["fds"] for s in self.samples
@@ -385,6 +461,9 @@ def markdown(summary: dict[str, Any]) -> str:
     for check in summary["checks"]:
         lines.append(f"| {check['name']} | {'PASS' if check['passed'] else '**FAIL**'} | "
                      f"{check['detail']} |")
+    reloads = summary["reloads"]
+    lines += ["", f"Configuration reloads (SIGHUP, two valid files in turn): {reloads['ok']} ok, "
+              f"{reloads['failed']} failed."]
     lines += ["", "### Faults (SIGKILL, then a restart on the same port)", "",
               "| # | service | killed at (s) | listening again (s) | down (s) | errors charged "
               "| last error, s after it listened |", "|---|---|---|---|---|---|---|"]
@@ -440,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between faults (default: a sixth of the run, 20-90 s)")
     parser.add_argument("--down", default="5,10,20",
                         help="seconds a killed service stays down (a list: taken in turn)")
+    parser.add_argument("--reload-every", type=float, default=60.0,
+                        help="seconds between SIGHUP reloads, alternating two valid "
+                        "configurations (0: none; default 60)")
     parser.add_argument("--broker-client", choices=("grpcio", "h2"), default="grpcio",
                         help="the gateway's event_broker.client")
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between samples")

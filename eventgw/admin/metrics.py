@@ -57,6 +57,7 @@ __all__ = [
     "configure",
     "connections_gauge",
     "connections_refused_counter",
+    "counting",
     "flush",
     "multiprocess_dir",
     "prepare_multiprocess",
@@ -64,9 +65,12 @@ __all__ = [
     "record_certificate",
     "record_event",
     "record_exchange",
+    "record_log_dropped",
     "record_ratelimited",
     "record_reload",
+    "record_upstream_host",
     "scrape_registry",
+    "set_upstream_host_health",
     "websocket_closed",
     "websocket_opened",
     "worker_exited",
@@ -109,6 +113,17 @@ UPSTREAM: Final = Counter(
     "(ok, error: 502/503 or UNAVAILABLE, timeout: 504 or DEADLINE_EXCEEDED, aborted).",
     ["upstream", "outcome"], registry=REGISTRY,
 )
+UPSTREAM_HOST: Final = Counter(
+    "eventgw_upstream_host_events_total", "Per upstream host: requests and calls sent "
+    "(request), failures (connect failure, reset, 502/503/504, UNAVAILABLE) and "
+    "ejections (ejected).",
+    ["upstream", "host", "event"], registry=REGISTRY,
+)
+UPSTREAM_HOST_HEALTHY: Final = Gauge(
+    "eventgw_upstream_host_healthy", "Per upstream host: 1 while its active health checks "
+    "pass (always 1 without checks).",
+    ["upstream", "host"], registry=REGISTRY, multiprocess_mode="min",
+)
 CONNECTIONS: Final = Gauge(
     "eventgw_connections_open", "Open client connections, by listener.",
     ["listener"], registry=REGISTRY, multiprocess_mode="livesum",
@@ -139,6 +154,11 @@ CONNECTIONS_REFUSED: Final = Counter(
 AUTH_DENIED: Final = Counter(
     "eventgw_auth_denied_total", "Requests refused by access control, by route and reason.",
     ["route", "reason"], registry=REGISTRY,
+)
+LOG_DROPPED: Final = Counter(
+    "eventgw_log_lines_dropped_total", "Access-log lines dropped because the log output "
+    "could not keep up (the log writer's buffer was full).",
+    registry=REGISTRY,
 )
 
 GRPC_WEB_CALLS: Final = Counter(
@@ -246,14 +266,29 @@ def flush() -> None:
     """Add the counts recorded since the last flush to the prometheus-client values."""
     for exchange in list(_exchange_children.values()):
         exchange.flush()
-    for slots in (_grpc_children, _upstream_children, _event_children, _grpc_web_children):
+    for slots in (
+        _grpc_children, _upstream_children, _event_children, _grpc_web_children,
+        _host_children,
+    ):
         for slot in list(slots.values()):
             slot.flush()
 
 
-def configure(max_methods: int) -> None:
-    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay)."""
+# ``metrics.enabled``: whether the request metrics are counted at all.
+_counting = True
+
+
+def configure(max_methods: int, *, enabled: bool = True) -> None:
+    """Apply ``metrics.max_methods`` (known methods beyond a lowered limit stay) and
+    ``metrics.enabled`` (off: requests, gRPC calls, events are not counted)."""
+    global _counting
     METHODS.limit = max_methods
+    _counting = enabled
+
+
+def counting() -> bool:
+    """Whether the request metrics are counted (``metrics.enabled``)."""
+    return _counting
 
 
 def _exchange_slot(route: object, protocol: str, status: int | str) -> _ExchangeSlot:
@@ -294,6 +329,8 @@ def record_exchange(
     fields: dict[str, object], protocol: str, status: int | str, duration_s: float
 ) -> None:
     """Count one finished exchange (called by the access log with its fields)."""
+    if not _counting:
+        return
     route = fields.get("route")
     if route == "admin":
         return  # the admin listener's own requests (probes, scrapes) are not counted
@@ -343,6 +380,8 @@ def record_exchange(
 
 def grpc_answered(path: str, grpc_status: object) -> None:
     """The Master API answered the method ``path`` (with ``grpc_status``)."""
+    if not _counting:
+        return
     METHODS.answered(path, grpc_status)
 
 
@@ -354,6 +393,8 @@ def record_event(mode: str, outcome: str) -> None:
     """Count one ``/events`` request: mode binary, structured or batch; outcome accepted
     (the broker took it), rejected (refused before the call: bad event, too large),
     failed (the broker answered an error) or cancelled (the client went away)."""
+    if not _counting:
+        return
     key = (mode, outcome)
     child = _event_children.get(key)
     if child is None:
@@ -364,6 +405,43 @@ def record_event(mode: str, outcome: str) -> None:
     child.n += 1
     if len(_event_children) >= _CACHE_LIMIT:
         child.flush()
+
+
+#: Distinct (upstream, host) label pairs at most; hosts come from the configuration and
+#: DNS (at most 64 an upstream), so this bound holds even across many reloads' changes.
+MAX_UPSTREAM_HOSTS: Final = 256
+_UPSTREAM_HOST_EVENTS: Final = frozenset({"request", "failure", "ejected"})
+_host_children: dict[tuple[str, str, str], _CountSlot] = {}
+_host_labels: set[tuple[str, str]] = set()
+
+
+def _host_label(upstream: str, host: str) -> str:
+    pair = (upstream, host)
+    if pair in _host_labels:
+        return host
+    if len(_host_labels) < MAX_UPSTREAM_HOSTS:
+        _host_labels.add(pair)
+        return host
+    return OTHER
+
+
+def record_upstream_host(upstream: str, host: str, event: str) -> None:
+    """Count a request, a failure or an ejection of one upstream host."""
+    key = (upstream, host, event)
+    child = _host_children.get(key)
+    if child is None:
+        child = _count_slot(_host_children, key, lambda: UPSTREAM_HOST.labels(
+            upstream, _host_label(upstream, host),
+            event if event in _UPSTREAM_HOST_EVENTS else OTHER,
+        ))
+    child.n += 1
+    if len(_host_children) >= _CACHE_LIMIT:
+        child.flush()
+
+
+def set_upstream_host_health(upstream: str, host: str, healthy: bool) -> None:
+    """The active health checks' verdict of one upstream host."""
+    UPSTREAM_HOST_HEALTHY.labels(upstream, _host_label(upstream, host)).set(1 if healthy else 0)
 
 
 def websocket_opened(protocol: str) -> None:
@@ -380,6 +458,11 @@ def websocket_closed(duration_s: float, bytes_up: int, bytes_down: int) -> None:
         _WS_UP.inc(bytes_up)
     if bytes_down:
         _WS_DOWN.inc(bytes_down)
+
+
+def record_log_dropped(count: int) -> None:
+    """``count`` access-log lines were dropped (the log writer was behind)."""
+    LOG_DROPPED.inc(count)
 
 
 def connections_gauge(listener: str) -> Gauge:

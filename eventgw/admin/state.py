@@ -20,12 +20,16 @@ class ServingState:
     """``draining`` turns True once, and stays so until the process exits.
 
     :ivar draining: whether a drain has started.
+    :ivar upstreams: the gateway's upstream hosts and their state, for the admin
+        page (set by the service that runs the gateway; ``None`` in a supervisor,
+        whose workers each balance on their own).
     """
 
-    __slots__ = ("_watchers", "draining")
+    __slots__ = ("_watchers", "draining", "upstreams")
 
     def __init__(self) -> None:
         self.draining = False
+        self.upstreams: Callable[[], dict[str, object]] | None = None
         self._watchers: list[Callable[[bool], None]] = []
 
     @property

@@ -11,6 +11,8 @@ all reach it:
 * ``GET /readyz``: 200 ``{"status": "serving"}``, 503 ``{"status": "draining"}`` from
   the first moment of a drain.
 * ``GET /metrics``: the Prometheus text format.
+* ``GET /upstreams``: JSON, every balanced upstream's hosts with their state
+  (available, ejected, unhealthy, draining), requests in flight and counts.
 * ``grpc.health.v1.Health/Check`` and ``/Watch`` for the service ``""``: SERVING, or
   NOT_SERVING while draining (``Watch`` pushes the change); any other service name is
   NOT_FOUND (``Check``) or SERVICE_UNKNOWN (``Watch``), as the health protocol says.
@@ -106,6 +108,18 @@ class AdminTarget:
                 _json(writer, 503, {"status": "draining"}, head_only)
             else:
                 _json(writer, 200, {"status": "serving"}, head_only)
+        elif path == b"/upstreams":
+            source = self.state.upstreams
+            body = json.dumps(
+                {"upstreams": source() if source is not None else {}}, indent=2
+            ).encode() + b"\n"
+            writer.write_head(200, [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ], end=head_only)
+            if not head_only:
+                writer.write_body(body)
+                writer.end()
         elif path == b"/metrics":
             data = generate_latest(self.registry())
             writer.write_head(200, [
@@ -116,7 +130,8 @@ class AdminTarget:
                 writer.write_body(data)
                 writer.end()
         else:
-            send_error(writer, 404, "the admin listener serves /healthz, /readyz, /metrics")
+            send_error(writer, 404,
+                       "the admin listener serves /healthz, /readyz, /metrics, /upstreams")
         return StaticReply()
 
 

@@ -27,6 +27,7 @@ client itself holds the response back.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
 from twisted.internet import defer
@@ -51,12 +52,15 @@ from eventgw.exchange import (
 )
 from eventgw.headers import Headers, request_headers_for_upstream, response_headers_for_downstream
 from eventgw.upstream.address import UpstreamAddress
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h1client import LocalProtocolError, ResponseHead
 from eventgw.upstream.httppool import (
     Reactor,
     UpstreamConnection,
     UpstreamPool,
+    upstream_endpoint,
 )
+from eventgw.upstream.trust import load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -74,6 +78,9 @@ _COALESCE_MAX: Final = 16 * 1024
 # RFC 9110 section 9.2.2: these may be retried after a failure on a stale connection.
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+# Upstream answers that count as the host failing, for ejection.
+_FAILURE_STATUSES: Final = frozenset({502, 503, 504})
+
 # Trailer fields that describe framing or routing and must not travel as trailers
 # (RFC 9110 section 6.5.1); hop-by-hop ones are dropped by headers.py.
 _FORBIDDEN_TRAILERS: Final = frozenset(
@@ -82,12 +89,16 @@ _FORBIDDEN_TRAILERS: Final = frozenset(
 
 
 class ApiProxy:
-    """The ``/api`` target: forwards each exchange to ``upstream`` over a pool.
+    """The ``/api`` target: forwards each exchange to one of ``upstream``'s hosts.
 
-    :param upstream: ``master_api.http`` from the config.
+    :param upstream: ``master_api.http`` from the config (one URL or several hosts).
     :param limits: ``max_request_body`` bounds the request body (413 beyond it).
     :param reactor: ``IReactorTime`` + ``IReactorTCP``; the global one by default.
-    :param pool: an existing pool to use instead of a new one (tests, sharing).
+    :param pool: an existing pool to use for the (single) host instead of a new one
+        (tests, sharing).
+    :param previous: the proxy a reload replaces: its pools of hosts both name are
+        taken over.
+    :ivar cluster: the hosts, a pool each, and the choice among them.
     """
 
     log = Logger()
@@ -99,17 +110,65 @@ class ApiProxy:
         *,
         reactor: Reactor | None = None,
         pool: UpstreamPool | None = None,
+        previous: ApiProxy | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.upstream = upstream
         self.reactor = reactor
-        self.pool = pool if pool is not None else UpstreamPool(upstream, reactor=reactor)
         self.max_body = limits.max_request_body
         self.response_timeout = upstream.response_timeout
         self.deadlines = _Deadlines(reactor, upstream.response_timeout)
-        # nginx's `proxy_set_header Host $proxy_host` default: the upstream's own name.
-        address = UpstreamAddress.for_http(upstream.scheme, upstream.host, upstream.port)
-        self.host_header = address.authority
+        # Read (and checked) once, when the gateway is built; every host shares it.
+        trust = (
+            load_trust(upstream.ca_file, "master_api.ca_file")
+            if upstream.scheme == "https" and pool is None
+            else None
+        )
+        given = pool
+
+        def make_pool(name: str, address: str, port: int) -> UpstreamPool:
+            if given is not None:
+                return given
+            # nginx's `proxy_set_header Host $proxy_host` default: the host's own name.
+            authority = UpstreamAddress.for_http(upstream.scheme, name, port).authority
+            config = replace(
+                upstream, host=name, port=port,
+                url=f"{upstream.scheme}://{authority.decode('ascii')}",
+            )
+            endpoint = upstream_endpoint(
+                config, reactor, connect_to=None if address == name else address, trust=trust
+            )
+            return UpstreamPool(config, reactor=reactor, endpoint=endpoint)
+
+        health = upstream.balancing.health_check
+
+        def probe(host: Host[UpstreamPool]) -> defer.Deferred[bool]:
+            assert health is not None
+            return host.pool.probe(health.path, _host_header(host.pool))
+
+        self.cluster: Cluster[UpstreamPool] = Cluster(
+            "master_api_http",
+            upstream.entries,
+            upstream.balancing,
+            make_pool=make_pool,
+            close_pool=lambda p: p.close(),
+            probe=probe if health is not None else None,
+            reactor=reactor,
+        )
+        if previous is not None and same_pools(previous.upstream, upstream):
+            # A reload: hosts both configurations name keep their connections.
+            self.cluster.take_over(previous.cluster)
+        self.cluster.start()
+
+    @property
+    def host_header(self) -> bytes:
+        """The first host's ``Host`` (each host's requests carry its own name)."""
+        return _host_header(self.pool)
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """The first host's pool (the only one with a single address)."""
+        return next(iter(self.cluster.hosts.values())).pool
 
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         """Forward one exchange; a declared body over the limit is refused at once."""
@@ -119,13 +178,28 @@ class ApiProxy:
         if head.content_length is not None and head.content_length > self.max_body:
             send_error(writer, 413, f"request body larger than {self.max_body} bytes")
             return StaticReply()
-        return ApiExchange(self, head, writer)
+        host = self.cluster.pick()
+        if host is None:
+            # Every host failed its health checks: at once, no connect attempt.
+            fields["upstream_closed"] = "no host available"
+            send_error(writer, 502, "no upstream host is available")
+            return StaticReply()
+        return ApiExchange(self, head, writer, host)
+
+    def busy(self) -> bool:
+        """Whether a request is in flight on any host."""
+        return self.cluster.busy()
 
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (in-flight requests are cut)."""
-        closed = self.pool.close()
+        closed = self.cluster.close()
         self.deadlines.stop()
-        return closed
+        return closed.addCallback(lambda _: None)
+
+
+def _host_header(pool: UpstreamPool) -> bytes:
+    config = pool.upstream
+    return UpstreamAddress.for_http(config.scheme, config.host, config.port).authority
 
 
 class _Deadlines:
@@ -198,22 +272,33 @@ class ApiExchange:
         "_body_streamed",
         "_client_paused",
         "_conn",
+        "_failed",
         "_finished",
         "_head_only",
+        "_host",
+        "_host_header",
         "_paused_for_pending",
         "_paused_for_upstream",
         "_pending",
         "_pending_size",
+        "_pool",
         "_proxy",
         "_retried",
         "_trailers",
+        "_tried",
         "_upstream_headers",
         "_watched",
         "head",
         "writer",
     )
 
-    def __init__(self, proxy: ApiProxy, head: RequestHead, writer: ResponseWriter) -> None:
+    def __init__(
+        self,
+        proxy: ApiProxy,
+        head: RequestHead,
+        writer: ResponseWriter,
+        host: Host[UpstreamPool],
+    ) -> None:
         self._proxy = proxy
         self.head = head
         self.writer = writer
@@ -234,10 +319,14 @@ class ApiExchange:
         self._activity = 0.0
         self._upstream_headers: Headers | None = None
         self._acquiring: defer.Deferred[UpstreamConnection] | None = None
+        self._failed = False
+        self._tried: list[str] = []
+        self._host: Host[UpstreamPool] | None = None
+        self._use(host)
         # The response timeout also bounds the wait for a pooled connection.
         self._touch()
         self._start_timer()
-        conn = proxy.pool.take_idle()
+        conn = self._pool.take_idle()
         if conn is not None:
             # The common case, without a Deferred: a warm connection is waiting.
             self._acquiring = None
@@ -247,15 +336,29 @@ class ApiExchange:
 
     # --- getting a connection ------------------------------------------------------
 
+    def _use(self, host: Host[UpstreamPool]) -> None:
+        self._host = host
+        self._pool = host.pool
+        self._host_header = _host_header(host.pool)
+        self._tried.append(host.key)
+        self._proxy.cluster.started(host)
+        self.head.log_fields["upstream_host"] = host.key
+
+    def _release_host(self) -> None:
+        host = self._host
+        if host is not None:
+            self._host = None
+            self._proxy.cluster.finished(host, failed=self._failed)
+
     def _acquire(self, *, fresh: bool) -> None:
-        attempt = self._proxy.pool.acquire(fresh=fresh)
+        attempt = self._pool.acquire(fresh=fresh)
         self._acquiring = attempt
         attempt.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, conn: UpstreamConnection) -> None:
         self._acquiring = None
         if self._finished:
-            self._proxy.pool.release(conn)
+            self._pool.release(conn)
             return
         self._conn = conn
         conn.sink = self
@@ -275,7 +378,7 @@ class ApiExchange:
             length = head.content_length
         codec = conn.codec
         try:
-            parts = [codec.send_request(head.method, head.target, self._proxy.host_header,
+            parts = [codec.send_request(head.method, head.target, self._host_header,
                                         headers, content_length=length)]
             for piece in self._pending:
                 parts.append(codec.send_body(piece))
@@ -308,6 +411,17 @@ class ApiExchange:
         if self._finished or failure.check(defer.CancelledError):
             return
         reason = failure.value
+        if isinstance(reason, UpstreamUnavailable) and len(self._tried) < 2:
+            # Nothing reached the host (refused, does not resolve): once, elsewhere.
+            other = self._proxy.cluster.pick(self._tried)
+            if other is not None:
+                self._failed = True
+                self._release_host()
+                self._failed = False
+                self.head.log_fields["upstream_retried"] = True
+                self._use(other)
+                self._acquire(fresh=False)
+                return
         if isinstance(reason, GatewayError):
             self._fail(reason.http_status, reason.message)
         else:
@@ -377,6 +491,8 @@ class ApiExchange:
 
     def response_head(self, head: ResponseHead) -> None:
         self._touch()
+        if head.status in _FAILURE_STATUSES:
+            self._failed = True
         headers = response_headers_for_downstream(head.headers)
         if head.has_body:
             self.writer.register_producer(self)
@@ -420,7 +536,7 @@ class ApiExchange:
             # as we used it.  Nothing was answered and nothing non-repeatable was sent.
             self._retried = True
             self._conn = None
-            self._proxy.pool.discard(conn)
+            self._pool.discard(conn)
             if self._paused_for_upstream:
                 # That connection's send buffer no longer matters.
                 self._paused_for_upstream = False
@@ -496,8 +612,11 @@ class ApiExchange:
             path=self.head.path.decode("latin-1"),  # no query: it may hold secrets
             status=status,
             reason=message,
-            upstream=self._proxy.upstream.url,
+            upstream=self._host.key if self._host is not None else self._proxy.upstream.url,
         )
+        if status in (502, 504):
+            # Unreachable, reset, invalid or too slow (a full pool's 503 is ours).
+            self._failed = True
         self._finish(reusable=False)
         self.writer.unregister_producer()
         send_error(self.writer, status, message)
@@ -505,6 +624,7 @@ class ApiExchange:
     def _finish(self, *, reusable: bool) -> None:
         self._finished = True
         self._cancel_timer()
+        self._release_host()
         attempt = self._acquiring
         if attempt is not None:
             self._acquiring = None
@@ -513,9 +633,9 @@ class ApiExchange:
         if conn is not None:
             self._conn = None
             if reusable:
-                self._proxy.pool.release(conn)
+                self._pool.release(conn)
             else:
-                self._proxy.pool.discard(conn)
+                self._pool.discard(conn)
         self._pending = []
         if self._paused_for_pending or self._paused_for_upstream:
             # Let the protocol read (and drop) the rest of the body.

@@ -151,6 +151,10 @@ class WebSocketRelay:
         session.begin()
         return session
 
+    def busy(self) -> bool:
+        """Whether a session is in progress."""
+        return bool(self.sessions)
+
     def close(self) -> defer.Deferred[None]:
         """End every session (the gateway is going away)."""
         for session in list(self.sessions):

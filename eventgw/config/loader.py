@@ -56,15 +56,18 @@ from eventgw.config.runtime import (
     ApiKey,
     ApiUpstream,
     AuthConfig,
+    Balancing,
     BrokerUpstream,
     ClientCertificates,
     CorsRule,
     GatewayConfig,
     GrpcUpstream,
+    HealthCheck,
     JwtProviderConfig,
     Limits,
     ListenConfig,
     MetricsConfig,
+    Outlier,
     RateLimit,
     TlsConfig,
 )
@@ -181,6 +184,7 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         grpc_deny=tuple(grpc.deny),
         limits=Limits(**(file.limits or LimitsSection()).model_dump()),
         access_log=(file.log or LogSection()).access,
+        log_format=(file.log or LogSection()).format,
         workers=file.workers,
         admin=_admin(file.admin or AdminSection()),
         metrics=MetricsConfig(**(file.metrics or MetricsSection()).model_dump()),
@@ -266,10 +270,35 @@ def _tls(section: TlsSection, base: str) -> TlsConfig:
     )
 
 
+def _entries(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _balancing(section: MasterApiSection | EventBrokerSection) -> Balancing:
+    check = section.health_check
+    outlier = section.outlier
+    return Balancing(
+        balance=section.balance,
+        resolve_interval=section.resolve_interval,
+        health_check=None if check is None else HealthCheck(**check.model_dump()),
+        outlier=Outlier() if outlier is None else Outlier(**outlier.model_dump()),
+    )
+
+
+def _same_scheme(key: str, index: int, got: object, first: object) -> None:
+    if got != first:
+        raise ConfigError(
+            f"{key}[{index}]", "every host of a list must use the scheme of the first"
+        )
+
+
 def _api_http(api: MasterApiSection, base: str) -> ApiUpstream | None:
     if api.http is None:
         return None
-    scheme, host, port, url = split_http_url(api.http)
+    urls = [split_http_url(text) for text in _entries(api.http)]
+    scheme, host, port, url = urls[0]
+    for index, other in enumerate(urls):
+        _same_scheme("master_api.http", index, other.scheme, scheme)
     return ApiUpstream(
         scheme=scheme,
         host=host,
@@ -279,13 +308,18 @@ def _api_http(api: MasterApiSection, base: str) -> ApiUpstream | None:
         connect_timeout=api.connect_timeout,
         response_timeout=api.response_timeout,
         max_connections=api.max_connections,
+        hosts=tuple((u.host, u.port) for u in urls) if len(urls) > 1 else (),
+        balancing=_balancing(api),
     )
 
 
 def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
     if api.grpc is None:
         return None
-    host, port, tls = split_grpc_target(api.grpc)
+    targets = [split_grpc_target(text) for text in _entries(api.grpc)]
+    host, port, tls = targets[0]
+    for index, other in enumerate(targets):
+        _same_scheme("master_api.grpc", index, other.tls, tls)
     return GrpcUpstream(
         host=host,
         port=port,
@@ -295,6 +329,8 @@ def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
         connect_timeout=api.connect_timeout,
         max_connections=api.grpc_connections,
         keepalive_interval=api.keepalive_interval,
+        hosts=tuple((t.host, t.port) for t in targets) if len(targets) > 1 else (),
+        balancing=_balancing(api),
     )
 
 
@@ -328,13 +364,18 @@ def _admin(section: AdminSection) -> AdminConfig | None:
 def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
     if section.grpc is None:
         return None
-    host, port, tls = split_grpc_target(section.grpc)
+    targets = [split_grpc_target(text) for text in _entries(section.grpc)]
+    host, port, tls = targets[0]
+    for index, other in enumerate(targets):
+        _same_scheme("event_broker.grpc", index, other.tls, tls)
     return BrokerUpstream(
         target=UpstreamAddress(host, port).authority.decode("ascii"),
         tls=tls,
         ca_file=_path(base, section.ca_file),
         deadline=section.deadline,
         client=section.client,
+        hosts=tuple((t.host, t.port) for t in targets) if len(targets) > 1 else (),
+        balancing=_balancing(section),
     )
 
 
@@ -377,7 +418,9 @@ def _located_message(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
     context = error.get("ctx") or {}
     if kind == ERROR_TYPE:
         below = context.get("key")
-        return (*loc, *below.split(".")) if below else loc, str(context["message"])
+        # ``[1]``: an item's index (a list entry a validator named itself).
+        parts = [int(p[1:-1]) if p.startswith("[") else p for p in (below or "").split(".") if p]
+        return (*loc, *parts), str(context["message"])
     if kind == "invalid_key":
         return loc[:-1], f"keys must be strings, got {loc[-1]!r}"
     if kind == "extra_forbidden":

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
@@ -39,9 +40,11 @@ from eventgw.config.runtime import (
     AccessConfig,
     AdminConfig,
     ApiUpstream,
+    Balancing,
     BrokerUpstream,
     GatewayConfig,
     GrpcUpstream,
+    HealthCheck,
     JwtProviderConfig,
     Limits,
     ListenConfig,
@@ -61,12 +64,14 @@ __all__ = [
     "EventBrokerSection",
     "GatewayFile",
     "GrpcSection",
+    "HealthCheckSection",
     "JwtProviderModel",
     "LimitsSection",
     "ListenSection",
     "LogSection",
     "MasterApiSection",
     "MetricsSection",
+    "OutlierSection",
     "RateLimitSection",
     "ReloadSection",
     "ShutdownSection",
@@ -220,6 +225,40 @@ ListenAddress = Annotated[
     AfterValidator(_listen_address),
     Field(json_schema_extra={"pattern": r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5}$"}),
 ]
+
+
+def _one_or_list(entry: Any, phrase: str) -> WrapValidator:
+    """One address, or a non-empty list of them; a bad entry is named with its index
+    (``master_api.http[1]: ...``)."""
+    adapter: TypeAdapter[str] = TypeAdapter(entry)
+
+    def one(value: object, index: int | None) -> str:
+        try:
+            return adapter.validate_python(value, strict=True)
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            context = first.get("ctx") or {}
+            message = str(context.get("message", first["msg"].splitlines()[0]))
+            raise failure(message, None if index is None else f"[{index}]") from None
+
+    def check(value: object, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise failure(f"expected {phrase} or a non-empty list of them, got []")
+            return [one(item, index) for index, item in enumerate(value)]
+        return one(value, None)
+
+    return WrapValidator(check)
+
+
+HttpUrls = Annotated[
+    HttpUrl | Annotated[list[HttpUrl], Field(min_length=1)],
+    _one_or_list(HttpUrl, "an http(s):// URL"),
+]
+GrpcTargets = Annotated[
+    GrpcTarget | Annotated[list[GrpcTarget], Field(min_length=1)],
+    _one_or_list(GrpcTarget, "a host:port"),
+]
 MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
 MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
 Name = Annotated[
@@ -238,7 +277,12 @@ PositiveRate = Annotated[
 ]
 RateKey = Annotated[Literal["client", "ip", "route"], _expect("one of: client, ip, route", repr)]
 NonNegativeInt = Annotated[int, Field(ge=0), _expect("a non-negative integer")]
+LogFormat = Annotated[Literal["text", "json"], _expect("one of: text, json", repr)]
 BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
+Balance = Annotated[
+    Literal["least_request", "round_robin"], _expect("one of: least_request, round_robin", repr)
+]
+HttpPath = Annotated[Text, Field(pattern="^/"), _expect("a path starting with '/'")]
 
 _LISTEN: Final = ListenConfig()
 _TLS: Final = TlsConfig()
@@ -250,6 +294,8 @@ _TOP: Final = GatewayConfig()
 _ADMIN: Final = AdminConfig()
 _METRICS: Final = MetricsConfig()
 _ACCESS: Final = AccessConfig()
+_BALANCING: Final = Balancing()
+_HEALTH: Final = HealthCheck()
 _JWT: Final = JwtProviderConfig(name="", issuer="", jwks="")
 
 # --- auth.jwt -------------------------------------------------------------------------
@@ -397,23 +443,85 @@ class TlsSection(_Section):
         return self
 
 
-class MasterApiSection(_Section):
+class HealthCheckSection(_Section):
+    """Active health checks of every host; without this section, none run."""
+
+    interval: Seconds = Field(
+        default=_HEALTH.interval,
+        description="Seconds between two checks of a host (jittered; fractions allowed).",
+    )
+    path: HttpPath = Field(
+        default=_HEALTH.path, description="The path HTTP hosts are checked at (GET, 2xx passes)."
+    )
+    unhealthy_after: PositiveInt = Field(
+        default=_HEALTH.unhealthy_after,
+        description="Failed checks in a row that take a host out.",
+    )
+    healthy_after: PositiveInt = Field(
+        default=_HEALTH.healthy_after,
+        description="Passed checks in a row that bring a host back.",
+    )
+    grpc_service: Annotated[str, _expect("a string")] = Field(
+        default=_HEALTH.grpc_service,
+        description='The service gRPC hosts are checked for with grpc.health.v1.Health/Check '
+        '("": the server as a whole).',
+    )
+    timeout: Seconds = Field(
+        default=_HEALTH.timeout, description="Seconds a check may take before it fails."
+    )
+
+
+class OutlierSection(_Section):
+    """Passive ejection: a host that fails in a row is left out for a while."""
+
+    consecutive_failures: PositiveInt = Field(
+        default=_BALANCING.outlier.consecutive_failures,
+        description="Failures in a row (connect failure, reset, HTTP 502/503/504, gRPC "
+        "UNAVAILABLE) that eject a host.",
+    )
+    eject_for: Seconds = Field(
+        default=_BALANCING.outlier.eject_for,
+        description="Seconds of the first ejection; each repeated one lasts twice as long "
+        "(at most ten times this).",
+    )
+
+
+class _Balanced(_Section):
+    """The keys of an upstream with several hosts."""
+
+    balance: Balance = Field(
+        default="least_request",
+        description="least_request (power of two choices) or round_robin.",
+    )
+    resolve_interval: Seconds = Field(
+        default=_BALANCING.resolve_interval,
+        description="Seconds between two resolutions of host names (each address a host).",
+    )
+    health_check: HealthCheckSection | None = Field(
+        default=None, description="Active health checks; without it, none run."
+    )
+    outlier: OutlierSection | None = Field(
+        default=None, description="Passive ejection after failures in a row."
+    )
+
+
+class MasterApiSection(_Balanced):
     """The Master API: /api is proxied to its HTTP URL, gRPC calls relayed to its address."""
 
     model_config = ConfigDict(
         json_schema_extra={"anyOf": [{"required": ["http"]}, {"required": ["grpc"]}]}
     )
 
-    http: HttpUrl | None = Field(
+    http: HttpUrls | None = Field(
         default=None,
         description="Base URL http(s)://host[:port] that /api requests are proxied to, "
-        "path and query kept as sent.",
+        "path and query kept as sent; or a list of them (one scheme), balanced.",
         examples=["http://127.0.0.1:8080"],
     )
-    grpc: GrpcTarget | None = Field(
+    grpc: GrpcTargets | None = Field(
         default=None,
         description="Address gRPC calls are relayed to: host:port (h2c) or "
-        "grpcs://host:port (TLS).",
+        "grpcs://host:port (TLS); or a list of them (one scheme), balanced per call.",
         examples=["127.0.0.1:50051"],
     )
     ca_file: Text | None = Field(
@@ -443,19 +551,26 @@ class MasterApiSection(_Section):
     )
 
 
-class EventBrokerSection(_Section):
+class EventBrokerSection(_Balanced):
     """The Event Broker: /events requests are transcoded to gRPC calls to it."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "dependentRequired": {"ca_file": ["grpc"], "deadline": ["grpc"], "client": ["grpc"]}
+            "dependentRequired": {
+                key: ["grpc"]
+                for key in (
+                    "ca_file", "deadline", "client", "balance", "resolve_interval",
+                    "health_check", "outlier",
+                )
+            }
         }
     )
 
-    grpc: GrpcTarget | None = Field(
+    grpc: GrpcTargets | None = Field(
         default=None,
-        description="The broker's gRPC address: host:port (h2c) or grpcs://host:port (TLS); "
-        "required when event_broker is given.",
+        description="The broker's gRPC address: host:port (h2c) or grpcs://host:port (TLS), "
+        "or a list of them (one scheme), balanced per call; required when event_broker "
+        "is given.",
         examples=["127.0.0.1:50052"],
     )
     ca_file: Text | None = Field(
@@ -535,6 +650,13 @@ class LogSection(_Section):
     access: Switch = Field(
         default=_TOP.access_log, description="One structured access-log event per request."
     )
+    format: LogFormat = Field(
+        default=_TOP.log_format,  # type: ignore[arg-type]
+        description="How log lines are written: text (timestamp, [system], message) or "
+        "json (one JSON object per line: time, level, system, worker, message, and every "
+        "field of an access event). Fixed at start: a reload that changes it is refused "
+        "(a restart is needed).",
+    )
 
 
 class AdminSection(_Section):
@@ -550,6 +672,12 @@ class AdminSection(_Section):
 
 class MetricsSection(_Section):
     """The Prometheus metrics served on the admin listener's /metrics."""
+
+    enabled: Switch = Field(
+        default=_METRICS.enabled,
+        description="Count requests, gRPC calls, events and upstream outcomes; false "
+        "leaves only the process-wide metrics (reloads, certificate, connections).",
+    )
 
     max_methods: PositiveInt = Field(
         default=_METRICS.max_methods,
@@ -862,7 +990,11 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "listen": ListenSection,
     "tls": TlsSection,
     "master_api": MasterApiSection,
+    "master_api.health_check": HealthCheckSection,
+    "master_api.outlier": OutlierSection,
     "event_broker": EventBrokerSection,
+    "event_broker.health_check": HealthCheckSection,
+    "event_broker.outlier": OutlierSection,
     "grpc": GrpcSection,
     "limits": LimitsSection,
     "log": LogSection,

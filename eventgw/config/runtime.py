@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 __all__ = [
+    "BALANCES",
+    "BALANCE_LEAST_REQUEST",
+    "BALANCE_ROUND_ROBIN",
     "BROKER_CLIENTS",
     "JWT_ALGORITHMS",
     "MIN_EVENT_SIZE",
@@ -24,15 +27,18 @@ __all__ = [
     "ApiKey",
     "ApiUpstream",
     "AuthConfig",
+    "Balancing",
     "BrokerUpstream",
     "ClientCertificates",
     "CorsRule",
     "GatewayConfig",
     "GrpcUpstream",
+    "HealthCheck",
     "JwtProviderConfig",
     "Limits",
     "ListenConfig",
     "MetricsConfig",
+    "Outlier",
     "RateLimit",
     "TlsConfig",
 ]
@@ -43,6 +49,10 @@ BROKER_CLIENTS: Final = ("grpcio", "h2")
 # What ``rate_limits[].by`` may name: the bucket is per principal (the address when
 # anonymous), per client address, or one for the whole rule.
 RATE_LIMIT_KEYS: Final = ("client", "ip", "route")
+# The ways ``balance`` may spread requests over an upstream's hosts.
+BALANCE_LEAST_REQUEST: Final = "least_request"
+BALANCE_ROUND_ROBIN: Final = "round_robin"
+BALANCES: Final = (BALANCE_LEAST_REQUEST, BALANCE_ROUND_ROBIN)
 
 # The CloudEvents HTTP binding: intermediaries must forward events of 64 KiB.
 MIN_EVENT_SIZE: Final = 64 * 1024
@@ -66,6 +76,47 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``health_check``: active checks of every host (HTTP GET, or grpc.health.v1)."""
+
+    interval: float = 5.0
+    path: str = "/healthz"
+    unhealthy_after: int = 3
+    healthy_after: int = 2
+    # The service name a gRPC host is checked for ("": the server as a whole).
+    grpc_service: str = ""
+    # Seconds a check may take before it counts as failed.
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """``outlier``: passive ejection after failures in a row."""
+
+    consecutive_failures: int = 5
+    eject_for: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Balancing:
+    """How an upstream's hosts share its requests: ``balance``, ``resolve_interval``,
+    ``health_check`` (``None``: no active checks) and ``outlier``."""
+
+    balance: str = BALANCE_LEAST_REQUEST
+    resolve_interval: float = 30.0
+    health_check: HealthCheck | None = None
+    outlier: Outlier = field(default_factory=Outlier)
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.outlier.consecutive_failures
+
+    @property
+    def eject_for(self) -> float:
+        return self.outlier.eject_for
+
+
+@dataclass(frozen=True, slots=True)
 class ApiUpstream:
     """``master_api.http``: where ``/api`` is proxied."""
 
@@ -77,6 +128,14 @@ class ApiUpstream:
     connect_timeout: float = 5.0
     response_timeout: float = 30.0
     max_connections: int = 64
+    # Every host (host, port) when a list is configured; empty: just host and port.
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
+
+    @property
+    def entries(self) -> tuple[tuple[str, int], ...]:
+        """The configured hosts, in order (``((host, port),)`` for one address)."""
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +150,13 @@ class GrpcUpstream:
     connect_timeout: float = 5.0
     max_connections: int = 4
     keepalive_interval: float = 30.0
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
+
+    @property
+    def entries(self) -> tuple[tuple[str, int], ...]:
+        """The configured hosts, in order (``((host, port),)`` for one address)."""
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +170,9 @@ class BrokerUpstream:
     # "grpcio" (the grpcio client) or "h2" (unary calls on the gateway's own HTTP/2
     # upstream pool, all on the reactor thread).
     client: str = "grpcio"
+    # Every broker (host, port) when a list is configured; empty: ``target`` alone.
+    hosts: tuple[tuple[str, int], ...] = ()
+    balancing: Balancing = field(default_factory=Balancing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +200,11 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """``metrics:``: bounds on the metrics' label values."""
+    """``metrics:``: whether requests are counted, and bounds on the label values."""
 
+    # False: requests, gRPC calls, events and upstream outcomes are not counted (the
+    # admin listener still serves /metrics: reloads, certificate, connections).
+    enabled: bool = True
     # Distinct gRPC method label values at most.
     max_methods: int = 500
 
@@ -249,6 +321,8 @@ class GatewayConfig:
     grpc_deny: tuple[str, ...] = ("/eventbroker.",)
     limits: Limits = field(default_factory=Limits)
     access_log: bool = True
+    # ``log.format``: "text" (twistd's classic lines) or "json" (one object per line).
+    log_format: str = "text"
     workers: int = 1
     # None: no admin listener.
     admin: AdminConfig | None = None

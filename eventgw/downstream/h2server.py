@@ -60,6 +60,7 @@ and the timers; the per-stream, policy, head-building and ``h2``-rules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -431,6 +432,9 @@ class H2ServerProtocol(Protocol):
 
     def now(self) -> float:
         return self._reactor.seconds()
+
+    def call_later(self, delay: float, call: Callable[[], object]) -> IDelayedCall:
+        return self._reactor.callLater(delay, call)
 
     def flush(self) -> None:
         """Write whatever h2 has queued, body chunks kept back included."""

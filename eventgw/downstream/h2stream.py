@@ -34,6 +34,7 @@ reset yet (``reset_after_read``) and report that they are over (``stream_closed`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from h2.errors import ErrorCodes
@@ -90,6 +91,9 @@ class StreamHost(Protocol):
 
     def now(self) -> float:
         """The reactor's clock."""
+
+    def call_later(self, delay: float, call: Callable[[], object]) -> IDelayedCall:
+        """Run ``call`` on the reactor in ``delay`` seconds (cancellable)."""
 
     def written(self) -> None:
         """A stream queued frames: flush them now or at the end of the read."""
@@ -625,12 +629,11 @@ class H2Stream:
         """After an error answered early: read the rest of the request body away, for
         a bounded amount and time (see :data:`DISCARD_BYTES`), then reset."""
         status = self.status
-        reactor = getattr(self._host, "_reactor", None)
-        if status is None or status < 400 or self._host.closing or reactor is None:
+        if status is None or status < 400 or self._host.closing:
             return False
         self.discard_left = DISCARD_BYTES + SERVER_STREAM_WINDOW
         self.inbox.clear()  # queued body the target has not seen: nobody will now
-        self._discard_timer = reactor.callLater(DISCARD_SECONDS, self._discard_expired)
+        self._discard_timer = self._host.call_later(DISCARD_SECONDS, self._discard_expired)
         return True
 
     def _discard(self, size: int, flow: int) -> None:

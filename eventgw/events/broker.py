@@ -18,6 +18,7 @@ grpcio future, which sends RST_STREAM (CANCELLED) to the broker.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import txaio.tx
 from google.protobuf.message import Message
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 
 from eventgw._reactor import default_reactor
-from eventgw.config import BrokerUpstream
-from eventgw.errors import BrokerCallFailed, GrpcStatus
+from eventgw.config import BrokerUpstream, parse_grpc_target
+from eventgw.errors import BrokerCallFailed, ConfigError, GrpcStatus
 from eventgw.events.transcode import HttpRoute
 from eventgw.exchange import Headers
 from eventgw.http2 import WRITES
@@ -42,7 +44,7 @@ from eventgw.upstream.trust import load_trust
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["GrpcioBrokerClient", "import_grpc"]
+__all__ = ["GrpcioBrokerClient", "channel_target", "import_grpc"]
 
 # A dead broker connection is noticed within a minute even when no call is running.
 _KEEPALIVE_MS: Final = 30_000
@@ -116,13 +118,15 @@ class GrpcioBrokerClient:
             ("grpc.max_send_message_length", _MAX_REQUEST_BYTES),
             *RECONNECT_BACKOFF_OPTIONS,
         ]
+        target, balancing = channel_target(upstream)
+        options.extend(balancing)
         if upstream.tls:
             # Every certificate of the CA file, read and checked now (None: grpcio's roots).
             root = load_trust(upstream.ca_file, "event_broker.ca_file").pem
             credentials = grpcio.ssl_channel_credentials(root_certificates=root)
-            self._channel = grpcio.secure_channel(upstream.target, credentials, options)
+            self._channel = grpcio.secure_channel(target, credentials, options)
         else:
-            self._channel = grpcio.insecure_channel(upstream.target, options)
+            self._channel = grpcio.insecure_channel(target, options)
         self._callables: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._closed = False
 
@@ -213,6 +217,44 @@ class GrpcioBrokerClient:
             self._closed = True
             self._channel.close()
         return succeed(None)
+
+
+def channel_target(upstream: BrokerUpstream) -> tuple[str, list[tuple[str, Any]]]:
+    """The grpcio target and channel options for the broker(s).
+
+    One IP address: as configured.  A list of IP addresses: an ``ipv4:``/``ipv6:``
+    target over all of them; one host name: ``dns:///name:port``, every address it
+    resolves to (a headless Service's pods; grpcio re-resolves it itself).  Either way
+    grpcio's own ``round_robin`` spreads the calls per call, over connections to every
+    broker, and with ``health_check`` its
+    client-side grpc.health.v1 checks (``healthCheckConfig``) leave out brokers that
+    are not SERVING.  grpcio has no least-request policy nor outlier ejection; the
+    ``h2`` client does both (see the README).
+    """
+    entries = upstream.hosts
+    if not entries:
+        host, port, _ = parse_grpc_target(upstream.target, "event_broker.grpc")
+        if isIPAddress(host) or isIPv6Address(host):
+            return upstream.target, []
+        entries = ((host, port),)
+    if all(isIPv6Address(host) for host, _ in entries):
+        target = "ipv6:" + ",".join(f"[{host}]:{port}" for host, port in entries)
+    elif all(isIPAddress(host) for host, _ in entries):
+        target = "ipv4:" + ",".join(f"{host}:{port}" for host, port in entries)
+    elif len(entries) == 1:
+        host, port = entries[0]
+        target = f"dns:///{host}:{port}"
+    else:
+        raise ConfigError(
+            "event_broker.grpc",
+            "the grpcio client takes a list of IP addresses or one host name (its DNS "
+            "answers are the brokers); several host names need client: h2",
+        )
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    check = upstream.balancing.health_check
+    if check is not None:
+        config["healthCheckConfig"] = {"serviceName": check.grpc_service}
+    return target, [("grpc.service_config", json.dumps(config))]
 
 
 def _failure_from(error: BaseException) -> BrokerCallFailed:

@@ -77,10 +77,16 @@ def new_broker_client(
     kind: str,
     *,
     reactor: IReactorTime | IReactorFromThreads | None = None,
+    previous: BrokerClient | None = None,
 ) -> BrokerClient:
-    """The client ``event_broker.client`` names (``kind``, one of ``BROKER_CLIENTS``)."""
+    """The client ``event_broker.client`` names (``kind``, one of ``BROKER_CLIENTS``);
+    ``previous``: the client a reload replaces (the h2 client takes over the
+    connections of brokers both configurations name)."""
     if kind == "h2":
-        return H2BrokerClient(upstream, reactor=reactor)
+        return H2BrokerClient(
+            upstream, reactor=reactor,
+            previous=previous if isinstance(previous, H2BrokerClient) else None,
+        )
     if kind == "grpcio":
         return GrpcioBrokerClient(upstream, reactor=reactor)
     raise ValueError(f"unknown broker client {kind!r} (one of {BROKER_CLIENTS})")

@@ -55,9 +55,9 @@ from eventgw.grpcwire import (
     parse_grpc_status,
     percent_decode_message,
 )
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h2client import UpstreamStream
-from eventgw.upstream.h2pool import GrpcConnectionPool
-from eventgw.upstream.trust import load_trust
+from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
@@ -85,15 +85,18 @@ class _UnaryCall:
     """
 
     __slots__ = (
+        "_attempt",
+        "_cluster",
         "_deadline",
         "_decoder",
         "_done",
         "_expiring",
         "_headers",
+        "_host",
+        "_host_failed",
         "_http_status",
         "_message",
         "_messages",
-        "_pool",
         "_response_class",
         "_retried",
         "_size",
@@ -104,14 +107,19 @@ class _UnaryCall:
 
     def __init__(
         self,
-        pool: GrpcConnectionPool,
+        cluster: Cluster[GrpcConnectionPool],
+        host: Host[GrpcConnectionPool],
         headers: Headers,
         message: bytes,
         response_class: type[Message],
         expiring: dict[_UnaryCall, float],
         deadline: float,
     ) -> None:
-        self._pool = pool
+        self._cluster = cluster
+        self._host: Host[GrpcConnectionPool] | None = host
+        self._host_failed = False
+        self._attempt = 0
+        cluster.started(host)
         self._headers = headers
         self._deadline = deadline
         self._message = message
@@ -129,10 +137,38 @@ class _UnaryCall:
 
     def start(self) -> None:
         """Open the stream and send the request (HEADERS, then DATA with END_STREAM)."""
-        stream = self._pool.open_stream(self._headers, self, self._deadline)
-        if not self._done:  # the pool may fail a stream at once (e.g. in back-off)
+        assert self._host is not None
+        self._attempt += 1
+        attempt = self._attempt
+        stream = self._host.pool.open_stream(self._headers, self, self._deadline)
+        # The pool may fail a stream at once (e.g. in back-off), and the call may have
+        # been sent elsewhere meanwhile.
+        if not self._done and attempt == self._attempt:
             self.stream = stream
             stream.send(self._message, end=True)
+
+    def _again(self, *, elsewhere_only: bool) -> bool:
+        """Send the call once more -- only for a request the broker never processed --,
+        to another broker when there is one."""
+        host = self._host
+        if self._retried or self._done or host is None:
+            return False
+        other = self._cluster.pick([host.key])
+        if other is None:
+            if elsewhere_only:
+                return False
+            other = host
+        self._retried = True
+        self._cluster.finished(host, failed=True)
+        self._host = other
+        self._cluster.started(other)
+        self._decoder = MessageDecoder()
+        self._messages = []
+        self._size = 0
+        self._http_status = b""
+        self.stream = None
+        self.start()
+        return True
 
     # -- the end of a call ---------------------------------------------------------
 
@@ -140,6 +176,9 @@ class _UnaryCall:
         if self._done:
             return False
         self._done = True
+        host, self._host = self._host, None
+        if host is not None:
+            self._cluster.finished(host, failed=self._host_failed)
         timer = self._timer
         if timer is None:
             self._expiring.pop(self, None)
@@ -151,6 +190,8 @@ class _UnaryCall:
 
     def _fail(self, code: int, details: str, details_bin: bytes | None = None,
               trailers: list[tuple[str, str | bytes]] | None = None) -> None:
+        if code == GrpcStatus.UNAVAILABLE:
+            self._host_failed = True
         if self._finish():
             self.deferred.errback(BrokerCallFailed(code, details, details_bin, trailers or ()))
 
@@ -209,21 +250,20 @@ class _UnaryCall:
         self._trailers(trailers)
 
     def upstream_reset(self, error_code: int) -> None:
-        if error_code == ErrorCodes.REFUSED_STREAM and not self._retried and not self._done:
-            # The broker did not process the request (RFC 9113 section 8.7; e.g. the
-            # streams past a GOAWAY): safe to send again, once, as gRPC clients do.
-            self._retried = True
-            self._decoder = MessageDecoder()
-            self._messages = []
-            self._size = 0
-            self._http_status = b""
-            self.stream = None
-            self.start()
+        # REFUSED_STREAM: the broker did not process the request (RFC 9113 section 8.7;
+        # e.g. the streams past a GOAWAY): safe to send again, once, as gRPC clients do.
+        if error_code == ErrorCodes.REFUSED_STREAM and self._again(elsewhere_only=False):
             return
+        self._host_failed = True
         code = grpc_status_for_reset(error_code)
         self._fail(code, f"stream reset by the broker (HTTP/2 error code {error_code})")
 
     def upstream_failed(self, reason: str) -> None:
+        # Before it had a connection (failed inside open_stream, or the connect
+        # failed): nothing reached the broker, so another one may take it.
+        stream = self.stream
+        if (stream is None or stream.unsent is not None) and self._again(elsewhere_only=True):
+            return
         self._fail(GrpcStatus.UNAVAILABLE, reason)
 
     def upstream_buffered(self, queued: int) -> None:
@@ -325,6 +365,7 @@ class H2BrokerClient:
         *,
         reactor: IReactorTime | IReactorFromThreads | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        previous: H2BrokerClient | None = None,
     ) -> None:
         # The gateway's reactor type says IReactorTime or IReactorFromThreads; timers
         # are what this client needs (every real reactor provides both).
@@ -333,20 +374,24 @@ class H2BrokerClient:
         self.upstream = upstream
         self.deadline = upstream.deadline
         host, port, _ = parse_grpc_target(upstream.target, "event_broker.grpc")
-        self._pool = GrpcConnectionPool(
-            GrpcUpstream(
-                host=host,
-                port=port,
-                tls=upstream.tls,
-                address=upstream.target,
-                ca_file=upstream.ca_file,
-                connect_timeout=min(MAX_CONNECT_TIMEOUT, upstream.deadline),
-                max_connections=max_connections,
-                keepalive_interval=KEEPALIVE_INTERVAL,
-            ),
-            reactor=reactor,
-            trust=load_trust(upstream.ca_file, "event_broker.ca_file") if upstream.tls else None,
+        config = GrpcUpstream(
+            host=host,
+            port=port,
+            tls=upstream.tls,
+            address=upstream.target,
+            ca_file=upstream.ca_file,
+            connect_timeout=min(MAX_CONNECT_TIMEOUT, upstream.deadline),
+            max_connections=max_connections,
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            hosts=upstream.hosts,
+            balancing=upstream.balancing,
         )
+        self.cluster = grpc_cluster(
+            "event_broker", config, reactor, trust_key="event_broker.ca_file"
+        )
+        if previous is not None and same_pools(previous.upstream, upstream):
+            self.cluster.take_over(previous.cluster)
+        self.cluster.start()
         prefix: Headers = [
             (b":method", b"POST"),
             (b":scheme", self._pool.scheme),
@@ -365,6 +410,11 @@ class H2BrokerClient:
         self._expiring: dict[_UnaryCall, float] = {}
         self._sweep: IDelayedCall | None = None
         self._closed = False
+
+    @property
+    def _pool(self) -> GrpcConnectionPool:
+        """The first broker's pool (scheme and :authority of the calls)."""
+        return next(iter(self.cluster.hosts.values())).pool
 
     @property
     def target(self) -> str:
@@ -397,7 +447,11 @@ class H2BrokerClient:
             *[NeverIndexedHeaderTuple(name, value) for name, value in metadata],
         ]
         now = self._reactor.seconds()
-        call = _UnaryCall(self._pool, headers, frame_message(request.SerializeToString()),
+        host = self.cluster.pick()
+        if host is None:
+            return fail(BrokerCallFailed(GrpcStatus.UNAVAILABLE, "no event broker is available"))
+        call = _UnaryCall(self.cluster, host, headers,
+                          frame_message(request.SerializeToString()),
                           route.response_class, self._expiring, now + seconds)
         if timeout is None:
             self._expiring[call] = now + self.deadline
@@ -424,7 +478,7 @@ class H2BrokerClient:
         if self._closed:
             return succeed(None)
         self._closed = True
-        closed = self._pool.close()
+        closed = self.cluster.close().addCallback(lambda _: None)
 
         def stop_sweeping(result: None) -> None:
             # Every call has ended with its connection by now.

@@ -95,6 +95,7 @@ class EventsEndpoint:
         reactor: IReactorTime | IReactorFromThreads | None = None,
         services: Sequence[ServiceDescriptor] = (EVENT_BROKER_SERVICE,),
         client: str = DEFAULT_CLIENT,
+        previous: EventsEndpoint | None = None,
     ) -> None:
         self.routes = RouteTable.from_services(services)
         for route, grpc_path in mapping_summary(self.routes).items():
@@ -104,7 +105,10 @@ class EventsEndpoint:
         self.client_kind = client
         self.client: BrokerClient | None = None
         if broker is not None:
-            self.client = new_broker_client(broker, client, reactor=reactor)
+            self.client = new_broker_client(
+                broker, client, reactor=reactor,
+                previous=previous.client if previous is not None else None,
+            )
         # CloudEvents intermediaries must pass events of 64 KiB, whatever the config says.
         self.max_event_size = max(limits.max_event_size, MIN_EVENT_SIZE)
         self.running: set[Deferred[Message]] = set()
@@ -165,6 +169,10 @@ class EventsEndpoint:
             headers.append((b"webhook-allowed-origin", origin))
             headers.append((b"webhook-allowed-rate", _WEBHOOK_ALLOWED_RATE))
         writer.write_head(200, headers, end=True)
+
+    def busy(self) -> bool:
+        """Whether a broker call is in flight."""
+        return bool(self.running)
 
     def close(self) -> Deferred[None]:
         """Answer new exchanges with 503, let running calls finish, close the channel."""

@@ -17,8 +17,9 @@ a configured but unreachable Master API gets UNAVAILABLE (14).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -51,19 +52,26 @@ from eventgw.grpc.relay import (
 )
 from eventgw.grpcwire import trailers_only
 from eventgw.routing import MethodPolicy
+from eventgw.upstream.cluster import Cluster, Host, same_pools
 from eventgw.upstream.h2client import UpstreamStream
-from eventgw.upstream.h2pool import GrpcConnectionPool
+from eventgw.upstream.h2pool import GrpcConnectionPool, grpc_cluster
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GrpcRelay"]
+__all__ = ["REPLAY_LIMIT", "GrpcRelay"]
+
+#: Request bytes a call keeps for sending again when the Master API refuses its stream
+#: unprocessed (REFUSED_STREAM); a larger request is not retried.
+REPLAY_LIMIT: Final = 64 * 1024
 
 
 class GrpcRelay:
     """Relays allowed gRPC calls to the Master API.
 
-    :ivar pool: the upstream connections, or ``None`` when no upstream is configured.
+    :ivar cluster: the Master API's hosts (an HTTP/2 pool each), or ``None`` when no
+        upstream is configured; each call picks its host, and stays on it.
+    :ivar pool: the first host's pool (the only one with a single address).
     :ivar calls: the calls in progress.
     :ivar peak_unacknowledged: the most response bytes any call held unacknowledged
         to the Master API (bounded by the upstream stream window).
@@ -80,13 +88,25 @@ class GrpcRelay:
         *,
         reactor: IReactorTime | None = None,
         pool: GrpcConnectionPool | None = None,
+        previous: GrpcRelay | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
         self.reactor = reactor
         self.policy = policy
-        if pool is None and upstream is not None:
-            pool = GrpcConnectionPool(upstream, reactor=reactor)
-        self.pool = pool
+        self.cluster: Cluster[GrpcConnectionPool] | None = None
+        if upstream is None and pool is not None:
+            upstream = pool.config
+        self.upstream = upstream
+        if upstream is not None:
+            self.cluster = grpc_cluster("master_api_grpc", upstream, reactor, pool=pool)
+            old = previous.cluster if previous is not None else None
+            if (
+                previous is not None and old is not None
+                and same_pools(previous.upstream, upstream)
+            ):
+                # A reload: hosts both configurations name keep their connections.
+                self.cluster.take_over(old)
+            self.cluster.start()
         self.calls: set[_RelayedCall] = set()
         self.peak_unacknowledged = 0
         self.peak_queued_upstream = 0
@@ -96,23 +116,41 @@ class GrpcRelay:
         fields["route"] = "grpc"
         fields["grpc_method"] = head.path.decode("utf-8", "replace")
         reason = refusal(head.path, self.policy)
-        if reason is None and self.pool is None:
+        if reason is None and self.cluster is None:
             reason = "no Master API gRPC upstream is configured"
         if reason is not None:
             fields["grpc_status"] = int(GrpcStatus.UNIMPLEMENTED)
             writer.write_head(200, trailers_only(GrpcStatus.UNIMPLEMENTED, reason), end=True)
             return StaticReply()
-        assert self.pool is not None
-        fields["upstream"] = self.pool.address
-        call = _RelayedCall(self, self.pool, head, writer)
+        assert self.cluster is not None
+        host = self.cluster.pick()
+        if host is None:
+            # Every host failed its health checks: at once, no connect attempt.
+            fields["grpc_status"] = int(GrpcStatus.UNAVAILABLE)
+            writer.write_head(
+                200, trailers_only(GrpcStatus.UNAVAILABLE, "Master API unavailable"), end=True
+            )
+            return StaticReply()
+        fields["upstream"] = host.pool.address
+        call = _RelayedCall(self, host, head, writer)
         call.begin()
         return call
 
+    @property
+    def pool(self) -> GrpcConnectionPool | None:
+        if self.cluster is None:
+            return None
+        return next(iter(self.cluster.hosts.values())).pool
+
+    def busy(self) -> bool:
+        """Whether a relayed call is in progress."""
+        return bool(self.calls)
+
     def close(self) -> Deferred[None]:
         """Close the upstream connections; calls in flight end with UNAVAILABLE."""
-        if self.pool is None:
+        if self.cluster is None:
             return succeed(None)
-        return self.pool.close()
+        return self.cluster.close().addCallback(lambda _: None)
 
     def call_finished(self, call: _RelayedCall) -> None:
         self.calls.discard(call)
@@ -128,18 +166,31 @@ class _RelayedCall:
     producer in one object, all of them feeding :class:`RelayStream`."""
 
     __slots__ = (
-        "_answered", "_done", "_timer", "head", "pool", "relay", "state", "stream", "writer",
+        "_answered", "_done", "_host_failed", "_open_failure", "_opening", "_sent",
+        "_sent_end", "_sent_size", "_timer", "_tried", "head", "host", "pool", "relay",
+        "state", "stream", "writer",
     )
 
     def __init__(
         self,
         relay: GrpcRelay,
-        pool: GrpcConnectionPool,
+        host: Host[GrpcConnectionPool],
         head: RequestHead,
         writer: ResponseWriter,
     ) -> None:
         self.relay = relay
-        self.pool = pool
+        self.host: Host[GrpcConnectionPool] | None = host
+        pool = self.pool = host.pool
+        self._tried = [host.key]
+        self._host_failed = False
+        self._opening = False
+        self._open_failure: str | None = None
+        # The request bytes sent upstream, kept (up to REPLAY_LIMIT) until the Master
+        # API answers: a stream it refuses unprocessed (REFUSED_STREAM, e.g. past a
+        # GOAWAY) is sent once more, to another host.  None: too much, or answered.
+        self._sent: list[bytes] | None = []
+        self._sent_size = 0
+        self._sent_end = False
         self.head = head
         self.writer = writer
         self.state = RelayStream(head, pool.authority, pool.scheme)
@@ -156,8 +207,68 @@ class _RelayedCall:
         # Measured from here: the wait for a connection is deducted from the
         # grpc-timeout that goes upstream.
         deadline = None if timeout is None else self.relay.reactor.seconds() + timeout
-        self.stream = self.pool.open_stream(self.state.request_headers, self, deadline)
-        self._run(self.state.start())
+        assert self.host is not None
+        self._cluster.started(self.host)
+        self._open(self.state.request_headers, deadline, ([], False))
+        if self.stream is not None:
+            self._run(self.state.start())
+
+    @property
+    def _cluster(self) -> Cluster[GrpcConnectionPool]:
+        cluster = self.relay.cluster
+        assert cluster is not None
+        return cluster
+
+    def _open(
+        self, headers: Headers, deadline: float | None, unsent: tuple[list[bytes], bool]
+    ) -> None:
+        """Open the upstream stream on the call's host, with what an earlier attempt
+        never sent.  A pool may fail the stream inside ``open_stream`` (its connect
+        back-off): that failure is handled once the stream is known."""
+        self._opening = True
+        self._open_failure = None
+        stream = self.pool.open_stream(headers, self, deadline)
+        self.stream = stream
+        chunks, end = unsent
+        for chunk in chunks:
+            stream.send(chunk)
+        if end:
+            stream.send(b"", True)
+        self._opening = False
+        failure, self._open_failure = self._open_failure, None
+        if failure is not None:
+            self.upstream_failed(failure)
+        elif stream.queued != self.state.queued_upstream:
+            self._run(self.state.upstream_buffered(stream.queued))
+
+    def _retry_elsewhere(self, refused: bool = False) -> bool:
+        """The stream failed before it reached its host, or the host refused it
+        unprocessed (``refused``): once, on another host."""
+        stream = self.stream
+        if stream is None or len(self._tried) >= 2:
+            return False
+        if refused:
+            if self._sent is None or self._answered:
+                return False
+            unsent = (self._sent, self._sent_end)
+        elif stream.unsent is None:
+            return False
+        else:
+            unsent = stream.unsent
+        other = self._cluster.pick(self._tried)
+        if other is None or self.host is None:
+            return False
+        self._cluster.finished(self.host, failed=True)
+        self.host = other
+        self.pool = other.pool
+        self._tried.append(other.key)
+        self._cluster.started(other)
+        self.head.log_fields["upstream"] = other.pool.address
+        self.head.log_fields["upstream_retried"] = True
+        if refused:
+            self._sent, self._sent_size, self._sent_end = [], 0, False
+        self._open(stream.headers, stream.deadline, unsent)
+        return True
 
     # -- RequestHandler (the client) ------------------------------------------------
 
@@ -182,6 +293,7 @@ class _RelayedCall:
 
     def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
         self._answered = True
+        self._sent = None
         self._run(self.state.upstream_headers(headers, end_stream))
 
     def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
@@ -191,9 +303,18 @@ class _RelayedCall:
         self._run(self.state.upstream_trailers(trailers))
 
     def upstream_reset(self, error_code: int) -> None:
+        if error_code == ErrorCodes.REFUSED_STREAM and self._retry_elsewhere(refused=True):
+            return
+        self._host_failed = True
         self._run(self.state.upstream_reset(error_code))
 
     def upstream_failed(self, reason: str) -> None:
+        if self._opening:
+            self._open_failure = reason
+            return
+        if self._retry_elsewhere():
+            return
+        self._host_failed = True
         # The address and the cause stay in the log; the client hears the kind.
         self.relay.log.warn(
             "{path}: Master API unavailable: {reason} (request_id={request_id})",
@@ -230,6 +351,7 @@ class _RelayedCall:
                 if self.stream is not None:
                     self.stream.acknowledge(action.size)
             elif isinstance(action, SendUpstream):
+                self._keep_sent(action.data, action.end)
                 stream = self.stream
                 if stream is not None:
                     queued = stream.send(action.data, action.end)
@@ -257,6 +379,18 @@ class _RelayedCall:
         if self.state.finished and not self._done:
             self._finish()
 
+    def _keep_sent(self, data: bytes, end: bool) -> None:
+        sent = self._sent
+        if sent is None:
+            return
+        if self._sent_size + len(data) > REPLAY_LIMIT:
+            self._sent = None
+            return
+        if data:
+            sent.append(data)
+            self._sent_size += len(data)
+        self._sent_end = self._sent_end or end
+
     def _learn_method(self) -> None:
         """A method the Master API answered (not UNIMPLEMENTED) gets its own label."""
         path = self.head.log_fields.get("grpc_method")
@@ -265,6 +399,12 @@ class _RelayedCall:
 
     def _finish(self) -> None:
         self._done = True
+        host, self.host = self.host, None
+        if host is not None:
+            failed = self._host_failed or (
+                self._answered and self.state.grpc_status == GrpcStatus.UNAVAILABLE
+            )
+            self._cluster.finished(host, failed=failed)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

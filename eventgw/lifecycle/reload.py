@@ -4,9 +4,10 @@ Core module: compares two :class:`~eventgw.config.GatewayConfig` objects, nothin
 
 The listening sockets are bound once, before the process (or the ``--workers``
 supervisor) starts serving, and the number of worker processes is fixed by the
-supervisor; a reload that changes either is refused whole.  Everything else (routes,
+supervisor, and the log observer (``log.format``) is installed once, when logging
+begins; a reload that changes any of them is refused whole.  Everything else (routes,
 upstreams, gRPC allow/deny, limits, the certificate, the drain period, ``reload.watch``,
-the access log) applies at once.
+the access log on or off, the metrics switch) applies at once.
 """
 
 from __future__ import annotations
@@ -26,4 +27,6 @@ def restart_needed(old: GatewayConfig, new: GatewayConfig) -> str | None:
             changes.append(f"listen.{key} {before} -> {after}")
     if old.workers != new.workers:
         changes.append(f"workers {old.workers} -> {new.workers}")
+    if old.log_format != new.log_format:
+        changes.append(f"log.format {old.log_format} -> {new.log_format}")
     return "; ".join(changes) or None

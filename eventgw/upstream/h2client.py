@@ -282,6 +282,7 @@ class UpstreamStream:
         "pool",
         "queued",
         "stream_id",
+        "unsent",
     )
 
     def __init__(
@@ -302,6 +303,9 @@ class UpstreamStream:
         self.local_ended = False
         self.queued = 0
         self.closed = False
+        # When it failed before it had a connection: what it would have sent (nothing
+        # of it reached the upstream, so the request may go elsewhere).
+        self.unsent: tuple[list[bytes], bool] | None = None
 
     def send(self, data: bytes, end: bool = False) -> int:
         """Queue request bytes (and the end of the request); return what is queued."""
@@ -368,6 +372,8 @@ class UpstreamStream:
         if self.closed:
             return
         self.closed = True
+        if self._connection is None:
+            self.unsent = (list(self._pending), self._end_queued)
         self._pending.clear()
         self.queued = 0
         self.listener.upstream_failed(reason)

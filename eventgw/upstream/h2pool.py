@@ -28,6 +28,7 @@ connection (frames, streams, flow control, GOAWAY, keepalive) is
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -38,7 +39,9 @@ from twisted.python.failure import Failure
 from eventgw._reactor import default_reactor
 from eventgw.config import GrpcUpstream
 from eventgw.exchange import Headers
+from eventgw.grpcwire import frame_message
 from eventgw.upstream.address import UpstreamAddress
+from eventgw.upstream.cluster import Cluster, Host
 from eventgw.upstream.h2client import (
     MIN_PING_INTERVAL_WITHOUT_DATA,
     H2ClientConnection,
@@ -61,6 +64,7 @@ __all__ = [
     "MAX_BACKOFF",
     "MAX_WAITING_STREAMS",
     "GrpcConnectionPool",
+    "grpc_cluster",
 ]
 
 # Streams waiting for a connection slot; beyond it calls fail (UNAVAILABLE) rather
@@ -70,6 +74,57 @@ MAX_WAITING_STREAMS: Final = 1000
 # delay doubles up to MAX_BACKOFF.  Short, because a waiting client holds a call.
 INITIAL_BACKOFF: Final = 0.1
 MAX_BACKOFF: Final = 5.0
+
+
+class _HealthCheck:
+    """The listener of one grpc.health.v1 Check: SERVING or not."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bool] = Deferred()
+        self.stream: UpstreamStream | None = None
+        self.body = b""
+
+    def _end(self, passed: bool) -> None:
+        if not self.done.called:
+            self.done.callback(passed)
+
+    def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
+        if end_stream:
+            self.upstream_trailers(headers)
+
+    def upstream_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
+        self.body += data[:1024]
+        if self.stream is not None:
+            self.stream.acknowledge(flow_length)
+        if end_stream:
+            self._end(False)
+
+    def upstream_trailers(self, trailers: Headers) -> None:
+        from google.protobuf.message import DecodeError
+        from grpc_health.v1 import health_pb2
+
+        status = dict(trailers).get(b"grpc-status")
+        if status != b"0" or len(self.body) < 5:
+            self._end(False)
+            return
+        try:
+            answer = health_pb2.HealthCheckResponse.FromString(self.body[5:])
+        except DecodeError:
+            self._end(False)
+            return
+        self._end(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def upstream_reset(self, error_code: int) -> None:
+        self._end(False)
+
+    def upstream_failed(self, reason: str) -> None:
+        self._end(False)
+
+    def upstream_buffered(self, queued: int) -> None:
+        pass
+
+    def upstream_deadline_exceeded(self) -> None:
+        self._end(False)
 
 
 class _ConnectionFactory(Factory):
@@ -111,8 +166,12 @@ class GrpcConnectionPool:
         trust: UpstreamTrust | None = None,
         keepalive_without_calls: bool = False,
         min_ping_interval_without_data: float = MIN_PING_INTERVAL_WITHOUT_DATA,
+        connect_to: str | None = None,
     ) -> None:
         reactor = default_reactor(reactor)
+        # An address ``config.host`` resolved to (the name stays the TLS server name
+        # and the :authority).
+        self.connect_to = connect_to
         self.reactor = reactor
         self.config = config
         self.keepalive_interval = config.keepalive_interval
@@ -181,6 +240,26 @@ class GrpcConnectionPool:
             return succeed(None)
         done: Deferred[None] = DeferredList(closed).addCallback(lambda _: None)
         return done
+
+    def probe(self, service: str, timeout: float) -> Deferred[bool]:
+        """An active health check: ``grpc.health.v1.Health/Check`` for ``service`` on
+        this pool's connections; fires ``True`` when the answer is SERVING."""
+        from grpc_health.v1 import health_pb2
+
+        check = _HealthCheck()
+        headers: Headers = [
+            (b":method", b"POST"),
+            (b":scheme", self.scheme),
+            (b":path", b"/grpc.health.v1.Health/Check"),
+            (b":authority", self.authority),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"user-agent", b"eventgw-health-check"),
+        ]
+        request = health_pb2.HealthCheckRequest(service=service).SerializeToString()
+        check.stream = self.open_stream(headers, check, self.reactor.seconds() + timeout)
+        check.stream.send(frame_message(request), end=True)
+        return check.done
 
     @property
     def connection_count(self) -> int:
@@ -280,7 +359,7 @@ class GrpcConnectionPool:
 
         endpoint = HostnameEndpoint(
             self.reactor,
-            self.config.host.encode("idna"),
+            (self.connect_to or self.config.host).encode("idna"),
             self.config.port,
             timeout=self.config.connect_timeout,
         )
@@ -343,3 +422,44 @@ class GrpcConnectionPool:
         self._retry_at = self.reactor.seconds() + self._backoff
         self._backoff = min(self._backoff * 2, self._max_backoff)
         self._fail_waiting(self._last_error)
+
+
+def grpc_cluster(
+    name: str,
+    upstream: GrpcUpstream,
+    reactor: IReactorTime,
+    *,
+    trust_key: str = "master_api.ca_file",
+    pool: GrpcConnectionPool | None = None,
+) -> Cluster[GrpcConnectionPool]:
+    """The hosts of a gRPC upstream, an HTTP/2 pool each (``pool``: the single host's,
+    given by a test), checked with grpc.health.v1 when ``health_check`` is set."""
+    trust = load_trust(upstream.ca_file, trust_key) if upstream.tls and pool is None else None
+
+    def make_pool(host: str, address: str, port: int) -> GrpcConnectionPool:
+        if pool is not None:
+            return pool
+        config = replace(
+            upstream, host=host, port=port,
+            address=UpstreamAddress(host, port).authority.decode("ascii"),
+        )
+        return GrpcConnectionPool(
+            config, reactor=reactor, trust=trust,
+            connect_to=None if address == host else address,
+        )
+
+    health = upstream.balancing.health_check
+
+    def probe(host: Host[GrpcConnectionPool]) -> Deferred[bool]:
+        assert health is not None
+        return host.pool.probe(health.grpc_service, health.timeout)
+
+    return Cluster(
+        name,
+        upstream.entries,
+        upstream.balancing,
+        make_pool=make_pool,
+        close_pool=lambda p: p.close(),
+        probe=probe if health is not None else None,
+        reactor=reactor,
+    )

@@ -64,7 +64,7 @@ from eventgw.upstream.h1client import (
     Ended,
     ResponseHead,
 )
-from eventgw.upstream.trust import client_tls_options, load_trust
+from eventgw.upstream.trust import UpstreamTrust, client_tls_options, load_trust
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -76,6 +76,7 @@ __all__ = [
     "ResponseSink",
     "UpstreamConnection",
     "UpstreamPool",
+    "upstream_endpoint",
 ]
 
 
@@ -255,6 +256,13 @@ class UpstreamConnection(protocol.Protocol):
         return False
 
 
+class _Discard(protocol.Protocol):
+    """Takes a health check's response body and drops the connection at once."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+
 class _ConnectionFactory(protocol.Factory):
     noisy = False  # "Starting factory" lines per pool would be noise
 
@@ -265,8 +273,17 @@ class _ConnectionFactory(protocol.Factory):
         return UpstreamConnection(self.pool)
 
 
-def _upstream_endpoint(upstream: ApiUpstream, reactor: Reactor) -> IStreamClientEndpoint:
-    host = upstream.host
+def upstream_endpoint(
+    upstream: ApiUpstream,
+    reactor: Reactor,
+    *,
+    connect_to: str | None = None,
+    trust: UpstreamTrust | None = None,
+) -> IStreamClientEndpoint:
+    """The endpoint of ``upstream``'s host: connecting to ``connect_to`` (an address
+    the host name resolved to) when given, TLS verified against the name either way."""
+    name = upstream.host
+    host = connect_to or name
     # The endpoint's own timeout is a backstop; UpstreamPool applies connect_timeout to
     # the whole attempt (name resolution included).
     timeout = upstream.connect_timeout + 1.0
@@ -279,8 +296,9 @@ def _upstream_endpoint(upstream: ApiUpstream, reactor: Reactor) -> IStreamClient
         endpoint = HostnameEndpoint(reactor, host, upstream.port, timeout=timeout)
     if upstream.scheme == "https":
         # Read (and checked) here, when the gateway is built; connections share it.
-        trust = load_trust(upstream.ca_file, "master_api.ca_file")
-        address = UpstreamAddress.for_http(upstream.scheme, host, upstream.port)
+        if trust is None:
+            trust = load_trust(upstream.ca_file, "master_api.ca_file")
+        address = UpstreamAddress.for_http(upstream.scheme, name, upstream.port)
         endpoint = wrapClientTLS(client_tls_options(address, trust, [b"http/1.1"]), endpoint)
     return endpoint
 
@@ -325,7 +343,7 @@ class UpstreamPool:
         reactor = default_reactor(reactor)
         self.upstream = upstream
         self._reactor = reactor
-        self._endpoint = endpoint or _upstream_endpoint(upstream, reactor)
+        self._endpoint = endpoint or upstream_endpoint(upstream, reactor)
         self._factory = _ConnectionFactory(self)
         self._max_connections = upstream.max_connections
         self._max_idle = max_idle
@@ -430,6 +448,35 @@ class UpstreamPool:
         done: Deferred[None] = Deferred()
         self._close_waiters.append(done)
         return done
+
+    def probe(self, path: str, host_header: bytes) -> Deferred[bool]:
+        """An active health check: ``GET path`` on a connection of its own (not one of
+        the pool's); fires ``True`` for a 2xx answer, ``False`` for any other, errbacks
+        when the host cannot be reached."""
+        from twisted.web.client import Agent
+        from twisted.web.http_headers import Headers as WebHeaders
+
+        endpoint = self._endpoint
+
+        class _Endpoints:
+            def endpointForURI(self, uri: object) -> IStreamClientEndpoint:
+                return endpoint
+
+        agent = Agent.usingEndpointFactory(self._reactor, _Endpoints())
+        scheme = self.upstream.scheme.encode("ascii")
+        answer = agent.request(
+            b"GET", scheme + b"://" + host_header + path.encode("ascii"),
+            WebHeaders({b"user-agent": [b"eventgw-health-check"]}),
+        )
+
+        def answered(response: Any) -> bool:
+            # Nothing of the body is needed: close the connection now.
+            if response.length != 0:
+                response.deliverBody(_Discard())
+            code: int = response.code
+            return 200 <= code < 300
+
+        return cast("Deferred[bool]", answer.addCallback(answered))
 
     @property
     def idle_count(self) -> int:
