@@ -75,6 +75,9 @@ class RequestHead:
     :ivar body_expected: ``False`` when the request is complete with its head (HTTP/2
         END_STREAM on HEADERS, HTTP/1.1 without a body), so no ``body_received`` follows,
         only ``body_ended``.
+    :ivar client_identity: the verified TLS client certificate's identity (first URI
+        SAN, else first DNS SAN, else subject CN), or ``None`` without one; read once
+        per connection.
     :ivar log_fields: fields a target adds for the access-log line (``upstream``,
         ``route``, ``grpc_status``...); the protocol emits one line per exchange.
     :ivar upgrade: ``b"websocket"`` when the request asks for a WebSocket (HTTP/1.1
@@ -92,6 +95,7 @@ class RequestHead:
     peer: str
     content_length: int | None = None
     body_expected: bool = True
+    client_identity: str | None = None
     log_fields: dict[str, object] = field(default_factory=dict)
     upgrade: bytes | None = None
 

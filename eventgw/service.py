@@ -192,7 +192,7 @@ class GatewayService(service.Service):
     def _context_factory(self, config: GatewayConfig) -> CertificateOptions:
         tls = config.tls
         if tls.cert is not None and tls.key is not None:
-            return server_context_factory(tls.cert, tls.key)
+            return server_context_factory(tls.cert, tls.key, config.auth.client_certificates)
         dev = ensure_dev_certificate(tls.dev_cert_dir)
         self.dev_certificate = dev
         self.log.warn(
@@ -203,7 +203,9 @@ class GatewayService(service.Service):
             cert_path=dev.cert_path,
             fingerprint=dev.fingerprint,
         )
-        return server_context_factory(dev.cert_path, dev.key_path)
+        return server_context_factory(
+            dev.cert_path, dev.key_path, config.auth.client_certificates
+        )
 
     def _listening_sockets(self) -> list[tuple[int, socket.socket | None]]:
         """One listening file descriptor per port, TLS first, with the socket object

@@ -5,6 +5,12 @@ Shell module.  The server offers ALPN ``h2`` then ``http/1.1``, TLS 1.2 and newe
 with OpenSSL's secure default cipher list (AEAD suites with forward secrecy first),
 which is what ``CertificateOptions`` gives when no ``acceptableCiphers`` are forced.
 
+With ``auth.client_certificates`` the server asks every client for a certificate and
+verifies it against that CA (``VERIFY_PEER``; ``VERIFY_FAIL_IF_NO_PEER_CERT`` too when
+``required``): a certificate that does not verify fails the handshake even when none is
+required.  :func:`peer_identity` reads the verified certificate's identity once per
+connection for :attr:`~eventgw.exchange.RequestHead.client_identity`.
+
 The listening port is given a :class:`SwappableServerTLS`: a reload replaces its
 options, and the next handshake uses the new certificate and key while established
 connections keep the ones they were made with.
@@ -25,12 +31,15 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from eventgw.auth.identity import certificate_identity
+from eventgw.config import ClientCertificates
 from eventgw.errors import ConfigError
 
 __all__ = [
     "DevCertificate",
     "SwappableServerTLS",
     "ensure_dev_certificate",
+    "peer_identity",
     "server_context_factory",
 ]
 
@@ -111,8 +120,11 @@ def _read(path: str, key: str) -> bytes:
         raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
 
 
-def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOptions:
-    """``CertificateOptions`` for the listening port: the chain, the key, ALPN h2/http1.1."""
+def server_context_factory(
+    cert_path: str, key_path: str, clients: ClientCertificates | None = None
+) -> ssl.CertificateOptions:
+    """``CertificateOptions`` for the listening port: the chain, the key, ALPN h2/http1.1,
+    and with ``clients`` the CA client certificates are verified against."""
     cert_pem = _read(cert_path, "tls.cert")
     key_pem = _read(key_path, "tls.key")
     try:
@@ -136,10 +148,55 @@ def server_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOpti
         )
         # Build the context now so a key that does not match the certificate fails at
         # start, naming the file, instead of at the first handshake.
-        options.getContext()
+        context = options.getContext()
     except SSL.Error as e:
         raise ConfigError("tls.key", f"{key_path} does not match {cert_path}: {e}") from None
+    if clients is not None:
+        _verify_clients(context, clients)
     return options
+
+
+def _verify_clients(context: SSL.Context, clients: ClientCertificates) -> None:
+    """Ask for a client certificate and verify it against ``clients.ca``."""
+    key = "auth.client_certificates.ca"
+    pem = _read(clients.ca, key)
+    try:
+        if not x509.load_pem_x509_certificates(pem):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(key, f"{clients.ca} holds no PEM certificate") from None
+    try:
+        context.load_verify_locations(clients.ca)
+        # The CA names offered in the CertificateRequest, so clients pick the right one.
+        context.load_client_ca(clients.ca.encode())
+    except SSL.Error as e:
+        raise ConfigError(key, f"cannot use {clients.ca}: {e}") from None
+    mode = SSL.VERIFY_PEER
+    if clients.required:
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    context.set_verify(mode)
+    # Session resumption with client verification needs a session id context.
+    context.set_session_id(b"eventgw")
+
+
+def peer_identity(transport: object) -> str | None:
+    """The verified client certificate's identity on a TLS transport (``None``: no
+    certificate, or not TLS)."""
+    get = getattr(transport, "getPeerCertificate", None)
+    if get is None:
+        return None
+    try:
+        certificate = get()
+    except (SSL.Error, AttributeError):
+        return None
+    if certificate is None:
+        return None
+    to_cryptography = getattr(certificate, "to_cryptography", None)
+    if to_cryptography is not None:
+        certificate = to_cryptography()
+    if not isinstance(certificate, x509.Certificate):
+        return None
+    return certificate_identity(certificate)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

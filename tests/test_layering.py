@@ -33,7 +33,8 @@ EXPECTED_CORE = frozenset(
         "eventgw.downstream.http1parse", "eventgw.downstream.http1frame",
         "eventgw.upstream.h1client", "eventgw.upstream.balancer",
         "eventgw.events.cloudevents", "eventgw.events.transcode", "eventgw.grpc.relay",
-        "eventgw.auth.jwt",
+        "eventgw.auth.guard", "eventgw.auth.ratelimit", "eventgw.auth.cors",
+        "eventgw.auth.identity", "eventgw.auth.jwt",
         "eventgw.grpc.webcodec", "eventgw.api.wsframes",
         "eventgw.logformat",
     }

@@ -33,7 +33,7 @@ from tests.events_support import (
     exchange,
     wait_until,
 )
-from tests.rig import gateway_config, start_gateway
+from tests.rig import gateway_config, settle, start_gateway
 
 
 class CountingItems(ItemsServicer):
@@ -173,7 +173,9 @@ class RelayBalancingTests(TestCase):
         self.assertEqual(codes, [grpc.StatusCode.UNAVAILABLE] * 3)
 
 
-def broker_endpoint(case: TestCase, servers: list[GrpcServer], client: str) -> EventsEndpoint:
+def broker_endpoint(
+    case: TestCase, servers: list[GrpcServer], client: str, extra: str = ""
+) -> EventsEndpoint:
     """The /events endpoint over ``servers`` with ``client`` (h2 or grpcio)."""
     from twisted.internet import reactor
 
@@ -181,7 +183,7 @@ def broker_endpoint(case: TestCase, servers: list[GrpcServer], client: str) -> E
     config = load_config(
         "master_api: {http: 'http://127.0.0.1:9'}\n"
         f"event_broker: {{grpc: [{hosts}], deadline: 5, client: {client}, "
-        "outlier: {consecutive_failures: 2, eject_for: 30}}\n"
+        f"outlier: {{consecutive_failures: 2, eject_for: 30}}{extra}}}\n"
     )
     endpoint = EventsEndpoint(config.event_broker, Limits(), reactor=reactor, client=client)
     case.addCleanup(endpoint.close)
@@ -222,6 +224,44 @@ class BrokerBalancingTests(TestCase):
     def test_grpcio_client_spreads_and_survives_a_kill(self) -> Any:
         """grpcio client (round_robin over the addresses): the same guarantees."""
         return self.spread_and_kill("grpcio")
+
+
+class BrokerHealthTests(TestCase):
+    @defer.inlineCallbacks
+    def not_serving_broker_gets_nothing(self, client: str) -> Generator[Any, Any, None]:
+        brokers = [RecordingBroker(), RecordingBroker()]
+        servers = [GrpcServer(self, broker) for broker in brokers]
+        servers[1].serving(False)
+        servers[0].serving(True)
+        endpoint = broker_endpoint(
+            self, servers, client,
+            ", health_check: {interval: 0.05, unhealthy_after: 1, healthy_after: 1}",
+        )
+        # Until the checks have run, events may still reach either broker.
+        in_a_row = 0
+        for i in range(400):
+            before = len(brokers[0].calls)
+            writer = yield exchange(endpoint, binary_headers(f"warm-{i}"), b"{}")
+            self.assertEqual(writer.status, 202)
+            in_a_row = in_a_row + 1 if len(brokers[0].calls) > before else 0
+            if in_a_row >= 10:
+                break
+            yield settle(0.01)
+        self.assertGreaterEqual(in_a_row, 10)
+        seen = len(brokers[1].calls)
+        for i in range(40):
+            writer = yield exchange(endpoint, binary_headers(f"ev-{i}"), b"{}")
+            self.assertEqual(writer.status, 202)
+        self.assertEqual(len(brokers[1].calls), seen)
+
+    def test_h2_client_leaves_out_a_not_serving_broker(self) -> Any:
+        """h2 client: grpc.health.v1 NOT_SERVING takes a broker out of the rotation."""
+        return self.not_serving_broker_gets_nothing("h2")
+
+    def test_grpcio_client_leaves_out_a_not_serving_broker(self) -> Any:
+        """grpcio client: its own client-side health checks (healthCheckConfig) do the
+        same."""
+        return self.not_serving_broker_gets_nothing("grpcio")
 
 
 class _Refusing(Protocol):

@@ -56,6 +56,7 @@ __all__ = [
     "REGISTRY",
     "configure",
     "connections_gauge",
+    "connections_refused_counter",
     "counting",
     "flush",
     "multiprocess_dir",
@@ -144,6 +145,11 @@ CERT_EXPIRY: Final = Gauge(
 RATELIMITED: Final = Counter(
     "eventgw_ratelimited_total", "Requests refused by a rate limit, by route.",
     ["route"], registry=REGISTRY,
+)
+CONNECTIONS_REFUSED: Final = Counter(
+    "eventgw_connections_refused_total",
+    "Client connections closed at once because limits.max_connections were open, by listener.",
+    ["listener"], registry=REGISTRY,
 )
 AUTH_DENIED: Final = Counter(
     "eventgw_auth_denied_total", "Requests refused by access control, by route and reason.",
@@ -493,6 +499,11 @@ def record_certificate(pem_path: str) -> float | None:
 def record_ratelimited(route: str) -> None:
     """Count a request refused by a rate limit."""
     RATELIMITED.labels(route_label(route)).inc()
+
+
+def connections_refused_counter(listener: str) -> Counter:
+    """The pre-bound ``eventgw_connections_refused_total`` child of a listener."""
+    return CONNECTIONS_REFUSED.labels(listener)
 
 
 def record_auth_denied(route: str, reason: str) -> None:

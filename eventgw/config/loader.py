@@ -31,6 +31,7 @@ from eventgw.config.environ import expand_node
 from eventgw.config.model import (
     ERROR_TYPE,
     SECTIONS,
+    AccessSection,
     AdminSection,
     AuthModel,
     EventBrokerSection,
@@ -49,11 +50,16 @@ from eventgw.config.model import (
     split_listen_address,
 )
 from eventgw.config.runtime import (
+    AccessConfig,
+    AccessRule,
     AdminConfig,
+    ApiKey,
     ApiUpstream,
     AuthConfig,
     Balancing,
     BrokerUpstream,
+    ClientCertificates,
+    CorsRule,
     GatewayConfig,
     GrpcUpstream,
     HealthCheck,
@@ -62,6 +68,7 @@ from eventgw.config.runtime import (
     ListenConfig,
     MetricsConfig,
     Outlier,
+    RateLimit,
     TlsConfig,
 )
 from eventgw.errors import ConfigError
@@ -184,6 +191,29 @@ def to_config(file: GatewayFile, source: str, base: str = ".") -> GatewayConfig:
         drain_timeout=(file.shutdown or ShutdownSection()).drain_timeout,
         reload_watch=(file.reload or ReloadSection()).watch,
         auth=_auth(file.auth or AuthModel(), base),
+        access=_access(file.access or AccessSection()),
+        rate_limits=tuple(
+            RateLimit(
+                prefix=limit.prefix,
+                per_second=limit.per_second,
+                burst=limit.burst,
+                by=limit.by,
+                name=limit.name or limit.prefix,
+            )
+            for limit in file.rate_limits
+        ),
+        cors=tuple(
+            CorsRule(
+                prefix=rule.prefix,
+                allow_origins=tuple(rule.allow_origins),
+                allow_methods=tuple(m.upper() for m in rule.allow_methods),
+                allow_headers=tuple(h.lower() for h in rule.allow_headers),
+                max_age=rule.max_age,
+                expose_headers=tuple(h.lower() for h in rule.expose_headers),
+                allow_credentials=rule.allow_credentials,
+            )
+            for rule in file.cors
+        ),
         source=source,
     )
 
@@ -304,6 +334,26 @@ def _api_grpc(api: MasterApiSection, base: str) -> GrpcUpstream | None:
     )
 
 
+def _auth(section: AuthModel, base: str) -> AuthConfig:
+    certs = section.client_certificates
+    return AuthConfig(
+        jwt=tuple(_jwt_provider(provider, base) for provider in section.jwt),
+        api_keys=tuple(ApiKey(key.name, bytes.fromhex(key.sha256)) for key in section.api_keys),
+        client_certificates=(
+            None
+            if certs is None
+            else ClientCertificates(ca=os.path.join(base, certs.ca), required=certs.required)
+        ),
+    )
+
+
+def _access(section: AccessSection) -> AccessConfig:
+    return AccessConfig(
+        default=tuple(section.default),
+        rules=tuple(AccessRule(rule.prefix, tuple(rule.allow)) for rule in section.rules),
+    )
+
+
 def _admin(section: AdminSection) -> AdminConfig | None:
     if section.listen is None:
         return None
@@ -327,10 +377,6 @@ def _broker(section: EventBrokerSection, base: str) -> BrokerUpstream | None:
         hosts=tuple((t.host, t.port) for t in targets) if len(targets) > 1 else (),
         balancing=_balancing(section),
     )
-
-
-def _auth(section: AuthModel, base: str) -> AuthConfig:
-    return AuthConfig(jwt=tuple(_jwt_provider(provider, base) for provider in section.jwt))
 
 
 def _jwt_provider(provider: JwtProviderModel, base: str) -> JwtProviderConfig:

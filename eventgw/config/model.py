@@ -37,6 +37,7 @@ from eventgw.config.addresses import BadAddress, split_grpc_target, split_http_u
 from eventgw.config.runtime import (
     JWT_ALGORITHMS,
     MIN_EVENT_SIZE,
+    AccessConfig,
     AdminConfig,
     ApiUpstream,
     Balancing,
@@ -53,8 +54,13 @@ from eventgw.config.runtime import (
 
 __all__ = [
     "SECTIONS",
+    "AccessRuleSection",
+    "AccessSection",
     "AdminSection",
+    "ApiKeySection",
     "AuthModel",
+    "ClientCertificatesSection",
+    "CorsSection",
     "EventBrokerSection",
     "GatewayFile",
     "GrpcSection",
@@ -66,10 +72,12 @@ __all__ = [
     "MasterApiSection",
     "MetricsSection",
     "OutlierSection",
+    "RateLimitSection",
     "ReloadSection",
     "ShutdownSection",
     "TlsSection",
     "describe",
+    "principal_problem",
     "split_listen_address",
 ]
 
@@ -160,6 +168,46 @@ def _listen_address(text: str) -> str:
     return text
 
 
+#: A credential's or provider's name as principals spell it (``key:NAME``, ``jwt:NAME``).
+NAME_PATTERN: Final = "^[A-Za-z0-9_.-]+$"
+_NAME: Final = re.compile(NAME_PATTERN)
+#: An HTTP method or header name (RFC 9110 ``token``).
+_HTTP_TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def principal_problem(text: str) -> str | None:
+    """What is wrong with a principal's spelling, or ``None`` (names are checked by the
+    file's validator, which knows the configured credentials)."""
+    if text in ("anyone", "authenticated"):
+        return None
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "jwt":
+        name, _, subject = rest.partition(":")
+        if _NAME.match(name) and (":" not in rest or subject):
+            return None
+    elif sep and kind == "key" and _NAME.match(rest):
+        return None
+    elif sep and kind == "cert" and rest and rest.isprintable():
+        return None
+    return (
+        f"expected one of anyone, authenticated, jwt:NAME, jwt:NAME:SUB, key:NAME, "
+        f"cert:IDENTITY; got {text!r}"
+    )
+
+
+def _principal(text: str) -> str:
+    problem = principal_problem(text)
+    if problem is not None:
+        raise failure(problem)
+    return text
+
+
+def _token(text: str) -> str:
+    if not _HTTP_TOKEN.match(text):
+        raise failure(f"expected an HTTP token (letters, digits, -), got {text!r}")
+    return text
+
+
 Port = Annotated[int, Field(ge=0, le=65535), _expect("a port number 0-65535")]
 PositiveInt = Annotated[int, Field(gt=0), _expect("a positive integer")]
 Seconds = Annotated[float, Field(gt=0), _expect("a positive number of seconds")]
@@ -213,6 +261,22 @@ GrpcTargets = Annotated[
 ]
 MethodPrefix = Annotated[str, Field(pattern="^/"), _expect("a prefix starting with '/'")]
 MethodPrefixes = Annotated[list[MethodPrefix], _expect("a list of method prefixes")]
+Name = Annotated[
+    str, Field(pattern=NAME_PATTERN), _expect("a name of letters, digits, '.', '_', '-'")
+]
+Sha256Hex = Annotated[
+    str, Field(pattern="^[0-9a-fA-F]{64}$"), _expect("64 hex digits (a SHA-256 digest)")
+]
+Principal = Annotated[Text, AfterValidator(_principal)]
+Principals = Annotated[list[Principal], _expect("a list of principals")]
+Token = Annotated[Text, AfterValidator(_token)]
+Tokens = Annotated[list[Token], _expect("a list of HTTP tokens")]
+Origins = Annotated[list[Text], _expect("a list of origins")]
+PositiveRate = Annotated[
+    float, Field(gt=0), _expect("a positive number (fractions allowed)")
+]
+RateKey = Annotated[Literal["client", "ip", "route"], _expect("one of: client, ip, route", repr)]
+NonNegativeInt = Annotated[int, Field(ge=0), _expect("a non-negative integer")]
 LogFormat = Annotated[Literal["text", "json"], _expect("one of: text, json", repr)]
 BrokerClient = Annotated[Literal["grpcio", "h2"], _expect("one of: grpcio, h2", repr)]
 Balance = Annotated[
@@ -229,6 +293,7 @@ _LIMITS: Final = Limits()
 _TOP: Final = GatewayConfig()
 _ADMIN: Final = AdminConfig()
 _METRICS: Final = MetricsConfig()
+_ACCESS: Final = AccessConfig()
 _BALANCING: Final = Balancing()
 _HEALTH: Final = HealthCheck()
 _JWT: Final = JwtProviderConfig(name="", issuer="", jwks="")
@@ -561,6 +626,11 @@ class LimitsSection(_Section):
         default=_LIMITS.max_header_bytes,
         description="Bytes of a request head (431 / HTTP/2 stream error beyond).",
     )
+    max_connections: PositiveInt = Field(
+        default=_LIMITS.max_connections,
+        description="Open client connections per process and port; beyond it new "
+        "connections are closed at once (existing ones keep working).",
+    )
     max_concurrent_streams: PositiveInt = Field(
         default=_LIMITS.max_concurrent_streams,
         description="Concurrent streams per HTTP/2 connection.",
@@ -636,6 +706,31 @@ class ReloadSection(_Section):
     )
 
 
+class ApiKeySection(_Section):
+    """One API key, sent by clients as ``x-api-key: KEY``; only its digest is kept."""
+
+    name: Name = Field(description="The key's name; access rules say key:NAME.")
+    sha256: Sha256Hex = Field(
+        description="Hex SHA-256 of the key (printf %s KEY | sha256sum); the key itself "
+        "is never stored."
+    )
+
+
+class ClientCertificatesSection(_Section):
+    """TLS client certificates: the identity is the first URI SAN, else the first DNS
+    SAN, else the subject CN."""
+
+    ca: Text = Field(
+        description="PEM CA certificates client certificates must chain to; relative to "
+        "the configuration file."
+    )
+    required: Switch = Field(
+        default=False,
+        description="true: a handshake without a client certificate fails (a certificate "
+        "that does not verify always fails it).",
+    )
+
+
 class JwtProviderModel(_Section):
     """One issuer of bearer tokens (``Authorization: Bearer <JWT>``); rules say jwt:NAME."""
 
@@ -704,6 +799,23 @@ class AuthModel(_Section):
         default_factory=list,
         description="JWT bearer-token providers, each with its issuer and keys.",
     )
+    api_keys: Annotated[list[ApiKeySection], _expect("a list of api keys")] = Field(
+        default_factory=list, description="API keys (x-api-key)."
+    )
+    client_certificates: ClientCertificatesSection | None = Field(
+        default=None, description="Ask TLS clients for a certificate signed by a CA."
+    )
+
+    @model_validator(mode="after")
+    def _key_names_unique(self) -> AuthModel:
+        seen: set[str] = set()
+        for index, key in enumerate(self.api_keys):
+            if key.name in seen:
+                raise failure(
+                    f"api key name {key.name!r} given twice", key=f"api_keys[{index}].name"
+                )
+            seen.add(key.name)
+        return self
 
     @model_validator(mode="after")
     def _distinct(self) -> AuthModel:
@@ -722,6 +834,84 @@ class AuthModel(_Section):
                 )
             names[provider.name] = index
             issuers[provider.issuer] = index
+        return self
+
+
+class AccessRuleSection(_Section):
+    """Who may call under a prefix."""
+
+    prefix: MethodPrefix = Field(
+        description='An HTTP path prefix or a gRPC "/pkg.Service/Method" prefix (plain '
+        "string prefix; the longest matching rule wins)."
+    )
+    allow: Principals = Field(
+        description="Any of: anyone, authenticated, jwt:NAME, jwt:NAME:SUB, key:NAME, "
+        "cert:IDENTITY ([] = nobody)."
+    )
+
+
+class AccessSection(_Section):
+    """Access rules: who may call what."""
+
+    default: Principals = Field(
+        default=list(_ACCESS.default),
+        description="Who may use what no rule matches ([] = nobody).",
+    )
+    rules: Annotated[list[AccessRuleSection], _expect("a list of rules")] = Field(
+        default_factory=list, description="Rules by prefix; the longest match wins."
+    )
+
+
+class RateLimitSection(_Section):
+    """A token bucket: burst tokens, refilled at per_second; per process."""
+
+    prefix: MethodPrefix = Field(
+        description="HTTP path or gRPC method prefix the limit applies to (longest wins)."
+    )
+    per_second: PositiveRate = Field(description="Refill rate in requests per second.")
+    burst: PositiveInt = Field(description="The bucket's capacity (at least 1).")
+    by: RateKey = Field(
+        default="client",
+        description="client (the principal; the address when anonymous), ip, or route "
+        "(one bucket for the rule).",
+    )
+    name: Name | None = Field(
+        default=None,
+        description="The policy's name in the RateLimit headers (default: the prefix).",
+    )
+
+
+class CorsSection(_Section):
+    """Browser cross-origin access under a prefix; preflights are answered by the gateway."""
+
+    prefix: MethodPrefix = Field(description="Path prefix (longest wins).")
+    allow_origins: Origins = Field(
+        description='Origins allowed, e.g. "https://app.example.com"; "*" for any.'
+    )
+    allow_methods: Tokens = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST"], description="Methods allowed."
+    )
+    allow_headers: Tokens = Field(
+        default_factory=list, description="Request headers allowed (case-insensitive)."
+    )
+    max_age: NonNegativeInt = Field(
+        default=600, description="Seconds a browser may cache a preflight answer."
+    )
+    expose_headers: Tokens = Field(
+        default_factory=list, description="Response headers a page may read."
+    )
+    allow_credentials: Switch = Field(
+        default=False, description="Let pages send cookies / credentials (never with \"*\")."
+    )
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSection:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise failure(
+                'allow_credentials cannot be true with the "*" origin (the Fetch '
+                "standard refuses it)",
+                key="allow_credentials",
+            )
         return self
 
 
@@ -751,6 +941,37 @@ class GatewayFile(_Section):
     auth: AuthModel | None = Field(
         default=None, description="Authentication; without it, everything stays open."
     )
+    access: AccessSection | None = Field(
+        default=None, description="Without it (and without auth) everything stays open."
+    )
+    rate_limits: Annotated[list[RateLimitSection], _expect("a list of rate limits")] = Field(
+        default_factory=list, description="Token buckets, in memory, per process."
+    )
+    cors: Annotated[list[CorsSection], _expect("a list of CORS rules")] = Field(
+        default_factory=list, description="CORS rules by prefix."
+    )
+
+    @model_validator(mode="after")
+    def _principals_known(self) -> GatewayFile:
+        access = self.access
+        if access is None:
+            return self
+        auth = self.auth or AuthModel()
+        keys = {key.name for key in auth.api_keys}
+        jwts = {provider.name for provider in auth.jwt}
+        places = [(f"access.default[{i}]", p) for i, p in enumerate(access.default)]
+        for r, rule in enumerate(access.rules):
+            places += [(f"access.rules[{r}].allow[{i}]", p) for i, p in enumerate(rule.allow)]
+        for key, principal in places:
+            kind, _, rest = principal.partition(":")
+            name = rest.partition(":")[0]
+            if kind == "key" and name not in keys:
+                raise failure(f"no auth.api_keys entry is named {name!r}", key=key)
+            if kind == "jwt" and name not in jwts:
+                raise failure(f"no auth.jwt provider is named {name!r}", key=key)
+            if kind == "cert" and auth.client_certificates is None:
+                raise failure("cert: principals need auth.client_certificates", key=key)
+        return self
 
     @model_validator(mode="after")
     def _master_api_given(self) -> GatewayFile:
@@ -783,4 +1004,5 @@ SECTIONS: Final[dict[str, type[BaseModel]]] = {
     "reload": ReloadSection,
     "auth": AuthModel,
     "auth.jwt[]": JwtProviderModel,
+    "access": AccessSection,
 }

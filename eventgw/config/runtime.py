@@ -20,11 +20,17 @@ __all__ = [
     "BROKER_CLIENTS",
     "JWT_ALGORITHMS",
     "MIN_EVENT_SIZE",
+    "RATE_LIMIT_KEYS",
+    "AccessConfig",
+    "AccessRule",
     "AdminConfig",
+    "ApiKey",
     "ApiUpstream",
     "AuthConfig",
     "Balancing",
     "BrokerUpstream",
+    "ClientCertificates",
+    "CorsRule",
     "GatewayConfig",
     "GrpcUpstream",
     "HealthCheck",
@@ -33,12 +39,16 @@ __all__ = [
     "ListenConfig",
     "MetricsConfig",
     "Outlier",
+    "RateLimit",
     "TlsConfig",
 ]
 
 # The Event Broker clients ``event_broker.client`` may name.
 BROKER_CLIENTS: Final = ("grpcio", "h2")
 
+# What ``rate_limits[].by`` may name: the bucket is per principal (the address when
+# anonymous), per client address, or one for the whole rule.
+RATE_LIMIT_KEYS: Final = ("client", "ip", "route")
 # The ways ``balance`` may spread requests over an upstream's hosts.
 BALANCE_LEAST_REQUEST: Final = "least_request"
 BALANCE_ROUND_ROBIN: Final = "round_robin"
@@ -175,6 +185,9 @@ class Limits:
     max_concurrent_streams: int = 100
     idle_timeout: float = 120.0
     header_timeout: float = 15.0
+    # Open client connections per process (per listening port's factory); a
+    # connection beyond it is closed at once.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +244,70 @@ class JwtProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """``auth.api_keys[]``: a key's name and the SHA-256 digest of the key (32 bytes)."""
+
+    name: str
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificates:
+    """``auth.client_certificates``: the CA client certificates must chain to."""
+
+    ca: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``auth:``: who the gateway can authenticate (empty: nobody, everything stays open)."""
+    """``auth:``: the credentials the gateway accepts (none: everybody is anonymous,
+    everything stays open unless ``access`` says otherwise)."""
 
     jwt: tuple[JwtProviderConfig, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
+    client_certificates: ClientCertificates | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """``access.rules[]``: who may call under a path or gRPC method prefix."""
+
+    prefix: str
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """``access:``: the rules, and who may use what no rule matches."""
+
+    default: tuple[str, ...] = ("anyone",)
+    rules: tuple[AccessRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limits[]``: a token bucket of ``burst`` tokens refilled at ``per_second``."""
+
+    prefix: str
+    per_second: float
+    burst: int
+    by: str = "client"
+    # The policy's name in the RateLimit headers (default: the prefix).
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CorsRule:
+    """``cors[]``: which browser origins may call under a prefix."""
+
+    prefix: str
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    allow_headers: tuple[str, ...] = ()
+    max_age: int = 600
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +332,9 @@ class GatewayConfig:
     # ``reload.watch``: also reload when the file (or its directory) changes.
     reload_watch: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    rate_limits: tuple[RateLimit, ...] = ()
+    cors: tuple[CorsRule, ...] = ()
     source: str = "<defaults>"
 
     def with_overrides(self, **changes: Any) -> GatewayConfig:

@@ -55,6 +55,8 @@ class RequestFacts:
     scheme: bytes
     peer: str
     max_header_bytes: int
+    # The TLS client certificate's identity (read once per connection).
+    client_identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ def h2_request_head(
         headers=regular,
         protocol=PROTOCOL,
         peer=facts.peer,
+        client_identity=facts.client_identity,
         # A declared 0 on a stream still open is not a complete request until
         # END_STREAM proves it (DATA may follow, which makes it malformed): the target
         # gets an unknown length and the body's end, so nothing upstream completes

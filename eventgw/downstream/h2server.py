@@ -124,6 +124,7 @@ from eventgw.http2 import (
     SERVER_STREAM_WINDOW,
     WRITES,
 )
+from eventgw.tls import peer_identity
 
 # The first GOAWAY of a drain carries the largest stream id (RFC 9113 section 6.8);
 # the final one follows once the PING sent with it is answered, or after this long.
@@ -233,7 +234,9 @@ class H2ServerProtocol(Protocol):
         policy = self._policy
         first_timer = policy.connected(self._reactor.seconds())
         self.peer = _peer_host(self.transport)
-        self._facts = replace(self._facts, peer=self.peer)
+        self._facts = replace(
+            self._facts, peer=self.peer, client_identity=peer_identity(self.transport)
+        )
         conn = self.conn
         # h2 enforces these ceilings (its concurrent-stream check runs while it parses a
         # whole read; its header decoder must finish a block to keep HPACK in sync); the

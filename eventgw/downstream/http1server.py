@@ -71,6 +71,7 @@ from eventgw.exchange import (
     RequestTarget,
     StaticReply,
 )
+from eventgw.tls import peer_identity
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -141,6 +142,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self._transport: _Transport | None = None
         self._registered = False
         self.peer = "-"
+        self.client_identity: str | None = None
         self._exchange: Http1Writer | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -167,6 +169,7 @@ class Http1ServerProtocol(TwistedProtocol):
         self._transport = transport
         peer = transport.getPeer()
         self.peer = str(getattr(peer, "host", peer))
+        self.client_identity = peer_identity(transport)
         transport.registerProducer(self, True)
         self._registered = True
         self._set_deadline("header", self._limits.header_timeout)
@@ -382,6 +385,7 @@ class Http1ServerProtocol(TwistedProtocol):
             headers=request.headers,
             protocol="HTTP/1.1" if request.version == b"HTTP/1.1" else "HTTP/1.0",
             peer=self.peer,
+            client_identity=self.client_identity,
             content_length=content_length,
             body_expected=content_length != 0,
             upgrade=request.upgrade,

@@ -24,6 +24,10 @@ streams may finish) and HTTP/1.1 (the request in flight is answered with
 UNAVAILABLE, then GOAWAY and close; HTTP/1.1: cut), and
 :meth:`GatewayFactory.abort_connections` cuts whatever still has not gone.
 
+``limits.max_connections`` caps the open connections of each port's factory: one
+more is closed as soon as it is accepted (before any TLS handshake) and counted, while
+the open ones keep working.
+
 A reload changes what the factory gives *new* connections (``limits``,
 ``access_log``); the ``target`` every connection routes through is the service's
 current router, so a new request on an old connection already uses the new routes.
@@ -40,7 +44,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from eventgw.admin.metrics import connections_gauge
+from eventgw.admin.metrics import connections_gauge, connections_refused_counter
 from eventgw.config import Limits
 from eventgw.downstream import sniff
 from eventgw.downstream.accesslog import log_protocol_error
@@ -74,7 +78,9 @@ class ProtocolSniffer(Protocol):
         self._plain: Any = None  # the TCP transport under TLS, once plain HTTP is seen
 
     def connectionMade(self) -> None:
-        self.gateway_factory.connection_made(self)
+        if not self.gateway_factory.connection_made(self):
+            self._refuse_connection()
+            return
         if self.gateway_factory.tls:
             self._guard_plain_http()
         # Responses are written whole per reactor turn; Nagle would only hold back the
@@ -89,6 +95,12 @@ class ProtocolSniffer(Protocol):
         self._timer = self.gateway_factory.reactor.callLater(
             self.gateway_factory.limits.header_timeout, self._silent
         )
+
+    def _refuse_connection(self) -> None:
+        """Over ``limits.max_connections``: close at once, before any TLS handshake."""
+        transport: Any = self.transport
+        tcp = getattr(transport, "transport", None) if self.gateway_factory.tls else None
+        (tcp if tcp is not None else transport).abortConnection()
 
     def _silent(self) -> None:
         self._timer = None
@@ -231,12 +243,23 @@ class GatewayFactory(Factory):
         self._closed_waiters: list[Deferred[None]] = []
         self.listener = listener or ("tls" if tls else "cleartext")
         self._open_gauge = connections_gauge(self.listener)
+        self._refused_counter = connections_refused_counter(self.listener)
+        #: Connections closed at once because ``limits.max_connections`` were open.
+        self.refused = 0
 
-    def connection_made(self, connection: ProtocolSniffer) -> None:
-        """``connection`` is open (counted in ``eventgw_connections_open``)."""
-        if connection not in self.connections:
-            self.connections.add(connection)
-            self._open_gauge.inc()
+    def connection_made(self, connection: ProtocolSniffer) -> bool:
+        """``connection`` is open (counted in ``eventgw_connections_open``); ``False``
+        when ``limits.max_connections`` are open already (it must close at once; counted
+        in ``eventgw_connections_refused_total``)."""
+        if connection in self.connections:
+            return True
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused += 1
+            self._refused_counter.inc()
+            return False
+        self.connections.add(connection)
+        self._open_gauge.inc()
+        return True
 
     def connection_closed(self, connection: ProtocolSniffer) -> None:
         """``connection`` is gone; the last one to go fires :meth:`when_closed`."""

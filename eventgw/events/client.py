@@ -42,8 +42,10 @@ __all__ = [
     "new_request_id",
 ]
 
-# Trace context (W3C Trace Context) and the request id travel to the broker as metadata.
-FORWARDED_HEADERS: Final = (b"traceparent", b"tracestate", b"x-request-id")
+# Trace context (W3C Trace Context), the request id and the caller's identity (set by
+# the gateway's access checks, a client's own value removed) travel to the broker as
+# metadata.
+FORWARDED_HEADERS: Final = (b"traceparent", b"tracestate", b"x-request-id", b"x-eventgw-client")
 # Metadata values are single header lines; anything longer is not a trace header.
 _MAX_FORWARDED_VALUE: Final = 1024
 _PRINTABLE: Final = re.compile(rb"[\x20-\x7e]+")
