@@ -39,13 +39,14 @@ from rig.report import (
     HEADER,
     Run,
     Summary,
+    access_cost_table,
     metrics_cost_table,
     summarize,
     table_rows,
     targets_table,
 )
 from rig.rows import ROW_NAMES, Rig, Row, eventgw_unavailable, make_backends, make_rows
-from rig.setup import BENCH_DIR, REPO_DIR, build_backend, make_certificate
+from rig.setup import BENCH_DIR, REPO_DIR, build_backend, make_certificate, make_jwt
 from rig.workloads import (
     WORKLOAD_NAMES,
     WORKLOADS,
@@ -212,10 +213,11 @@ class Bench:
             side_cpus=side,
             workers_cpus=workers,
             eventgw_config=self.args.eventgw_config,
+            jwt=make_jwt(run_dir / "jwt"),
         )
 
     def start(self, rig: Rig) -> None:
-        self.bodies = Bodies.write(rig.out / "bodies")
+        self.bodies = Bodies.write(rig.out / "bodies", bearer=rig.jwt.token)
         backends = make_backends(rig)
         self.rows = make_rows(rig, backends, self.args.rows)
         for server in backends.servers:
@@ -276,7 +278,7 @@ class Bench:
                 if key in self.notes or key not in self.results:
                     continue
                 try:
-                    check(workload, row, rig.cert)
+                    check(workload, row, rig.cert, rig.jwt.token)
                 except CheckFailed as error:
                     self.notes[key] = "check after load failed"
                     log(f"{workload.name} / {row.name}: check after load failed: {error}")
@@ -291,7 +293,7 @@ class Bench:
                 self.notes[key] = row.unavailable
                 continue
             try:
-                check(workload, row, rig.cert)
+                check(workload, row, rig.cert, rig.jwt.token)
             except CheckFailed as error:
                 self.notes[key] = "check failed"
                 log(f"{workload.name} / {row.name}: check failed: {error}")
@@ -502,6 +504,12 @@ def measure_and_report(args: Options, waited_s: float) -> int:
     cost = metrics_cost_table(bench.summaries())
     if cost:
         table += "\n\nThe cost of metrics: proxy CPU per request, on against off:\n\n" + cost
+    access = access_cost_table(bench.summaries())
+    if access:
+        table += (
+            "\n\nThe cost of access checks: proxy CPU per request over the open route:\n\n"
+            + access
+        )
     path = bench.write(table, rig)
     print(table)
     if bench.measured_s:

@@ -20,9 +20,17 @@ from twisted.trial.unittest import SynchronousTestCase
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rig.processes import cpu_seconds, process_tree
-from rig.report import Run, Summary, metrics_cost_table, summarize, table_rows, targets_table
+from rig.report import (
+    Run,
+    Summary,
+    access_cost_table,
+    metrics_cost_table,
+    summarize,
+    table_rows,
+    targets_table,
+)
 from rig.rows import Endpoints, Row
-from rig.setup import BENCH_DIR, fill_template
+from rig.setup import BENCH_DIR, fill_template, make_jwt
 from rig.workloads import (
     WORKLOADS,
     Bodies,
@@ -146,6 +154,20 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(command.argv, ["wrk", "-t1", "-c16", "-d2s", "--latency",
                                         "https://127.0.0.1:8443/api/small"])
 
+    def test_jwt_workload_sends_the_token(self) -> None:
+        """The JWT workload sends the run's token as a bearer token, on the row's access
+        port; the open workload sends none."""
+        bodies = Bodies.write(self.log.parent / "with-token", bearer="aaa.bbb.ccc")
+        row = Row("eventgw", Endpoints(http_tls=8443, access_tls=9443))
+        argv = build_command(_workload("h1-jwt-tls"), row, 2, bodies, self.log).argv
+        self.assertEqual(argv[argv.index("-H") + 1], "authorization: Bearer aaa.bbb.ccc")
+        self.assertEqual(argv[-1], "https://127.0.0.1:9443/api/jwt/small")
+        argv = build_command(_workload("h1-small-tls"), row, 2, bodies, self.log).argv
+        self.assertNotIn("-H", argv)
+        argv = build_command(_workload("h1-ratelimit-tls"), row, 2, bodies, self.log).argv
+        self.assertNotIn("-H", argv)
+        self.assertEqual(argv[-1], "https://127.0.0.1:9443/api/rl/small")
+
     def test_fixed_rate_uses_a_request_count(self) -> None:
         """Fixed-rate runs send 100 req/s on each of 5 connections, for at least 3 s."""
         row = Row("nginx", Endpoints(grpc_tls=8443))
@@ -254,6 +276,25 @@ class TargetTests(SynchronousTestCase):
         self.assertNotIn("h1-16k-tls", table)
         self.assertEqual(metrics_cost_table({}), "")
 
+    def test_access_cost_is_over_the_open_route(self) -> None:
+        """The access checks' cost: eventgw's CPU per request on the JWT and rate-limited
+        routes over the open route's; the cached JWT check is met at 1.15x or less."""
+        def cell(workload: str, cpu: float) -> Summary:
+            return summarize(_workload(workload),
+                             [Run(LoadResult(1000, 0, 1.0, 0, 0.5, 1.0), cpu)])
+
+        table = access_cost_table({
+            ("h1-small-tls", "eventgw"): cell("h1-small-tls", 0.100),
+            ("h1-jwt-tls", "eventgw"): cell("h1-jwt-tls", 0.120),
+            ("h1-ratelimit-tls", "eventgw"): cell("h1-ratelimit-tls", 0.103),
+        })
+        self.assertIn("| h1-jwt-tls | JWT (cached) | 120 ms/1k req | 100 ms/1k req | 1.20x "
+                      "| ≤ 1.15x: no |", table)
+        self.assertIn("| h1-ratelimit-tls | rate limit | 103 ms/1k req | 100 ms/1k req "
+                      "| 1.03x | — |", table)
+        self.assertEqual(access_cost_table({("h1-jwt-tls", "eventgw"): cell("h1-jwt-tls", 1)}),
+                         "")
+
 
 class TemplateTests(SynchronousTestCase):
     def test_every_placeholder_must_be_filled(self) -> None:
@@ -276,10 +317,13 @@ class TemplateTests(SynchronousTestCase):
             BENCH_DIR / "conf" / "gateway.yaml", directory / "gateway.yaml",
             tls_port=9001, clear_port=9080, cert="c.pem", key="k.pem",
             api_port=8080, grpc_port=50051, broker_port=50052,
+            jwks=make_jwt(directory / "jwt").jwks,
         )
         config = load_config(filled.read_text())
         self.assertEqual(config.listen.cleartext, 9080)
         self.assertTrue(config.access_log)
+        self.assertEqual([p.name for p in config.auth.jwt], ["bench"])
+        self.assertEqual([r.prefix for r in config.rate_limits], ["/api/rl/"])
 
 
 class CpuTests(SynchronousTestCase):

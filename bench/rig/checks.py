@@ -42,8 +42,9 @@ class CheckFailed(Exception):
     """The row answered the workload's request wrongly."""
 
 
-def check(workload: Workload, row: Row, cert: Certificate) -> None:
-    """Raise :class:`CheckFailed` unless ``row`` serves ``workload`` correctly."""
+def check(workload: Workload, row: Row, cert: Certificate, bearer: str = "") -> None:
+    """Raise :class:`CheckFailed` unless ``row`` serves ``workload`` correctly (``bearer``:
+    the token a ``bearer`` workload sends)."""
     port = port_for(workload, row)
     assert port is not None
     try:
@@ -56,7 +57,8 @@ def check(workload: Workload, row: Row, cert: Certificate) -> None:
         elif workload.path == GRPC_STREAM_PATH:
             _check_stream(port, workload.tls, cert)
         else:
-            _check_http(port, workload.tls, workload.path)
+            _check_http(port, workload.tls, workload.path,
+                        bearer if workload.bearer else None)
             if workload.name.startswith("h2-"):
                 _check_h2(port, workload.path)
     except (OSError, grpc.RpcError, subprocess.SubprocessError) as error:
@@ -106,16 +108,28 @@ def _connection(port: int, tls: bool) -> http.client.HTTPConnection:
                                        context=context)
 
 
-def _check_http(port: int, tls: bool, path: str) -> None:
+def _check_http(port: int, tls: bool, path: str, bearer: str | None = None) -> None:
     connection = _connection(port, tls)
+    headers = {} if bearer is None else {"authorization": f"Bearer {bearer}"}
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read()
     finally:
         connection.close()
     if response.status != 200:
         raise CheckFailed(f"GET {path} answered {response.status}: {body[:200]!r}")
+    if bearer is not None:
+        # The route really checks the token: without it, 401.
+        connection = _connection(port, tls)
+        try:
+            connection.request("GET", path)
+            refused = connection.getresponse()
+            refused.read()
+        finally:
+            connection.close()
+        if refused.status != 401:
+            raise CheckFailed(f"GET {path} without a token answered {refused.status}, not 401")
     if path.endswith("16k") and len(body) != BIG_BODY_SIZE:
         raise CheckFailed(f"GET {path} returned {len(body)} bytes, not {BIG_BODY_SIZE}")
 

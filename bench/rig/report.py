@@ -188,6 +188,41 @@ def metrics_cost_table(summaries: dict[tuple[str, str], Summary]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+# The access checks beside the open route (h1-small-tls), on the eventgw row: a cached
+# JWT check adds at most this much CPU per request.
+ACCESS_COST_LIMIT: Final = 1.15
+ACCESS_COST_WORKLOADS: Final = (
+    ("h1-jwt-tls", "JWT (cached)", ACCESS_COST_LIMIT),
+    ("h1-ratelimit-tls", "rate limit", None),
+)
+
+
+def access_cost_table(summaries: dict[tuple[str, str], Summary]) -> str:
+    """The ``eventgw`` row's CPU per request on the access-checked routes over the open
+    route's (``h1-small-tls``)."""
+    lines = [
+        "| workload | check | CPU | open route | over the open route | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    open_route = summaries.get(("h1-small-tls", "eventgw"))
+    if open_route is None or not open_route.cpu:
+        return ""
+    for workload, what, limit in ACCESS_COST_WORKLOADS:
+        checked = summaries.get((workload, "eventgw"))
+        if checked is None or checked.cpu is None:
+            continue
+        ratio = checked.cpu / open_route.cpu
+        disturbed = " (disturbed)" if checked.disturbed or open_route.disturbed else ""
+        target = "—" if limit is None else (
+            f"≤ {limit:.2f}x: {'yes' if ratio <= limit else 'no'}"
+        )
+        lines.append(
+            f"| {workload} | {what} | {_number(checked.cpu)} ms/1k req "
+            f"| {_number(open_route.cpu)} ms/1k req | {ratio:.2f}x{disturbed} | {target} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def targets_table(summaries: dict[tuple[str, str], Summary]) -> str:
     """The eventgw row against the targets, for the cells that were measured."""
     lines = ["| target | eventgw | met |", "|---|---:|---|"]

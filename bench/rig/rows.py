@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Final
 
 from rig.processes import Server, free_port, pinned
-from rig.setup import BENCH_DIR, REPO_DIR, Certificate, fill_template, make_static_files
+from rig.setup import (
+    BENCH_DIR,
+    REPO_DIR,
+    BenchJwt,
+    Certificate,
+    fill_template,
+    make_static_files,
+)
 
 ROW_NAMES: Final = (
     "direct", "nginx", "twisted-rp", "py-grpc-proxy", "eventgw", "eventgw-metrics-off",
@@ -43,6 +50,7 @@ class Rig:
     side_cpus: str
     workers_cpus: str
     eventgw_config: Path
+    jwt: BenchJwt
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Endpoints:
     grpc_h2c: int | None = None  # h2c prior knowledge, gRPC
     events_tls: int | None = None  # TLS, POST /events
     broker_h2c: int | None = None  # the broker itself (the direct row's events ceiling)
+    access_tls: int | None = None  # TLS, /api/jwt/ and /api/rl/ (eventgw's access checks)
 
 
 @dataclass
@@ -205,6 +214,7 @@ def _eventgw(rig: Rig, b: Backends, workers: int, metrics: bool = True) -> Row:
         rig.eventgw_config, run_dir / "gateway.yaml",
         tls_port=tls, clear_port=clear, cert=rig.cert.cert, key=rig.cert.key,
         api_port=b.http_port, grpc_port=b.grpc_port, broker_port=b.grpc_port,
+        jwks=rig.jwt.jwks,
     )
     if not metrics:
         with config.open("a") as f:
@@ -224,4 +234,6 @@ def _eventgw(rig: Rig, b: Backends, workers: int, metrics: bool = True) -> Row:
         ), [server])
     return Row(name, Endpoints(
         http_tls=tls, http_clear=clear, grpc_tls=tls, grpc_h2c=clear, events_tls=tls,
+        # The access checks are measured on one process, beside its open route.
+        access_tls=tls if workers == 1 else None,
     ), [server])

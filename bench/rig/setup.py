@@ -1,9 +1,11 @@
-"""What the rig prepares once per run: the certificate, the static files, the C++ backend."""
+"""What the rig prepares once per run: the certificate, the JWT and its JWKS, the static
+files, the C++ backend."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import re
 import string
 import subprocess
@@ -15,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from jwt import encode as jwt_encode
+from jwt.algorithms import ECAlgorithm
 
 BENCH_DIR: Final = Path(__file__).resolve().parent.parent
 REPO_DIR: Final = BENCH_DIR.parent
@@ -29,6 +33,34 @@ class Certificate:
     ca: Path
     cert: Path
     key: Path
+
+
+# The issuer of the bench's tokens (``auth.jwt`` in conf/gateway.yaml) and how long a
+# token lives: longer than any run, so the gateway's verified-token cache always hits.
+JWT_ISSUER: Final = "https://idp.bench.invalid/"
+JWT_LIFETIME_S: Final = 24 * 3600
+
+
+@dataclass(frozen=True)
+class BenchJwt:
+    """A JWKS file with one fresh ES256 key, and a token signed by it."""
+
+    jwks: Path
+    token: str
+
+
+def make_jwt(directory: Path) -> BenchJwt:
+    """Mint the token the ``h1-jwt-tls`` workload sends on every request (the same one, so
+    the verified-token cache hits) and write the JWKS the gateway checks it against."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = dict(json.loads(ECAlgorithm.to_jwk(key.public_key())), kid="bench", use="sig")
+    jwks = directory / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    claims = {"iss": JWT_ISSUER, "sub": "bench", "iat": now, "exp": now + JWT_LIFETIME_S}
+    token = jwt_encode(claims, key, "ES256", headers={"kid": "bench"})
+    return BenchJwt(jwks=jwks, token=token)
 
 
 class ConfTemplate(string.Template):

@@ -50,6 +50,7 @@ class Workload:
     body: str | None = None  # key into Bodies
     unit: str = "req"  # "req", "MB" (throughput in MB/s, CPU in s/GB) or "ev"
     fixed_rate: int | None = None
+    bearer: bool = False  # sends the bench's JWT (Bodies.bearer) as a bearer token
 
     @property
     def tls(self) -> bool:
@@ -61,6 +62,9 @@ WORKLOADS: Final = (
     Workload("h1-small-clear", "http_clear", "/api/small", "wrk", 16),
     Workload("h1-16k-tls", "http_tls", "/api/16k", "wrk", 16),
     Workload("h1-16k-clear", "http_clear", "/api/16k", "wrk", 16),
+    # The access checks (eventgw only), beside h1-small-tls: a JWT route, a rate limit.
+    Workload("h1-jwt-tls", "access_tls", "/api/jwt/small", "wrk", 16, bearer=True),
+    Workload("h1-ratelimit-tls", "access_tls", "/api/rl/small", "wrk", 16),
     Workload("h2-small-tls", "http_tls", "/api/small", "h2load", 4, streams=16),
     Workload("grpc-unary-tls", "grpc_tls", GRPC_UNARY_PATH, "h2load", 4, streams=16,
              body="unary"),
@@ -140,15 +144,17 @@ def publish_request(event_id: bytes = b"bench-0001") -> bytes:
 
 @dataclass(frozen=True)
 class Bodies:
-    """The request body files h2load sends (``-d``)."""
+    """The request body files h2load sends (``-d``), and the bearer token of the JWT
+    workload (minted per run, :func:`rig.setup.make_jwt`)."""
 
     unary: Path
     stream: Path
     event: Path
     publish: Path
+    bearer: str = ""
 
     @classmethod
-    def write(cls, directory: Path) -> Bodies:
+    def write(cls, directory: Path, bearer: str = "") -> Bodies:
         directory.mkdir(parents=True, exist_ok=True)
         contents = {
             "unary": grpc_frame(unary_message()),
@@ -159,7 +165,7 @@ class Bodies:
         paths = {name: directory / f"{name}.bin" for name in contents}
         for name, data in contents.items():
             paths[name].write_bytes(data)
-        return cls(**paths)
+        return cls(**paths, bearer=bearer)
 
 
 # --- the commands ---------------------------------------------------------------------
@@ -206,8 +212,10 @@ def build_command(
         scheme, path, h1, body = "http", PUBLISH_PATH, False, "publish"
     url = f"{scheme}://127.0.0.1:{port}{path}"
     if workload.tool == "wrk":
-        argv = ["wrk", "-t1", f"-c{workload.connections}", f"-d{duration}s", "--latency", url]
-        return Command("wrk", argv, None)
+        argv = ["wrk", "-t1", f"-c{workload.connections}", f"-d{duration}s", "--latency"]
+        if workload.bearer:
+            argv += ["-H", f"authorization: Bearer {bodies.bearer}"]
+        return Command("wrk", [*argv, url], None)
     if body is not None:
         headers = GRPC_HEADERS if body in ("unary", "stream", "publish") else EVENT_HEADERS
     argv = ["h2load", "-t1", "-c", str(workload.connections), "-m", str(workload.streams),
