@@ -162,6 +162,11 @@ class Gateway:
                 reactor=reactor,
                 client=config.event_broker.client if config.event_broker else "grpcio",
                 previous=old_events if isinstance(old_events, EventsEndpoint) else None,
+                claim_headers=[
+                    header.encode("ascii")
+                    for provider in config.auth.jwt
+                    for _, header in provider.forward_claims
+                ],
             )
             built.append(events)
             grpc = GrpcRelay(

@@ -60,6 +60,20 @@ class AccessLogTests(SynchronousTestCase):
             "route=- upstream=- grpc_status=- request_id=-",
         )
 
+    def test_text_with_access_decision(self) -> None:
+        """With access checks configured the line ends with the principal and the
+        decision."""
+        events = captured(self)
+        head = make_head(method=b"GET", target=b"/api/x")
+        head.log_fields.update(principal="key:batch", decision="ratelimited")
+        log_exchange(head, 429, 0, 40, 0.001)
+        [event] = events
+        self.assertTrue(
+            formatEvent(event).endswith("request_id=- principal=key:batch decision=ratelimited"),
+            formatEvent(event),
+        )
+        self.assertEqual((event["principal"], event["decision"]), ("key:batch", "ratelimited"))
+
     def test_json_round_trip(self) -> None:
         """A JSON log file keeps the rendered text and the fields."""
         events = captured(self)

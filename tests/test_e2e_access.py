@@ -630,6 +630,7 @@ class JwtAccessTests(TestCase):
         self.api = RecordingApi()
         api_port = listen_site(self, self.api)
         self.topics, topics_target = start_topics(self)
+        self.broker, broker_target = start_broker(self)
         extra = f"""
 auth:
   jwt:
@@ -645,7 +646,8 @@ access:
     - {{prefix: /topics.v1.Topics/GetTopic, allow: [authenticated]}}
 """
         self.gw = start_gateway(self, gateway_config(
-            api=f"http://127.0.0.1:{api_port}", grpc=topics_target, extra=extra))
+            api=f"http://127.0.0.1:{api_port}", grpc=topics_target, broker=broker_target,
+            extra=extra))
 
     def token(self, issuer: str = "https://idp.test/", key: Any = None, **changes: Any) -> str:
         now = time.time()
@@ -661,6 +663,23 @@ access:
         if token is not None:
             sent["authorization"] = f"Bearer {token}"
         return deferToThread(client.get, f"{self.gw.https}{path}", headers=sent)
+
+    @inlineCallbacks
+    def test_event_reaches_the_broker_with_identity_and_claim(self) -> Any:
+        """/events with a token: the broker gets the identity and the forwarded claim
+        as metadata (the client's own values replaced), never the token."""
+        headers = {k.decode(): v.decode() for k, v in binary_headers("ev-jwt")}
+        client = httpx.Client(http2=True, verify=self.gw.ssl_context(), timeout=20)
+        self.addCleanup(client.close)
+        ok = yield deferToThread(client.post, f"{self.gw.https}/events", content=b"{}",
+                                 headers={**headers, "authorization": f"Bearer {self.token()}",
+                                          "x-client-id": "mallory"})
+        self.assertEqual(ok.status_code, 202, ok.text)
+        [metadata] = self.broker.metadata
+        self.assertEqual(
+            (metadata["x-eventgw-client"], metadata["x-client-id"]), ("jwt:corp:alice", "alice")
+        )
+        self.assertNotIn("authorization", metadata)
 
     @inlineCallbacks
     def test_tokens_over_http(self) -> Any:

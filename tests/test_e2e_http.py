@@ -104,6 +104,30 @@ class TLSAlpnTests(GatewayCase):
         self.assertEqual(h1_alpn, "http/1.1")
 
     @inlineCallbacks
+    def test_h2_preface_without_alpn(self) -> Any:
+        """A TLS client that offers no ALPN and sends the HTTP/2 preface is answered
+        with a 400 saying HTTP/2 over TLS needs ALPN h2."""
+
+        def no_alpn() -> bytes:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with socket.create_connection(("127.0.0.1", self.gw.tls_port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    data = b""
+                    while b"}" not in data:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data
+
+        answer = yield deferToThread(no_alpn)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
+        self.assertIn(b"needs ALPN h2", answer)
+
+    @inlineCallbacks
     def test_tls_1_1_refused(self) -> Any:
         """A client limited to TLS 1.1 cannot connect."""
 

@@ -243,6 +243,13 @@ class RequestParserTests(SynchronousTestCase):
         """``OPTIONS *`` is accepted."""
         self.assertEqual(head_of(parse(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")).target, b"*")
 
+    def test_h2_preface_without_alpn(self) -> None:
+        """The HTTP/2 preface reaching the HTTP/1.1 parser (TLS without ALPN) is a 400
+        that says what to do, not a complaint about its asterisk-form target."""
+        error = self.assertRaises(RequestError, parse, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertEqual(error.http_status, 400)
+        self.assertIn("ALPN h2", str(error))
+
     def test_body_limit_declared(self) -> None:
         """A declared Content-Length over the body limit is a 413 at the head."""
         error = self.assertRaises(

@@ -548,6 +548,60 @@ class WebSocketEndToEndTests(TestCase):
             self.assertEqual(result[4], expected, (path, protocol))
 
     @inlineCallbacks
+    def test_access_rules_refuse_an_upgrade_before_the_upstream(self) -> Any:
+        """A WebSocket under a rule that needs an API key: without it 401 in the one
+        error shape over HTTP/1.1 and HTTP/2, and the Master API is never connected to;
+        with it the session opens."""
+        import hashlib
+
+        key = "ws-key-0123"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        rules = (
+            f"auth:\n  api_keys: [{{name: app, sha256: {digest}}}]\n"
+            "access:\n  default: [anyone]\n  rules:\n"
+            "    - {prefix: /api/ws, allow: [key:app]}\n"
+        )
+        connections: list[object] = []
+
+        class Counting(Protocol):
+            def connectionMade(self) -> None:
+                connections.append(self)
+
+        counting = Factory.forProtocol(Counting)
+        counting.noisy = False
+        port = global_reactor.listenTCP(0, counting, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        gw = self.start(port.getHost().port, extra=rules)
+
+        def http1(gw: RunningGateway = gw) -> tuple[int, str, str]:
+            try:
+                with ws_connect(self.ws_url(gw), ssl=gw.ssl_context(["http/1.1"]),
+                                open_timeout=10):
+                    return 101, "", ""
+            except websockets.exceptions.InvalidStatus as e:
+                body = json.loads(e.response.body or b"{}")
+                return (int(e.response.status_code), body.get("message", ""),
+                        e.response.headers.get("www-authenticate", ""))
+
+        status, message, challenge = yield deferToThread(http1)
+        self.assertEqual((status, message), (401, "missing credentials"))
+        self.assertIn("ApiKey", challenge)
+        result = yield deferToThread(h2_websocket, gw, "/api/ws/echo")
+        result[0].close()
+        self.assertEqual(result[4], 401)
+        self.assertEqual(connections, [])
+
+        echo = self.start(listen_echo(self), extra=rules)
+
+        def allowed(gw: RunningGateway = echo) -> str:
+            with ws_connect(self.ws_url(gw), ssl=gw.ssl_context(["http/1.1"]),
+                            additional_headers={"x-api-key": key}, open_timeout=10) as ws:
+                ws.send("let in")
+                return str(ws.recv(10))
+
+        self.assertEqual((yield deferToThread(allowed)), "let in")
+
+    @inlineCallbacks
     def test_upstream_refusal_and_upstream_down(self) -> Any:
         """The Master API's own refusal (404) is passed on; a Master API that is down
         is a 502."""

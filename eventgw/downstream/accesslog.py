@@ -40,6 +40,8 @@ _TEXT: Final = (
     "%s %s %s %s -> %s in=%s out=%s %.1fms route=%s upstream=%s grpc_status=%s"
     " request_id=%s"
 )
+# With access rules configured, the line ends with who called and what was decided.
+_ACCESS_TEXT: Final = " principal=%s decision=%s"
 _EVENT_FORMAT: Final = "{access_text()}"
 _NAMED: Final = frozenset({"route", "upstream", "grpc_status", "request_id", "access_text"})
 
@@ -50,7 +52,9 @@ class _AccessText(tuple[object, ...]):
     __slots__ = ()
 
     def __call__(self) -> str:
-        return _TEXT % self
+        if len(self) == 12:
+            return _TEXT % self
+        return _TEXT % self[:12] + _ACCESS_TEXT % self[12:]
 
 
 def count_exchange(
@@ -87,12 +91,16 @@ def log_exchange(
     grpc_status = fields.get("grpc_status", "-")
     request_id = fields.get("request_id", "-")
     extra = {k: v for k, v in fields.items() if k not in _NAMED}
+    values: tuple[object, ...] = (
+        peer, method, path, protocol, status, bytes_in, bytes_out, duration_ms,
+        route, upstream, grpc_status, request_id,
+    )
+    decision = fields.get("decision")
+    if decision is not None:
+        values += (fields.get("principal") or "-", decision)
     access.info(
         _EVENT_FORMAT,
-        access_text=_AccessText(
-            (peer, method, path, protocol, status, bytes_in, bytes_out, duration_ms,
-             route, upstream, grpc_status, request_id)
-        ),
+        access_text=_AccessText(values),
         peer=peer,
         method=method,
         path=path,

@@ -80,6 +80,8 @@ __all__ = [
 # A request line longer than this is answered with 414.  8 KiB is what nginx
 # (large_client_header_buffers) and most servers allow; longer URLs are not portable.
 MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
+# The request line of the HTTP/2 connection preface (RFC 9113 section 3.4).
+_PREFACE_LINE: Final = b"PRI * HTTP/2.0"
 
 # More header fields than this is a 431 even when they fit in max_header_bytes: every
 # field costs a tuple and a validation, and no real client sends hundreds.
@@ -424,6 +426,10 @@ class RequestParser:
         if len(parts) != 3:
             raise RequestError("malformed request line")
         method, target, version = parts
+        if request_line == _PREFACE_LINE:
+            # HTTP/2 with prior knowledge on a TLS connection that negotiated no ALPN
+            # (RFC 9113 section 3.3: over TLS, HTTP/2 is chosen by ALPN only).
+            raise RequestError("HTTP/2 over TLS needs ALPN h2 (prior knowledge is for cleartext)")
         # RFC 9112 section 3: the line's form first (an invalid line is a 400 whatever
         # its version says), then whether we speak its version (505), then the method.
         if _TOKEN_RE.fullmatch(method) is None:

@@ -28,6 +28,8 @@ from eventgw.events.h2broker import H2BrokerClient
 from eventgw.exchange import Headers
 
 if TYPE_CHECKING:
+    from collections.abc import Container
+
     from google.protobuf.message import Message
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -92,15 +94,19 @@ def new_broker_client(
     raise ValueError(f"unknown broker client {kind!r} (one of {BROKER_CLIENTS})")
 
 
-def call_metadata(headers: Headers) -> tuple[Headers, bytes]:
+def call_metadata(
+    headers: Headers, forwarded: Container[bytes] = FORWARDED_HEADERS
+) -> tuple[Headers, bytes]:
     """The metadata to send with a call, and the request id (generated when absent).
 
-    Names and values are bytes, as on the wire; the grpcio client decodes them.
+    ``forwarded`` names the headers that travel (by default :data:`FORWARDED_HEADERS`;
+    the events endpoint adds the claim headers the JWT providers forward).  Names and
+    values are bytes, as on the wire; the grpcio client decodes them.
     """
     metadata: Headers = []
     request_id = b""
     for name, value in headers:
-        if name in FORWARDED_HEADERS and len(value) <= _MAX_FORWARDED_VALUE:
+        if name in forwarded and len(value) <= _MAX_FORWARDED_VALUE:
             text = value.strip(b" \t")
             # gRPC metadata values are printable ASCII (gRPC over HTTP/2 spec); grpcio
             # fails the whole call (INTERNAL) on anything else, so such a value is dropped.

@@ -26,7 +26,7 @@ A client that goes away cancels its broker call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -40,7 +40,12 @@ from eventgw._proto.eventbroker.v1 import eventbroker_pb2
 from eventgw.admin.metrics import record_event
 from eventgw.config import BROKER_CLIENTS, MIN_EVENT_SIZE, BrokerUpstream, Limits
 from eventgw.errors import BrokerCallFailed, GatewayError, GrpcStatus, MethodNotAllowed
-from eventgw.events.client import BrokerClient, call_metadata, new_broker_client
+from eventgw.events.client import (
+    FORWARDED_HEADERS,
+    BrokerClient,
+    call_metadata,
+    new_broker_client,
+)
 from eventgw.events.transcode import (
     BodyKind,
     RouteMatch,
@@ -96,7 +101,11 @@ class EventsEndpoint:
         services: Sequence[ServiceDescriptor] = (EVENT_BROKER_SERVICE,),
         client: str = DEFAULT_CLIENT,
         previous: EventsEndpoint | None = None,
+        claim_headers: Iterable[bytes] = (),
     ) -> None:
+        # What reaches the broker as metadata: trace context, the request id, the
+        # caller's identity and the claim headers the JWT providers forward.
+        self.forwarded = frozenset(FORWARDED_HEADERS) | frozenset(claim_headers)
         self.routes = RouteTable.from_services(services)
         for route, grpc_path in mapping_summary(self.routes).items():
             self.log.info("events route {route} -> {method}", route=route, method=grpc_path)
@@ -122,7 +131,7 @@ class EventsEndpoint:
     def start_exchange(self, head: RequestHead, writer: ResponseWriter) -> RequestHandler:
         head.log_fields["route"] = "events"
         head.log_fields["upstream"] = self.upstream
-        metadata, request_id = call_metadata(head.headers)
+        metadata, request_id = call_metadata(head.headers, self.forwarded)
         extra = [(b"x-request-id", request_id)]
         path = path_of(head.target)
         method = head.method.decode("latin-1")
