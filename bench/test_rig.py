@@ -208,15 +208,26 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(summary.cpu, 2000.0)
 
     def test_ratios_to_nginx_and_notes(self) -> None:
-        """Rows are compared with the nginx row; notes stand in for unmeasured rows."""
+        """Rows are compared with the nginx row; notes stand in for unmeasured rows;
+        without the peer's row the peer column is empty."""
         workload = _workload("h1-small-tls")
         summaries = {"nginx": summarize(workload, [self._measured(2000, 0.05)]),
                      "eventgw": summarize(workload, [self._measured(1000, 0.1)])}
         lines = table_rows(workload, summaries, {"twisted-rp": "check failed"},
                            ["nginx", "twisted-rp", "eventgw"], repeats=1)
         self.assertEqual(len(lines), 3)
-        self.assertIn("| 4.00x | 0.50x |", lines[2])
+        self.assertIn("| — | 4.00x | 0.50x |", lines[2])
         self.assertIn("| twisted-rp | check failed |", lines[1])
+
+    def test_ratios_to_the_peer(self) -> None:
+        """HTTP rows are compared with twisted-rp, gRPC rows with py-grpc-proxy."""
+        for name, peer in (("h1-small-tls", "twisted-rp"), ("grpc-unary-tls", "py-grpc-proxy")):
+            workload = _workload(name)
+            summaries = {peer: summarize(workload, [self._measured(500, 0.2)]),
+                         "eventgw": summarize(workload, [self._measured(1000, 0.1)])}
+            lines = table_rows(workload, summaries, {}, [peer, "eventgw"], repeats=1)
+            self.assertIn("| 1.00x | — | — |", lines[0])
+            self.assertIn("| 0.25x | — | — |", lines[1])
 
     def test_disturbed_runs_are_flagged(self) -> None:
         """A run during which other processes kept over 0.25 CPUs busy counts as disturbed."""
@@ -240,21 +251,29 @@ class ReportTests(SynchronousTestCase):
 
 class TargetTests(SynchronousTestCase):
     def test_targets_compare_the_eventgw_row(self) -> None:
-        """CPU and p99 targets are upper bounds, events/s a lower one; workers scale."""
+        """Targets are same-run ratios: CPU against the peer, p99 against the peer and
+        nginx, an event's CPU against a relayed unary call's; workers scale."""
         def cell(workload: str, requests: int, cpu: float, p99: float = 1.0) -> Summary:
             return summarize(_workload(workload),
                              [Run(LoadResult(requests, 0, 1.0, 0, 0.5, p99), cpu)])
 
         table = targets_table({
             ("h1-small-tls", "eventgw"): cell("h1-small-tls", 1000, 0.2),
+            ("h1-small-tls", "twisted-rp"): cell("h1-small-tls", 1000, 0.5),
             ("h1-small-tls", "eventgw-w2"): cell("h1-small-tls", 1800, 0.4),
             ("lat-h1-tls", "eventgw"): cell("lat-h1-tls", 500, 0.2, p99=1.5),
-            ("events-tls", "eventgw"): cell("events-tls", 2000, 1.0),
+            ("lat-h1-tls", "twisted-rp"): cell("lat-h1-tls", 500, 0.2, p99=3.0),
+            ("lat-h1-tls", "nginx"): cell("lat-h1-tls", 500, 0.2, p99=0.5),
+            ("events-tls", "eventgw"): cell("events-tls", 1000, 0.3),
+            ("grpc-unary-tls", "eventgw"): cell("grpc-unary-tls", 1000, 0.3),
         })
-        self.assertIn("| HTTP/1.1 small GET, TLS: ≤ 150 ms/1k req | 200 | no |", table)
-        self.assertIn("| p99 at 500 req/s, HTTP/1.1: ≤ 2.0 ms | 1.50 | yes |", table)
-        self.assertIn("| POST /events: ≥ 2,500 events/s | 2,000 | no |", table)
+        self.assertIn("CPU ≤ 0.30x twisted-rp | 200 | 500 | 0.40x | no |", table)
+        self.assertIn("HTTP/1.1: ≤ 0.25x twisted-rp | 1.50 | 3.00 | 0.50x | no |", table)
+        self.assertIn("| p99 at 500 req/s, HTTP/1.1: ≤ 2.5x nginx | 1.50 | 0.50 | 3.00x | no |",
+                      table)
+        self.assertIn("a relayed gRPC unary call (TLS) | 300 | 300 | 1.00x | yes |", table)
         self.assertIn("| 1.80x | yes |", table)
+        self.assertNotIn("h2c", table)  # not measured: left out
         self.assertEqual(targets_table({}), "")
 
     def test_metrics_cost_is_on_over_off(self) -> None:

@@ -33,13 +33,6 @@ import enum
 from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import defer, error, protocol
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -74,13 +67,13 @@ from eventgw.upstream.h1client import (
     Ended,
     ResponseHead,
 )
-from eventgw.upstream.trust import client_tls_options, load_trust
+from eventgw.upstream.httppool import UpstreamPool, upstream_endpoint
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 
     from eventgw.upstream.cluster import Cluster, Host
-    from eventgw.upstream.httppool import UpstreamPool
+
 
 __all__ = ["PENDING_HIGH", "WebSocketRelay"]
 
@@ -95,23 +88,6 @@ class _Phase(enum.Enum):
     OPEN = "open"  # 101 received: bytes both ways
     PASSING = "passing"  # the Master API refused: its answer is passed on
     DONE = "done"
-
-
-def _endpoint(upstream: ApiUpstream, reactor: Any) -> IStreamClientEndpoint:
-    host = upstream.host
-    timeout = upstream.connect_timeout + 1.0  # a backstop: the session times it out
-    endpoint: IStreamClientEndpoint
-    if isIPAddress(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, upstream.port, timeout=timeout)
-    elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, upstream.port, timeout=timeout)
-    else:
-        endpoint = HostnameEndpoint(reactor, host, upstream.port, timeout=timeout)
-    if upstream.scheme == "https":
-        trust = load_trust(upstream.ca_file, "master_api.ca_file")
-        address = UpstreamAddress.for_http(upstream.scheme, host, upstream.port)
-        endpoint = wrapClientTLS(client_tls_options(address, trust, [b"http/1.1"]), endpoint)
-    return endpoint
 
 
 class WebSocketRelay:
@@ -138,7 +114,7 @@ class WebSocketRelay:
         # With the /api proxy's cluster, each session goes to the host it picks (and
         # counts there); without one, to ``endpoint`` or the configured address.
         self.cluster = cluster
-        self.endpoint = endpoint or (None if cluster else _endpoint(upstream, self.reactor))
+        self.endpoint = endpoint or (None if cluster else upstream_endpoint(upstream, self.reactor))
         self.max_message = limits.max_request_body
         self.idle_timeout = limits.idle_timeout
         address = UpstreamAddress.for_http(upstream.scheme, upstream.host, upstream.port)
