@@ -137,7 +137,8 @@ class GatewayService(service.Service):
             :class:`~eventgw.errors.ConfigError` naming the key.
         :param watch_path: the file ``reload.watch`` watches (``None``: nobody here does).
         :param handle_signals: install the SIGTERM/SIGINT/SIGHUP handlers
-            (:class:`~eventgw.lifecycle.signals.StopSignals`) once the reactor runs.
+            (:class:`~eventgw.lifecycle.signals.StopSignals`) when the service
+            starts, before the ports are announced, and again once the reactor runs.
         :param parent_pid: a worker's supervisor: its death starts the drain.
         """
         reactor = default_reactor(reactor)
@@ -261,10 +262,12 @@ class GatewayService(service.Service):
         metrics.record_reload(True, self.reactor.seconds())
         self.reloads_succeeded = 1
         self.last_reload_success = self.reactor.seconds()
+        if self.handle_signals:
+            # Before the ports are announced: a SIGHUP right after the announcement
+            # must reload, not kill the process.
+            self._install_signals()
         self._log_startup()
         self._watch(config)
-        if self.handle_signals:
-            self.reactor.callWhenRunning(self._install_signals)
         if self.parent_pid is not None:
             self._parent_watch = ParentWatch(self.parent_pid, self.begin_drain, self.reactor)
             self._parent_watch.start()
@@ -275,6 +278,8 @@ class GatewayService(service.Service):
         return {} if gateway is None else gateway.upstreams()
 
     def _install_signals(self) -> None:
+        """Our handlers now, and again once the reactor runs (after its own SIGTERM and
+        SIGINT handlers)."""
         self.signals = StopSignals(
             self.reactor,
             on_drain=self.begin_drain,
@@ -282,6 +287,7 @@ class GatewayService(service.Service):
             on_reload=self.reload,
         )
         self.signals.install()
+        self.reactor.callWhenRunning(self.signals.install)
 
     def _adopt(
         self,

@@ -220,6 +220,9 @@ class WorkerSupervisor(service.Service):
         if not self._listen:
             self.bind()
         service.Service.startService(self)
+        if self.handle_signals:
+            # Before the workers start: a SIGHUP meanwhile must reload, not kill.
+            self._install_signals()
         self.log.info(
             "eventgw supervisor: {workers} worker processes sharing {interface} ports "
             "{ports} ({how})",
@@ -230,8 +233,6 @@ class WorkerSupervisor(service.Service):
         )
         for index in range(self.config.workers):
             self._spawn(index)
-        if self.handle_signals:
-            self.reactor.callWhenRunning(self._install_signals)
         if self.config.reload_watch and self.watch_path is not None:
             self._watcher = FileWatcher(self.watch_path, self._file_changed, self.reactor)
             self._watcher.start()
@@ -245,6 +246,7 @@ class WorkerSupervisor(service.Service):
             on_reload=self.reload,
         )
         self.signals.install()
+        self.reactor.callWhenRunning(self.signals.install)
 
     @property
     def stop_grace(self) -> float:

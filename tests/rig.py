@@ -12,6 +12,8 @@ import os
 import socket
 import ssl
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,6 +133,23 @@ def settle(seconds: float = 0.05) -> Any:
     d: Deferred[None] = Deferred()
     global_reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
     yield d
+
+
+#: Seconds a wait for a condition may take before the test fails: generous, since it
+#: only runs out when something is broken (a loaded machine is merely slow).
+WAIT = 30.0
+
+
+@inlineCallbacks
+def wait_until(predicate: Callable[[], object], timeout: float = WAIT,
+               interval: float = 0.02) -> Any:
+    """Let the reactor run until ``predicate()`` is true; AssertionError after
+    ``timeout`` seconds of wall-clock time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        yield settle(interval)
 
 
 def h2_stream_frames(port: int, context: ssl.SSLContext, headers: list[tuple[bytes, bytes]],

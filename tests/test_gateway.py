@@ -11,7 +11,7 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from eventgw.gateway import Gateway
-from tests.rig import gateway_config, listen_site, settle
+from tests.rig import gateway_config, listen_site, wait_until
 from tests.support import RecordingWriter, make_head
 
 
@@ -80,9 +80,6 @@ class GatewayBusyTests(TestCase):
         assert gateway.api is not None
         self.assertTrue(gateway.api.busy())
         backend.release()
-        for _ in range(100):
-            if writer.ended:
-                break
-            yield settle(0.02)
+        yield wait_until(lambda: writer.ended)
         self.assertEqual(writer.status, 200)
         self.assertFalse(gateway.busy())

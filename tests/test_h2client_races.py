@@ -62,7 +62,7 @@ from eventgw.upstream.h2pool import GrpcConnectionPool
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor
-WAIT = 10.0
+WAIT = 30.0  # seconds any single wait may take before the test fails (only when broken)
 GET_ITEM = b"/demo.masterapi.v1.Items/GetItem"
 WATCH_ITEMS = b"/demo.masterapi.v1.Items/WatchItems"
 POLICY = MethodPolicy.from_lists(["/"], [])

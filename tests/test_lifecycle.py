@@ -4,11 +4,13 @@ the service's reload bookkeeping and drain state (on a ``MemoryReactorClock``)."
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from dataclasses import replace
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from eventgw.config import GatewayConfig, ListenConfig
@@ -187,3 +189,42 @@ class ServiceReloadTests(TestCase):
         self.service.stopService()
         self.assertTrue(self.service.draining)
         self.assertEqual(self.state.ports_open_when_told, 2)
+
+
+class SignalInstallTests(TestCase):
+    """The service's signal handlers are in place before the ports are announced."""
+
+    def setUp(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+    def test_handlers_before_the_reactor_runs_and_again_after_its_own(self) -> None:
+        """startService installs the SIGHUP/SIGTERM/SIGINT handlers at once, with the
+        reactor not yet running, and installs them again once it runs (the reactor
+        has then replaced SIGTERM and SIGINT with its own)."""
+        reactor = MemoryReactorClock()
+        announced: list[object] = []
+
+        def observe(event: dict[str, object]) -> None:
+            if "eventgw listening on" in str(event.get("log_format", "")):
+                announced.append(signal.getsignal(signal.SIGHUP))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        service = GatewayService(
+            service_config(self.mktemp()), reactor, handle_signals=True
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        signals = service.signals
+        assert signals is not None
+        self.assertFalse(reactor.running)
+        self.assertEqual(announced, [signals._reload_signal] * 2)
+        self.assertEqual(signal.getsignal(signal.SIGTERM), signals._stop_signal)
+        self.assertEqual(signal.getsignal(signal.SIGINT), signals._stop_signal)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as the reactor's own would
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        reactor.run()
+        self.assertEqual(signal.getsignal(signal.SIGTERM), signals._stop_signal)
+        self.assertEqual(signal.getsignal(signal.SIGINT), signals._stop_signal)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signals._reload_signal)

@@ -29,12 +29,33 @@ from tests.test_tap import TWISTD, _env
 STREAM_METHOD = "/test.Slow/Stream"
 
 
+class _Started:
+    """Counts the calls the Master API has begun to answer, so a test can wait until
+    its calls are in flight (not a fixed sleep)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def add(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def wait(self, count: int, timeout: float = 30.0) -> None:
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: self._count >= count, timeout)
+        assert arrived, f"only {self._count} of {count} calls reached the Master API"
+
+
 class _SlowHandler(BaseHTTPRequestHandler):
     """The Master API's HTTP side: every answer takes ``delay`` seconds."""
 
     delay = 2.0
+    started: _Started
 
     def do_GET(self) -> None:
+        self.started.add()
         time.sleep(self.delay)
         body = b"slow answer"
         self.send_response(200)
@@ -44,6 +65,14 @@ class _SlowHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def _streamer(started: _Started) -> Any:
+    def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        started.add()
+        yield from _stream(request, context)
+
+    return stream
 
 
 def _stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -57,17 +86,21 @@ def _stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
 
 
 class Upstreams:
-    """A grpcio server with a slow server stream, and a slow HTTP server."""
+    """A grpcio server with a slow server stream, and a slow HTTP server; ``started``
+    counts the calls either has begun to answer."""
 
     def __init__(self) -> None:
+        self.started = _Started()
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=8))
         handler = grpc.method_handlers_generic_handler(
-            "test.Slow", {"Stream": grpc.unary_stream_rpc_method_handler(_stream)}
+            "test.Slow",
+            {"Stream": grpc.unary_stream_rpc_method_handler(_streamer(self.started))},
         )
         self.grpc.add_generic_rpc_handlers((handler,))
         self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
         self.grpc.start()
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+        handler = type("Handler", (_SlowHandler,), {"started": self.started})
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.http.daemon_threads = True
         self.http_port = self.http.server_address[1]
         self._thread = threading.Thread(target=self.http.serve_forever, daemon=True)
@@ -98,7 +131,7 @@ class Gateway:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20.0) -> re.Match[str]:
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 30.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = list(re.finditer(pattern, self.log()))
@@ -121,7 +154,7 @@ class Gateway:
             self.process.wait()
         self._log.close()
 
-    def refused(self, timeout: float = 5.0) -> bool:
+    def refused(self, timeout: float = 30.0) -> bool:
         """Whether new connections are refused (tried until ``timeout``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -234,7 +267,7 @@ class DrainTests(LifecycleCase):
         gateway = self.start(self.write(self.config_text(drain=10)))
         stream = self.stream(gateway, 4)
         get = self.slow_get(gateway)
-        time.sleep(0.5)
+        self.upstreams.started.wait(2)
         gateway.signal(signal.SIGTERM)
         self.assertTrue(gateway.refused())
         self.assertTrue(stream.is_alive())
@@ -248,7 +281,7 @@ class DrainTests(LifecycleCase):
         it is over (the client does not hang), and the process still exits 0."""
         gateway = self.start(self.write(self.config_text(drain=1)))
         stream = self.stream(gateway, 60)
-        time.sleep(0.7)
+        self.upstreams.started.wait(1)
         gateway.signal(signal.SIGTERM)
         with self.assertRaises(grpc.RpcError) as raised:
             stream.outcome()
@@ -262,7 +295,7 @@ class DrainTests(LifecycleCase):
         drain period (here 60 s) to run out."""
         gateway = self.start(self.write(self.config_text(drain=60)))
         stream = self.stream(gateway, 120)
-        time.sleep(0.7)
+        self.upstreams.started.wait(1)
         gateway.signal(signal.SIGTERM)
         gateway.wait_for("received SIGTERM: draining")
         gateway.signal(signal.SIGTERM)
@@ -283,7 +316,7 @@ class ReloadTests(LifecycleCase):
         gateway = self.start(path)
         self.assertEqual(self.unary_status(gateway), grpc.StatusCode.OK)
         stream = self.stream(gateway, 4)
-        time.sleep(0.5)
+        self.upstreams.started.wait(2)
         self.write(self.config_text(deny="['/test.Slow/']"))
         gateway.signal(signal.SIGHUP)
         gateway.wait_for("configuration reloaded")
@@ -393,7 +426,7 @@ class WorkerTests(LifecycleCase):
         gateway.wait_for(r"worker 1.*eventgw listening")
         gateway.wait_for(r"worker 0.*eventgw listening")
         streams = [self.stream(gateway, 4) for _ in range(4)]
-        time.sleep(0.5)
+        self.upstreams.started.wait(4)
         gateway.signal(signal.SIGTERM)
         for stream in streams:
             self.assertEqual(len(stream.outcome()), 4)

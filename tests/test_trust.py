@@ -51,7 +51,7 @@ from tests.events_support import binary_headers, exchange, start_broker
 from tests.support import RecordingWriter, make_head
 
 reactor: Any = global_reactor
-WAIT = 10.0  # seconds any single wait may take before the test fails
+WAIT = 30.0  # seconds any single wait may take before the test fails (only when broken)
 POLICY = MethodPolicy.from_lists(["/"], [])
 GET_ITEM = b"/demo.masterapi.v1.Items/GetItem"
 

@@ -75,7 +75,10 @@ class StopSignals:
         self.received = 0
 
     def install(self) -> None:
-        """Install the handlers (call once the reactor runs, after its own)."""
+        """Install the handlers: when the service starts, so that no signal sent
+        after the ports are announced finds the default action (a signal before the
+        reactor runs waits for it), and again once the reactor runs, after its own
+        SIGTERM and SIGINT handlers."""
         signal.signal(signal.SIGTERM, self._stop_signal)
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGHUP, self._reload_signal)
