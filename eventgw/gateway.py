@@ -68,24 +68,14 @@ __all__ = ["ClosableTarget", "Gateway"]
 
 
 class ClosableTarget(RequestTarget, Protocol):
-    """A flow's target: takes exchanges, says whether work is in flight upstream, and
-    closes its upstream pools and channels."""
+    """A flow's target: takes exchanges, says whether work is in flight upstream and
+    which host clusters it balances over, and closes its upstream pools and channels."""
 
     def busy(self) -> bool: ...
 
+    def clusters(self) -> list[Cluster[Any]]: ...
+
     def close(self) -> Deferred[None]: ...
-
-
-def _clusters(target: object) -> list[Cluster[Any]]:
-    """The host clusters a flow's target balances over."""
-    if isinstance(target, ApiProxy):
-        return [target.cluster]
-    if isinstance(target, GrpcRelay):
-        return [] if target.cluster is None else [target.cluster]
-    if isinstance(target, EventsEndpoint):
-        cluster = getattr(target.client, "cluster", None)
-        return [cluster] if isinstance(cluster, Cluster) else []
-    return []
 
 
 class Gateway:
@@ -187,7 +177,7 @@ class Gateway:
         except BaseException:
             # The old router keeps serving with every pool it had.
             for target in built:
-                for cluster in _clusters(target):
+                for cluster in target.clusters():
                     cluster.give_back()
                 target.close()
             if jwt is not None:
@@ -336,7 +326,7 @@ class Gateway:
         """Every balanced upstream's hosts and their state (the admin page)."""
         found: dict[str, object] = {}
         for target in (self.api, self.grpc, self.events):
-            for cluster in _clusters(target):
+            for cluster in target.clusters() if target is not None else ():
                 found[cluster.name] = cluster.snapshot()
         return found
 

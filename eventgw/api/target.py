@@ -28,7 +28,7 @@ client itself holds the response back.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -185,6 +185,10 @@ class ApiProxy:
             send_error(writer, 502, "no upstream host is available")
             return StaticReply()
         return ApiExchange(self, head, writer, host)
+
+    def clusters(self) -> list[Cluster[Any]]:
+        """The Master API hosts this proxy balances over."""
+        return [self.cluster]
 
     def busy(self) -> bool:
         """Whether a request is in flight on any host."""

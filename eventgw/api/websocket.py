@@ -134,6 +134,10 @@ class WebSocketRelay:
         session.begin()
         return session
 
+    def clusters(self) -> list[Cluster[Any]]:
+        """None of its own: sessions use the ``/api`` proxy's cluster."""
+        return []
+
     def busy(self) -> bool:
         """Whether a session is in progress."""
         return bool(self.sessions)

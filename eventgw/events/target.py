@@ -27,7 +27,7 @@ A client that goes away cancels its broker call.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
@@ -46,6 +46,7 @@ from eventgw.events.client import (
     call_metadata,
     new_broker_client,
 )
+from eventgw.events.h2broker import H2BrokerClient
 from eventgw.events.transcode import (
     BodyKind,
     RouteMatch,
@@ -65,6 +66,9 @@ from eventgw.exchange import (
     StaticReply,
     send_error,
 )
+
+if TYPE_CHECKING:
+    from eventgw.upstream.cluster import Cluster
 
 __all__ = ["BROKER_CLIENTS", "DEFAULT_CLIENT", "EVENT_BROKER_SERVICE", "EventExchange",
            "EventsEndpoint"]
@@ -178,6 +182,11 @@ class EventsEndpoint:
             headers.append((b"webhook-allowed-origin", origin))
             headers.append((b"webhook-allowed-rate", _WEBHOOK_ALLOWED_RATE))
         writer.write_head(200, headers, end=True)
+
+    def clusters(self) -> list[Cluster[Any]]:
+        """The brokers the h2 client balances over (grpcio balances by itself)."""
+        client = self.client
+        return [client.cluster] if isinstance(client, H2BrokerClient) else []
 
     def busy(self) -> bool:
         """Whether a broker call is in flight."""

@@ -17,7 +17,7 @@ a configured but unreachable Master API gets UNAVAILABLE (14).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, succeed
@@ -141,6 +141,10 @@ class GrpcRelay:
         if self.cluster is None:
             return None
         return next(iter(self.cluster.hosts.values())).pool
+
+    def clusters(self) -> list[Cluster[Any]]:
+        """The Master API gRPC hosts this relay balances over (none unconfigured)."""
+        return [] if self.cluster is None else [self.cluster]
 
     def busy(self) -> bool:
         """Whether a relayed call is in progress."""
