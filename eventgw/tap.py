@@ -231,6 +231,10 @@ def makeService(options: Options) -> service.IService:
 
     config: GatewayConfig = options["gateway_config"]
     adopt_fds: list[int] | None = options["adopt_fds"]
+    from eventgw._reactor import default_reactor
+    from eventgw.reactorloop import install_lean_poll
+
+    install_lean_poll(default_reactor(None))
     try:
         if config.workers > 1 and adopt_fds is None:
             from eventgw.workers import WorkerSupervisor
