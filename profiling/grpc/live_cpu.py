@@ -141,7 +141,8 @@ def main() -> None:
         list(pool.map(work_fn, range(max(count // 10, args.concurrency))))  # warm up
         spy = None
         if args.py_spy:
-            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-r", "200",
+            py_spy = str(Path(sys.executable).with_name("py-spy"))
+            spy = subprocess.Popen([py_spy, "record", "--format", "raw", "-r", "200",
                                     "-o", args.py_spy, "-p", str(gateway.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
