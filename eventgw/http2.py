@@ -34,12 +34,18 @@ from typing import TYPE_CHECKING, Any, Final
 import hpack.hpack
 import hpack.table
 from h2.config import DummyLogger, H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived
-from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.exceptions import (
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+    TooManyStreamsError,
+)
 from h2.frame_buffer import FrameBuffer
-from h2.stream import StreamState
+from h2.stream import StreamInputs, StreamState
+from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hpack import Encoder
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -376,7 +382,10 @@ class GatewayEncoder(Encoder):
 # A frame header (RFC 9113 section 4.1): 24-bit length, type, flags, 31-bit stream id.
 _FRAME_HEADER: Final = struct.Struct("!HBBBL")
 _DATA_TYPE: Final = 0x0
+_HEADERS_TYPE: Final = 0x1
+_CONTINUATION_TYPE: Final = 0x9
 _END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
 # The stream states in which a DATA frame without END_STREAM changes nothing but the
 # windows (h2's stream state machine maps them onto themselves and, on receipt, only
@@ -533,6 +542,98 @@ class LeanH2Connection(H2Connection):
         out += data
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Any,
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's ``send_headers``; a header block as the gateway sends it -- a list of
+        ``bytes`` pairs, no priority, outbound normalisation and validation off -- is
+        framed here.
+
+        The same steps in h2's order, through h2's own state machines: the peer's
+        SETTINGS_MAX_CONCURRENT_STREAMS for a new stream, the connection's and the
+        stream's transitions (an informational response on the server side, END_STREAM,
+        trailers that must end the stream), then HPACK and the frames: HEADERS and, past
+        the peer's frame size, CONTINUATION frames, as h2 would cut them.  What is left
+        out is what costs without changing a byte: h2's frame objects and their
+        serialisation, the copy that re-encodes ``bytes`` names as UTF-8, the header
+        validation flags nothing reads with validation off, and the debug lines.
+        """
+        config = self.config
+        if (
+            not self._lean
+            or priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+            or config.validate_outbound_headers
+            or config.normalize_outbound_headers
+            or type(headers) is not list
+            or not headers
+            or type(headers[0][0]) is not bytes
+        ):
+            super().send_headers(
+                stream_id,
+                headers,
+                end_stream,
+                priority_weight,
+                priority_depends_on,
+                priority_exclusive,
+            )
+            return
+        if stream_id not in self.streams:
+            max_open_streams = self.remote_settings.max_concurrent_streams
+            # A property that also forgets closed streams: read it once, as h2 does.
+            open_streams = self.open_outbound_streams
+            if open_streams + 1 > max_open_streams:
+                msg = f"Max outbound streams is {max_open_streams}, {open_streams} open"
+                raise TooManyStreamsError(msg)
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(config.client_side))
+        machine = stream.state_machine
+        input_ = StreamInputs.SEND_HEADERS
+        if not machine.client and is_informational_response(headers):
+            if end_stream:
+                msg = "Cannot set END_STREAM on informational responses."
+                raise ProtocolError(msg)
+            input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
+        machine.process_input(input_)
+        block = self.encoder.encode(headers)
+        flags = 0
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        if machine.trailers_sent and not end_stream:
+            msg = "Trailers must have END_STREAM set."
+            raise ProtocolError(msg)
+        if machine.client and stream._authority is None:
+            stream._authority = authority_from_headers(headers)
+        stream.request_method = extract_method_header(headers)
+        out = self._data_to_send
+        size = len(block)
+        # Set from the peer's SETTINGS when the stream is created and on every change.
+        limit = stream.max_outbound_frame_size or self.max_outbound_frame_size
+        if size <= limit:
+            out += _FRAME_HEADER.pack(
+                size >> 8, size & 0xFF, _HEADERS_TYPE, flags | _END_HEADERS, stream_id
+            )
+            out += block
+            return
+        frame_type = _HEADERS_TYPE
+        for start in range(0, size, limit):
+            piece = block[start : start + limit]
+            length = len(piece)
+            if start + limit >= size:
+                flags |= _END_HEADERS
+            out += _FRAME_HEADER.pack(length >> 8, length & 0xFF, frame_type, flags, stream_id)
+            out += piece
+            frame_type = _CONTINUATION_TYPE
+            flags = 0
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         if not self._lean:

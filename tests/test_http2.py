@@ -11,6 +11,8 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
+from h2.stream import StreamState
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
@@ -583,3 +585,176 @@ class LeanClientDataTests(SynchronousTestCase):
         lean = self.run_client(LeanH2Connection(H2Configuration(**config)))  # type: ignore[arg-type]
         self.assertEqual(lean, self.run_client(H2Connection(H2Configuration(**config))))  # type: ignore[arg-type]
         self.assertIn(("ProtocolError", ErrorCodes.PROTOCOL_ERROR), lean)
+
+
+# The configuration both sides of the gateway send headers with: h2's outbound
+# normalisation and validation off (the gateway builds its header blocks itself).
+_SENDING_AS_THE_GATEWAY = {"header_encoding": None, "validate_outbound_headers": False,
+                           "normalize_outbound_headers": False}
+
+
+class _HeadersOutcome:
+    """One connection of either side sending header blocks to a plain h2 peer, with
+    everything observable recorded after each step: the error raised (if any), the
+    bytes sent, what the peer made of them, the stream states and the bookkeeping h2
+    keeps per stream (request method, authority)."""
+
+    def __init__(self, conn: H2Connection, *, peer_max_streams: int = 100) -> None:
+        self.conn = conn
+        client_side = conn.config.client_side
+        self.peer = H2Connection(
+            H2Configuration(client_side=not client_side, header_encoding=None)
+        )
+        self.peer.initiate_connection()
+        self.peer.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: peer_max_streams})
+        conn.initiate_connection()
+        self.log: list[object] = []
+        self.peer.receive_data(conn.data_to_send())
+        conn.receive_data(self.peer.data_to_send())
+        self.peer.receive_data(conn.data_to_send())
+        self.peer.data_to_send()
+
+    def peer_sends(self, stream_id: int, headers: list[tuple[bytes, bytes]],
+                   end: bool = False) -> None:
+        self.peer.send_headers(stream_id, headers, end_stream=end)
+        self.conn.receive_data(self.peer.data_to_send())
+        self.conn.data_to_send()
+
+    def send(self, stream_id: int, headers: object, end: bool = False) -> None:
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=end)  # type: ignore[arg-type]
+        except Exception as exc:  # every refusal is part of the outcome
+            self.log.append(("raised", type(exc).__name__, str(exc)))
+        sent = bytes(self.conn.data_to_send())
+        self.log.append(sent)
+        try:
+            events = self.peer.receive_data(sent)
+        except ProtocolError as exc:
+            self.log.append(("peer refused", type(exc).__name__))
+        else:
+            self.log.append([(type(e).__name__, getattr(e, "stream_id", None),
+                              getattr(e, "headers", None) or getattr(e, "trailers", None),
+                              getattr(e, "stream_ended", None) is not None)
+                             for e in events])
+        self.log.append(self.conn.state_machine.state)
+        for stream_id_, stream in sorted(self.conn.streams.items()):
+            self.log.append((stream_id_, stream.state_machine.state, stream.request_method,
+                             stream._authority))
+        self.log.append(list(self.conn.encoder.header_table.dynamic_entries))
+
+
+class LeanHeadersPathTests(SynchronousTestCase):
+    """The lean HEADERS path leaves both sides exactly as h2's own ``send_headers``
+    would: the same bytes, errors, stream states and compression context."""
+
+    def same_as_h2(self, script: object, *, client_side: bool, **options: object) -> list[object]:
+        def run(conn: H2Connection) -> list[object]:
+            outcome = _HeadersOutcome(conn, **options)  # type: ignore[arg-type]
+            script(outcome)  # type: ignore[operator]
+            return outcome.log
+
+        config = dict(_SENDING_AS_THE_GATEWAY, client_side=client_side)
+        lean = run(LeanH2Connection(H2Configuration(**config)))  # type: ignore[arg-type]
+        plain = H2Connection(H2Configuration(**config))  # type: ignore[arg-type]
+        plain.encoder = GatewayEncoder()  # the same HPACK bytes as hpack's (tested above)
+        self.assertEqual(lean, run(plain))
+        return lean
+
+    def test_takes_the_lean_path(self) -> None:
+        """A gateway-built block does not go through h2's ``send_headers``; one with
+        priority, with str names or with outbound checks on does."""
+        calls: list[int] = []
+        original = H2Connection.send_headers
+
+        def counted(self: H2Connection, stream_id: int, *args: object, **kw: object) -> None:
+            calls.append(stream_id)
+            original(self, stream_id, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(H2Connection, "send_headers", counted)
+        conn = LeanH2Connection(H2Configuration(client_side=True, **_SENDING_AS_THE_GATEWAY))  # type: ignore[arg-type]
+        conn.initiate_connection()
+        conn.send_headers(1, list(_REQUEST))
+        self.assertEqual(calls, [])
+        conn.send_headers(3, list(_REQUEST), priority_weight=10)
+        conn.send_headers(5, [(":method", "GET"), (":scheme", "http"), (":path", "/"),
+                              (":authority", "a")])
+        conn.send_headers(7, tuple(_REQUEST))
+        checking = LeanH2Connection(H2Configuration(client_side=True, header_encoding=None))
+        checking.initiate_connection()
+        checking.send_headers(1, list(_REQUEST))
+        self.assertEqual(calls, [3, 5, 7, 1])
+
+    def test_server_responses(self) -> None:
+        """Informational responses, a response, trailers; END_STREAM on the head; and
+        the refusals: END_STREAM on a 1xx, trailers without END_STREAM, headers after
+        the end, on a reset stream and on a stream the client never opened."""
+        def script(o: _HeadersOutcome) -> None:
+            for stream_id in (1, 3, 5, 7, 9):
+                o.peer_sends(stream_id, _REQUEST)
+            o.send(1, [(b":status", b"100")])
+            o.send(1, [(b":status", b"103"), (b"link", b"</a.css>; rel=preload")])
+            o.send(1, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                       (b"x-request-id", b"0123456789abcdef")])
+            o.send(1, [(b"grpc-status", b"0")], end=True)
+            o.send(1, [(b"grpc-status", b"0")], end=True)  # after the end
+            o.send(3, [(b":status", b"204")], end=True)
+            o.send(9, [(b":status", b"200"), NeverIndexedHeaderTuple(b"set-cookie", b"s=1")])
+            o.conn.reset_stream(7)
+            o.send(7, [(b":status", b"200")])  # reset
+            o.send(5, [(b":status", b"100")], end=True)  # END_STREAM on a 1xx
+            o.send(5, [(b":status", b"200")])
+            # Trailers without END_STREAM: refused after HPACK has encoded them (h2's
+            # order), so the peer's decoder is out of step from here on.
+            o.send(5, [(b"grpc-status", b"0")])
+            o.send(2, [(b":status", b"200")])  # a stream the client never opened
+        log = self.same_as_h2(script, client_side=False)
+        raised = [item[1] for item in log if isinstance(item, tuple) and item[0] == "raised"]
+        self.assertEqual(raised, ["ProtocolError", "StreamClosedError", "ProtocolError",
+                                  "ProtocolError"])
+        received = [item for item in log if isinstance(item, list) and item
+                    and isinstance(item[0], tuple) and len(item[0]) == 4]
+        self.assertIn([("ResponseReceived", 9,
+                        [(b":status", b"200"), (b"set-cookie", b"s=1")], False)], received)
+
+    def test_continuation(self) -> None:
+        """A block past the peer's frame size is cut into HEADERS and CONTINUATION
+        frames as h2 cuts it, END_STREAM on the first and END_HEADERS on the last."""
+        # A block of exactly two frames' worth (its last frame is full).
+        exact = next(
+            block for block in ([(b":status", b"200"), (b"x-exact", b"b" * n)]
+                                for n in range(43000, 44000))
+            if len(GatewayEncoder().encode(block)) == 2 * 16384
+        )
+
+        def script(o: _HeadersOutcome) -> None:
+            o.peer_sends(1, _REQUEST)
+            o.peer_sends(3, _REQUEST)
+            o.send(1, [(b":status", b"200"), (b"x-big", b"a" * 60000)], end=True)
+            o.send(3, exact)
+        log = self.same_as_h2(script, client_side=False)
+        frames = hyperframe_frames(next(item for item in log if isinstance(item, bytes) and item))
+        self.assertEqual([type(f).__name__ for f in frames],
+                         ["HeadersFrame", "ContinuationFrame", "ContinuationFrame"])
+        self.assertEqual([sorted(f.flags) for f in frames],
+                         [["END_STREAM"], [], ["END_HEADERS"]])
+        frames = hyperframe_frames([item for item in log if isinstance(item, bytes)][1])
+        self.assertEqual([(type(f).__name__, len(f.data), sorted(f.flags)) for f in frames],
+                         [("HeadersFrame", 16384, []),
+                          ("ContinuationFrame", 16384, ["END_HEADERS"])])
+
+    def test_client_requests(self) -> None:
+        """Requests open streams up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (then
+        TooManyStreamsError), record the method and authority, and send trailers."""
+        def script(o: _HeadersOutcome) -> None:
+            o.send(1, [(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/s/M"),
+                       (b":authority", b"up:1"), (b"te", b"trailers")])
+            o.send(3, [(b":method", b"HEAD"), (b":scheme", b"https"), (b":path", b"/"),
+                       (b":authority", b"up:2")], end=True)
+            o.send(5, list(_REQUEST))  # the third stream: over the peer's limit
+            o.send(1, [(b"x-trailer", b"t")], end=True)
+            o.send(1, [(b"x-trailer", b"again")], end=True)
+            o.send(2, list(_REQUEST))  # an even stream id from a client
+        log = self.same_as_h2(script, client_side=True, peer_max_streams=2)
+        raised = [item[1] for item in log if isinstance(item, tuple) and item[0] == "raised"]
+        self.assertEqual(raised, ["TooManyStreamsError", "ProtocolError", "ProtocolError"])
+        self.assertIn((3, StreamState.HALF_CLOSED_LOCAL, b"HEAD", b"up:2"), log)
