@@ -617,13 +617,8 @@ class LeanH2Connection(H2Connection):
         out = self._data_to_send
         size = len(block)
         # Set from the peer's SETTINGS when the stream is created and on every change.
+        # Most blocks fit one frame: one turn, and the slice is the block itself.
         limit = stream.max_outbound_frame_size or self.max_outbound_frame_size
-        if size <= limit:
-            out += _FRAME_HEADER.pack(
-                size >> 8, size & 0xFF, _HEADERS_TYPE, flags | _END_HEADERS, stream_id
-            )
-            out += block
-            return
         frame_type = _HEADERS_TYPE
         for start in range(0, size, limit):
             piece = block[start : start + limit]
